@@ -1,0 +1,142 @@
+"""Every error guardrail raises derives from :class:`GuardrailError`.
+
+The hierarchy::
+
+    GuardrailError
+    ├── ConfigurationError            bad arguments or settings given to the SDK
+    │   └── MissingDependencyError    an optional extra is not installed
+    ├── InputError                    a conversation the guard cannot judge
+    ├── ClassifierError               the guard could not produce a verdict
+    │   ├── ModelLoadError            a checkpoint could not be found or loaded
+    │   ├── VerdictParseError         the guard's output is not a verdict
+    │   └── RemoteGuardError          a guard server failed
+    │       ├── GuardTimeoutError     no answer within the timeout
+    │       ├── GuardConnectionError  the server could not be reached
+    │       └── GuardHTTPError        the server answered with an error status
+    ├── PolicyError                   a policy file or object is invalid
+    ├── BlockedError                  the policy blocked a call (carries the decision)
+    └── AuditError                    an audit record could not be written or verified
+
+A safety layer never swallows its own failures: a ``ClassifierError`` reaches the
+policy, which decides (fail closed by default) and audits the failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GuardrailError(Exception):
+    """Root of every error raised by guardrail."""
+
+
+class ConfigurationError(GuardrailError, ValueError):
+    """Invalid arguments or settings were given to the SDK."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is required for this feature: pip install 'guardrail[{extra}]'"
+        )
+
+
+class InputError(GuardrailError, ValueError):
+    """A conversation cannot be judged (empty, wrong shape, unknown role...).
+
+    ``where`` points at the offending element, e.g. ``messages[2].content[1]``.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ClassifierError(GuardrailError):
+    """The guard model could not produce a verdict."""
+
+
+class ModelLoadError(ClassifierError):
+    """A guard or reward checkpoint could not be found or loaded."""
+
+
+class VerdictParseError(ClassifierError):
+    """The guard's output is not a well-formed verdict.
+
+    ``text`` holds the offending output so it can be audited.
+    """
+
+    def __init__(self, message: str, *, text: str) -> None:
+        self.text = text
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        super().__init__(f"{message}; guard output was {shown!r}")
+
+
+class RemoteGuardError(ClassifierError):
+    """A guard server failed to answer with a verdict."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class GuardTimeoutError(RemoteGuardError):
+    """The guard server did not answer within the timeout."""
+
+
+class GuardConnectionError(RemoteGuardError):
+    """The guard server could not be reached."""
+
+
+class GuardHTTPError(RemoteGuardError):
+    """The guard server answered with an error status."""
+
+    def __init__(self, message: str, *, url: str | None = None, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(message, url=url)
+
+
+class PolicyError(GuardrailError, ValueError):
+    """A policy is invalid.
+
+    ``source`` is the file (or ``<string>``), ``line``/``column`` are 1-based when
+    known, ``field`` is the dotted path of the offending field (``rules[2].when.levels``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.source = source
+        self.line = line
+        self.column = column
+        self.field = field
+        where = source or "<policy>"
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        prefix = f"{where}: {field}: " if field else f"{where}: "
+        super().__init__(prefix + message)
+
+
+class BlockedError(GuardrailError):
+    """The policy blocked the call. ``decision`` says which rule, stage and verdict."""
+
+    def __init__(self, message: str, *, decision: Any) -> None:
+        self.decision = decision
+        super().__init__(message)
+
+
+class AuditError(GuardrailError):
+    """An audit record could not be written, read or verified."""
