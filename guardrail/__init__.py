@@ -37,15 +37,25 @@ from guardrail.types import (
     Verdict,
 )
 
+from guardrail.report import GuardReport, StageOutcome, report
+
 if TYPE_CHECKING:
     from guardrail.classifiers.local import LocalQwen3Guard
     from guardrail.classifiers.remote import RemoteQwen3Guard
+    from guardrail.client import wrap
+    from guardrail.guard import Guard
+    from guardrail.policy import Policy, load_policy
 
 __version__ = "0.1.0"
 
+# Imported on first use: the backends pull in torch/httpx, the client pulls in openai.
 _LAZY = {
     "LocalQwen3Guard": "guardrail.classifiers.local",
     "RemoteQwen3Guard": "guardrail.classifiers.remote",
+    "Guard": "guardrail.guard",
+    "wrap": "guardrail.client",
+    "Policy": "guardrail.policy",
+    "load_policy": "guardrail.policy",
 }
 
 
@@ -71,24 +81,31 @@ __all__ = [
     "Decision",
     "GuardConnectionError",
     "GuardHTTPError",
+    "Guard",
     "GuardInput",
+    "GuardReport",
     "GuardTimeoutError",
     "GuardrailError",
     "InputError",
     "LocalQwen3Guard",
     "MissingDependencyError",
     "ModelLoadError",
+    "Policy",
     "PolicyError",
     "ReasoningMode",
     "RemoteGuardError",
     "RemoteQwen3Guard",
     "SafetyLevel",
     "Stage",
+    "StageOutcome",
     "Verdict",
     "VerdictParseError",
     "__version__",
     "amoderate",
     "guard_inputs",
+    "load_policy",
     "moderate",
     "parse_verdict",
+    "report",
+    "wrap",
 ]

@@ -62,7 +62,9 @@ GENERATION_PROMPT = f"{IM_START}assistant\n{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
 """How every guard prompt ends: the assistant header and an empty thinking block."""
 
 PROMPT_CATEGORIES: tuple[Category, ...] = tuple(Category)
-RESPONSE_CATEGORIES: tuple[Category, ...] = tuple(c for c in Category if c is not Category.JAILBREAK)
+RESPONSE_CATEGORIES: tuple[Category, ...] = tuple(
+    c for c in Category if c is not Category.JAILBREAK
+)
 
 GuardRole = Literal["user", "assistant"]
 
@@ -119,7 +121,12 @@ def _as_mapping(message: Any, where: str) -> Mapping[str, Any]:
     )
 
 
-_TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
+_TEXT_PART_KEYS = {
+    "text": "text",
+    "input_text": "text",
+    "output_text": "text",
+    "refusal": "refusal",
+}
 
 
 def _content_text(content: Any, where: str, skipped: list[str]) -> str:
@@ -182,9 +189,7 @@ def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     return lines
 
 
-def _normalise(
-    messages: Sequence[Any] | Iterable[Any], *, include_system: bool
-) -> _Normalised:
+def _normalise(messages: Sequence[Any] | Iterable[Any], *, include_system: bool) -> _Normalised:
     out = _Normalised()
     items = list(messages)
     for i, raw in enumerate(items):
@@ -201,7 +206,9 @@ def _normalise(
             if isinstance(field_reasoning, str) and field_reasoning.strip():
                 reasoning = field_reasoning.strip()
             calls = _tool_call_lines(message, where)
-            answer = "\n".join([answer, *calls]) if answer and calls else (answer or "\n".join(calls))
+            answer = (
+                "\n".join([answer, *calls]) if answer and calls else (answer or "\n".join(calls))
+            )
             out.messages.append(GuardMessage("assistant", answer))
             out.last_reasoning = reasoning
         elif role in ("tool", "function"):
@@ -346,7 +353,7 @@ def render_segments(
             content = guard_input.messages[indices[k]].content
             if content:
                 segments.append(Segment(content, True))
-    if not rendered.rstrip(" ").endswith(GENERATION_PROMPT.rstrip("\n")):
+    if not rendered.rstrip().endswith(GENERATION_PROMPT.rstrip()):
         segments.append(Segment(GENERATION_PROMPT, False))
     return segments
 

@@ -1,0 +1,214 @@
+"""The hash chain that makes an audit log tamper-evident.
+
+Every record carries ``prev_hash``, the ``hash`` of the record before it (the
+first record of a log has :data:`GENESIS_HASH`), and ``hash``, the SHA-256 of
+the record's canonical JSON without its ``hash`` field. Canonical JSON is
+``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+encoded as UTF-8, so any tool can recompute a hash from the parsed line.
+
+A written line is exactly that canonical JSON with ``"hash":"<hex>"`` appended
+as the last member: the record is encoded once per write (the dominant cost),
+and the hashed bytes are the line minus its last member.
+
+What the chain detects, and where :func:`verify_chain` reports it:
+
+- an edited record: its own hash no longer matches (``hash_mismatch`` at that line);
+- a deleted, inserted or reordered record: the next line's ``prev_hash`` no
+  longer names the line before it (``prev_hash_mismatch``);
+- a truncated or garbled line: ``bad_json``.
+
+What it cannot detect alone: records cut from the END of a log, or a log
+rewritten wholesale with fresh hashes. Keep the last ``hash``
+(:attr:`VerifyResult.head`) somewhere else to anchor the log against those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from guardrail.audit.record import AuditRecord
+from guardrail.errors import AuditError
+
+GENESIS_HASH = "0" * 64
+"""The ``prev_hash`` of the first record of a log."""
+
+
+# Built once: json.dumps with non-default options constructs a new encoder per call.
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+)
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """The one serialisation hashes are computed over.
+
+    Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
+    exactly (NaN, infinities, non-JSON types).
+    """
+    try:
+        return _ENCODER.encode(data)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
+
+
+def _with_hash(body_json: str, digest: str) -> str:
+    # body_json is a non-empty JSON object: close it with the hash as last member.
+    return f'{body_json[:-1]},"hash":"{digest}"}}'
+
+
+def record_line(data: Mapping[str, Any]) -> str:
+    """The line a sealed record is written as (its chain fields as they are)."""
+    body = {k: v for k, v in data.items() if k != "hash"}
+    return _with_hash(canonical_json(body), str(data.get("hash", "")))
+
+
+def record_hash(data: Mapping[str, Any]) -> str:
+    """SHA-256 hex of a record's canonical JSON without its ``hash`` field."""
+    body = {k: v for k, v in data.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SealedRecord:
+    """A record placed in the chain: the line to write and its chain fields."""
+
+    line: str
+    """Canonical JSON with ``prev_hash`` set and ``hash`` appended, without a newline."""
+    prev_hash: str
+    hash: str
+
+
+class HashChain:
+    """The head of one chain: seal a record after it, advance once it is written.
+
+    Sealing and advancing are separate so a failed write leaves the head where
+    it was and the next record chains to the last one actually written. Not
+    thread-safe by itself: sinks hold a lock around seal, write and advance so
+    the chain order equals the write order.
+    """
+
+    def __init__(self, head: str = GENESIS_HASH) -> None:
+        self.head = head
+
+    def seal(self, data: Mapping[str, Any]) -> SealedRecord:
+        """Chain a record's JSON dict (from ``AuditRecord.to_json_dict()``) after the head."""
+        body = {k: v for k, v in data.items() if k != "hash"}
+        body["prev_hash"] = self.head
+        encoded = canonical_json(body)
+        digest = hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+        return SealedRecord(line=_with_hash(encoded, digest), prev_hash=self.head, hash=digest)
+
+    def advance(self, sealed: SealedRecord) -> None:
+        """Make a written record the new head."""
+        if sealed.prev_hash != self.head:
+            raise AuditError("audit chain advanced out of order (a sink wrote without its lock)")
+        self.head = sealed.hash
+
+
+ProblemKind = Literal["bad_json", "hash_mismatch", "prev_hash_mismatch"]
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """The first thing wrong with a log."""
+
+    line: int
+    """1-based line number."""
+    kind: ProblemKind
+    """``bad_json`` (truncated or garbled line), ``hash_mismatch`` (record edited),
+    ``prev_hash_mismatch`` (a record deleted, inserted or reordered before this one)."""
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify_chain`."""
+
+    ok: bool
+    count: int
+    """Records verified (all of them when ``ok``; those before the problem otherwise)."""
+    head: str
+    """The hash of the last verified record (:data:`GENESIS_HASH` for an empty log)."""
+    problem: ChainProblem | None = None
+
+
+def _short(h: object) -> str:
+    return f"{h[:12]}…" if isinstance(h, str) and len(h) > 12 else repr(h)
+
+
+def verify_chain(
+    lines: Iterable[str | bytes | Mapping[str, Any] | AuditRecord],
+    *,
+    genesis: str | None = GENESIS_HASH,
+) -> VerifyResult:
+    """Check a log's hash chain, stopping at the first problem.
+
+    ``lines`` are raw JSON lines (as read from a file; trailing newlines are
+    fine), parsed dicts, or records. The first record must follow ``genesis``;
+    pass ``genesis=None`` to verify a slice of a log that starts mid-chain (a
+    rotated file, a ``tail``).
+    """
+    prev = genesis
+    count = 0
+    head = GENESIS_HASH
+    for number, item in enumerate(lines, start=1):
+        if isinstance(item, AuditRecord):
+            data: Any = item.to_json_dict()
+        elif isinstance(item, Mapping):
+            data = item
+        else:
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+            if not text.strip():
+                return _fail(count, head, number, "bad_json", "empty line (inserted or corrupted)")
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                return _fail(
+                    count,
+                    head,
+                    number,
+                    "bad_json",
+                    f"not valid JSON, the record is truncated or corrupted ({exc})",
+                )
+        if not isinstance(data, Mapping):
+            return _fail(count, head, number, "bad_json", "not a JSON object")
+        stored = data.get("hash")
+        try:
+            computed = record_hash(data)
+        except AuditError as exc:
+            return _fail(count, head, number, "bad_json", str(exc))
+        if stored != computed:
+            return _fail(
+                count,
+                head,
+                number,
+                "hash_mismatch",
+                f"hash mismatch, the record was edited after it was written "
+                f"(stored {_short(stored)}, computed {_short(computed)})",
+            )
+        claimed = data.get("prev_hash")
+        if prev is not None and claimed != prev:
+            where = (
+                "the first record does not start the chain (records before it were removed)"
+                if number == 1
+                else "a record before this one was deleted, inserted or moved"
+            )
+            return _fail(
+                count,
+                head,
+                number,
+                "prev_hash_mismatch",
+                f"prev_hash mismatch, {where} "
+                f"(prev_hash {_short(claimed)}, expected {_short(prev)})",
+            )
+        prev = head = computed
+        count += 1
+    return VerifyResult(ok=True, count=count, head=head)
+
+
+def _fail(count: int, head: str, line: int, kind: ProblemKind, message: str) -> VerifyResult:
+    return VerifyResult(ok=False, count=count, head=head, problem=ChainProblem(line, kind, message))

@@ -1,0 +1,282 @@
+"""Reading audit logs back: records, search filters, summaries and file verification.
+
+Everything here iterates lazily, so a bad line deep in a large file raises only
+after every record before it was yielded (a search prints what it found before
+reporting the problem).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from guardrail.audit.chain import GENESIS_HASH, VerifyResult, verify_chain
+from guardrail.audit.record import AuditRecord
+from guardrail.errors import AuditError
+from guardrail.types import Stage
+
+
+class AuditFileError(AuditError):
+    """An audit log could not be read: ``path`` and, when known, the 1-based ``line``."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {reason}")
+
+
+def _open_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    try:
+        fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        raise AuditFileError(path, f"cannot open audit log: {exc.strerror or exc}") from exc
+    with fh:
+        number = 0
+        try:
+            for number, line in enumerate(fh, start=1):
+                yield number, line
+        except OSError as exc:
+            raise AuditFileError(path, f"read failed: {exc}", line=number + 1) from exc
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
+    """Yield the records of a JSONL audit log in file order, lazily.
+
+    Blank lines are skipped (:func:`verify_file` reports them). A line that is
+    not JSON, or not an audit record, raises :class:`AuditFileError` naming the
+    file and line, after the records before it were yielded. Reading does not
+    check the hash chain; use :func:`verify_file` for that.
+    """
+    for number, line in _open_lines(path):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise AuditFileError(path, f"not valid JSON ({exc})", line=number) from exc
+        try:
+            yield AuditRecord.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "record"
+            raise AuditFileError(
+                path, f"not an audit record: {field}: {err['msg']}", line=number
+            ) from None
+
+
+def verify_file(
+    path: str | os.PathLike[str], *, genesis: str | None = GENESIS_HASH
+) -> VerifyResult:
+    """Verify the hash chain of a JSONL audit log (see :func:`~guardrail.audit.chain.verify_chain`).
+
+    Raises :class:`AuditFileError` only when the file cannot be read at all;
+    problems inside it are reported in the result.
+    """
+    return verify_chain((line for _, line in _open_lines(path)), genesis=genesis)
+
+
+def _fold(value: str | None) -> str | None:
+    return None if value is None else value.casefold()
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Search criteria; every given criterion must hold (``None`` matches anything).
+
+    - ``since`` (inclusive) / ``until`` (exclusive): the record's time; naive
+      datetimes are taken as UTC;
+    - ``action``: the call's final action;
+    - ``flag``: one of the call's flags;
+    - ``request_id``: exact match;
+    - ``stage``, ``rule_id``, ``level``, ``category``: must all hold for ONE
+      check of the call (``stage=response, level=Unsafe`` finds calls whose
+      response was judged unsafe, not calls with an unsafe prompt and some response).
+
+    Names compare case-insensitively (``unsafe`` matches ``Unsafe``).
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    action: str | None = None
+    stage: str | None = None
+    rule_id: str | None = None
+    flag: str | None = None
+    level: str | None = None
+    category: str | None = None
+    request_id: str | None = None
+
+    def matches(self, record: AuditRecord) -> bool:
+        """Whether ``record`` meets every criterion."""
+        if self.request_id is not None and record.request_id != self.request_id:
+            return False
+        if self.since is not None and record.time < _utc(self.since):
+            return False
+        if self.until is not None and record.time >= _utc(self.until):
+            return False
+        if self.action is not None and record.final_action.value != self.action.casefold():
+            return False
+        if self.flag is not None and not any(
+            f.casefold() == self.flag.casefold() for f in record.flags
+        ):
+            return False
+        stage, rule, level, cat = (
+            _fold(self.stage),
+            _fold(self.rule_id),
+            _fold(self.level),
+            _fold(self.category),
+        )
+        if stage is None and rule is None and level is None and cat is None:
+            return True
+        for entry in record.stages:
+            if stage is not None and entry.stage.value != stage:
+                continue
+            if rule is not None and entry.decision.rule_id.casefold() != rule:
+                continue
+            verdict = entry.verdict
+            if level is not None and (verdict is None or verdict.level.value.casefold() != level):
+                continue
+            if cat is not None and (
+                verdict is None
+                or verdict.category is None
+                or verdict.category.value.casefold() != cat
+            ):
+                continue
+            return True
+        return False
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def filter_records(records: Iterable[AuditRecord], criteria: RecordFilter) -> Iterator[AuditRecord]:
+    """Yield the records that match ``criteria``, lazily."""
+    return (r for r in records if criteria.matches(r))
+
+
+class Percentiles(BaseModel):
+    """Nearest-rank percentiles of a latency, in seconds (``None`` without data)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int = 0
+    p50: float | None = None
+    p95: float | None = None
+
+
+def percentiles(values: list[float]) -> Percentiles:
+    """p50 and p95 by the nearest-rank method (always an observed value)."""
+    if not values:
+        return Percentiles()
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    return Percentiles(count=len(ordered), p50=rank(0.50), p95=rank(0.95))
+
+
+class Summary(BaseModel):
+    """What a set of audit records adds up to.
+
+    Units: ``records`` and the ``by_action``/``by_rule``/``by_flag`` counts are
+    calls (a rule that fired on several checks of one call counts once);
+    ``checks``, ``by_level``, ``by_category``, ``refusals`` and ``guard_errors``
+    count guard checks (a regenerated response is checked more than once).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    records: int = 0
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    by_action: dict[str, int] = {}
+    by_rule: dict[str, int] = {}
+    by_flag: dict[str, int] = {}
+    unnecessary_refusals: int = 0
+    """Calls flagged ``unnecessary_refusal`` (a safe prompt answered with a refusal)."""
+    checks: dict[str, int] = {}
+    """Guard checks per stage (``prompt``, ``response``)."""
+    by_level: dict[str, dict[str, int]] = {}
+    """Per stage: guard checks per safety level."""
+    by_category: dict[str, dict[str, int]] = {}
+    """Per stage: guard checks per category (checks without a category are not counted)."""
+    refusals: int = 0
+    """Response checks the guard judged to be refusals."""
+    guard_errors: int = 0
+    """Checks where the guard failed and the failure mode decided."""
+    errors: int = 0
+    """Every error recorded (guard, upstream, reward...)."""
+    latency: dict[str, Percentiles] = {}
+    """``guard``, ``upstream``, ``total``."""
+
+
+UNNECESSARY_REFUSAL = "unnecessary_refusal"
+
+
+def summarize(records: Iterable[AuditRecord]) -> Summary:
+    """Count a stream of records (see :class:`Summary`); consumes it in one pass."""
+    n = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    by_action: Counter[str] = Counter()
+    by_rule: Counter[str] = Counter()
+    by_flag: Counter[str] = Counter()
+    checks: Counter[str] = Counter()
+    by_level: dict[str, Counter[str]] = {s.value: Counter() for s in Stage}
+    by_category: dict[str, Counter[str]] = {s.value: Counter() for s in Stage}
+    refusals = guard_errors = errors = 0
+    guard: list[float] = []
+    upstream: list[float] = []
+    total: list[float] = []
+    for record in records:
+        n += 1
+        first = record.time if first is None or record.time < first else first
+        last = record.time if last is None or record.time > last else last
+        by_action[record.final_action.value] += 1
+        by_rule.update({e.decision.rule_id for e in record.stages})
+        by_flag.update(record.flags)
+        errors += len(record.errors)
+        for entry in record.stages:
+            s = entry.stage.value
+            checks[s] += 1
+            guard_errors += entry.error is not None
+            v = entry.verdict
+            if v is not None:
+                by_level[s][v.level.value] += 1
+                if v.category is not None:
+                    by_category[s][v.category.value] += 1
+                refusals += v.refusal is True and entry.stage is Stage.RESPONSE
+        guard.append(record.latency.guard_s)
+        if record.latency.upstream_s is not None:
+            upstream.append(record.latency.upstream_s)
+        total.append(record.latency.total_s)
+    return Summary(
+        records=n,
+        first_time=first,
+        last_time=last,
+        by_action=dict(by_action.most_common()),
+        by_rule=dict(by_rule.most_common()),
+        by_flag=dict(by_flag.most_common()),
+        unnecessary_refusals=by_flag[UNNECESSARY_REFUSAL],
+        checks=dict(checks),
+        by_level={s: dict(c.most_common()) for s, c in by_level.items()},
+        by_category={s: dict(c.most_common()) for s, c in by_category.items()},
+        refusals=refusals,
+        guard_errors=guard_errors,
+        errors=errors,
+        latency={
+            "guard": percentiles(guard),
+            "upstream": percentiles(upstream),
+            "total": percentiles(total),
+        },
+    )

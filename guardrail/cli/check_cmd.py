@@ -1,0 +1,97 @@
+"""``guardrail check``: judge a prompt (and optionally a response) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from guardrail.classifiers.base import Classifier, moderate
+from guardrail.qwen3guard import DEFAULT_MODEL
+from guardrail.types import Verdict
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``check`` on the CLI's subparsers."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="judge a prompt, or a prompt and its response, with Qwen3Guard-Gen",
+        description=(
+            "Judge TEXT as a user prompt; with --response, also judge the response to it. "
+            "The guard runs locally (--model, a hub id or a local directory) or on an "
+            "OpenAI-compatible server (--base-url)."
+        ),
+    )
+    p.add_argument("text", metavar="TEXT", help="the user prompt")
+    p.add_argument("--response", metavar="TEXT", help="an assistant response to judge")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--model",
+        metavar="ID_OR_DIR",
+        help=f"guard checkpoint: hub id or local directory (default {DEFAULT_MODEL})",
+    )
+    where.add_argument(
+        "--base-url", metavar="URL", help="OpenAI-compatible guard server, e.g. http://host:8000/v1"
+    )
+    p.add_argument("--served-model", metavar="NAME", help="model name on the server (remote)")
+    p.add_argument("--revision", help="hub revision to pin (local)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (local)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (local)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (remote)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when any verdict is not Safe (Controversial counts as unsafe)",
+    )
+    p.set_defaults(func=run)
+
+
+def _classifier(args: argparse.Namespace) -> Classifier:
+    if args.base_url:
+        from guardrail.classifiers.remote import RemoteQwen3Guard
+
+        return RemoteQwen3Guard(
+            args.base_url, model=args.served_model or DEFAULT_MODEL, timeout=args.timeout
+        )
+    from guardrail.classifiers.local import LocalQwen3Guard
+
+    return LocalQwen3Guard(
+        args.model or DEFAULT_MODEL, revision=args.revision, device=args.device, dtype=args.dtype
+    )
+
+
+def _summary(verdict: Verdict) -> dict[str, Any]:
+    return verdict.model_dump(mode="json", exclude={"components"})
+
+
+def _table(rows: dict[str, Verdict]) -> str:
+    lines = [f"{'stage':<9} {'safety':<14} {'category':<30} {'refusal':<8} {'p(level)':<9}"]
+    for stage, v in rows.items():
+        refusal = "-" if v.refusal is None else ("Yes" if v.refusal else "No")
+        prob = "-" if v.level_probs is None else f"{v.level_probs.get(v.level.value, 0.0):.3f}"
+        category = v.category.value if v.category else "None"
+        lines.append(f"{stage:<9} {v.level.value:<14} {category:<30} {refusal:<8} {prob:<9}")
+    first = next(iter(rows.values()))
+    lines.append(f"model: {first.model}")
+    if any(v.truncated for v in rows.values()):
+        lines.append("note: input was longer than the guard's context and was truncated")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check; 0 on success (1 with --exit-code when something is not Safe)."""
+    classifier = _classifier(args)
+    messages = [{"role": "user", "content": args.text}]
+    rows = {"prompt": moderate(classifier, messages)}
+    if args.response is not None:
+        rows["response"] = moderate(classifier, messages, args.response)
+    if args.json:
+        print(json.dumps({k: _summary(v) for k, v in rows.items()}, indent=2))
+    else:
+        print(_table(rows))
+    sys.stdout.flush()
+    if args.exit_code and any(v.is_unsafe("strict") for v in rows.values()):
+        return 1
+    return 0

@@ -1,0 +1,145 @@
+"""``wrap()``: put a Guard in front of an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client.
+
+The wrapper is a thin proxy: ``chat.completions.create`` (and ``parse``) go
+through the guard, keep their signature and return the same types
+(``ChatCompletion``, or a stream of ``ChatCompletionChunk`` with
+``stream=True``); every other attribute of the client passes through
+untouched. Helpers that would return unguarded model output from
+``chat.completions`` (``with_raw_response``, ``with_streaming_response``,
+``stream``) raise instead of silently bypassing the guard. ``with_options`` and
+``copy`` return wrapped clients.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+
+from guardrail.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI, OpenAI
+
+    from guardrail.guard import Guard
+    from guardrail.policy import Policy
+
+ClientT = TypeVar("ClientT")
+
+_UNGUARDED = ("with_raw_response", "with_streaming_response", "stream")
+
+
+class _Proxy:
+    """Delegates every attribute it does not define to the wrapped object."""
+
+    _wrapped: Any
+    _guard: Guard
+
+    def __init__(self, wrapped: Any, guard: Guard) -> None:
+        object.__setattr__(self, "_wrapped", wrapped)
+        object.__setattr__(self, "_guard", guard)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._wrapped, name, value)
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._wrapped!r}>"
+
+
+class _GuardedCompletions(_Proxy):
+    def __getattr__(self, name: str) -> Any:
+        if name in _UNGUARDED:
+            raise ConfigurationError(
+                f"chat.completions.{name} is not guarded by guardrail; use create(...) "
+                "(stream=True for streaming) so every answer is checked"
+            )
+        return getattr(self._wrapped, name)
+
+    def create(self, **params: Any) -> Any:
+        """Guarded ``chat.completions.create``: same parameters, same return types."""
+        return self._guard._complete(self._wrapped.create, params)
+
+    def parse(self, **params: Any) -> Any:
+        """Guarded ``chat.completions.parse`` (structured outputs)."""
+        if params.get("stream"):
+            raise ConfigurationError("parse() does not stream; use create(stream=True)")
+        return self._guard._complete(self._wrapped.parse, params)
+
+
+class _AsyncGuardedCompletions(_GuardedCompletions):
+    async def create(self, **params: Any) -> Any:
+        """Guarded async ``chat.completions.create``."""
+        return await self._guard._acomplete(self._wrapped.create, params)
+
+    async def parse(self, **params: Any) -> Any:
+        """Guarded async ``chat.completions.parse``."""
+        if params.get("stream"):
+            raise ConfigurationError("parse() does not stream; use create(stream=True)")
+        return await self._guard._acomplete(self._wrapped.parse, params)
+
+
+class _GuardedChat(_Proxy):
+    @property
+    def completions(self) -> _GuardedCompletions:
+        inner = self._wrapped.completions
+        # openai decorates create(); unwrap to see whether it is a coroutine function.
+        is_async = inspect.iscoroutinefunction(inspect.unwrap(inner.create))
+        cls = _AsyncGuardedCompletions if is_async else _GuardedCompletions
+        return cls(inner, self._guard)
+
+
+class _GuardedClient(_Proxy):
+    @property
+    def chat(self) -> _GuardedChat:
+        return _GuardedChat(self._wrapped.chat, self._guard)
+
+    def with_options(self, **options: Any) -> Any:
+        """A wrapped copy of the client with other options (same guard)."""
+        return _GuardedClient(self._wrapped.with_options(**options), self._guard)
+
+    def copy(self, **options: Any) -> Any:
+        """A wrapped copy of the client (same guard)."""
+        return _GuardedClient(self._wrapped.copy(**options), self._guard)
+
+    @property
+    def guard(self) -> Guard:
+        """The guard checking this client's calls."""
+        return self._guard
+
+
+@overload
+def wrap(
+    client: OpenAI, *, policy: Policy | str | Path | None = ..., guard: Guard | None = ...
+) -> OpenAI: ...
+@overload
+def wrap(
+    client: AsyncOpenAI, *, policy: Policy | str | Path | None = ..., guard: Guard | None = ...
+) -> AsyncOpenAI: ...
+@overload
+def wrap(
+    client: ClientT, *, policy: Policy | str | Path | None = ..., guard: Guard | None = ...
+) -> ClientT: ...
+def wrap(
+    client: Any, *, policy: Policy | str | Path | None = None, guard: Guard | None = None
+) -> Any:
+    """Guard every chat completion made through ``client``.
+
+    Give either a ``policy`` (a :class:`~guardrail.policy.Policy`, or a path to a
+    policy YAML file; default: the balanced default policy) or a ready ``guard``
+    (to share one loaded guard model between clients). The returned object
+    behaves like ``client`` for type checkers and at run time, except that it is
+    a proxy (``isinstance(wrapped, openai.OpenAI)`` is false).
+    """
+    from guardrail.guard import Guard
+
+    if guard is not None and policy is not None:
+        raise ConfigurationError("give either policy= or guard=, not both")
+    if not hasattr(client, "chat"):
+        raise ConfigurationError(
+            f"{type(client).__name__} has no 'chat' attribute; wrap an openai.OpenAI "
+            "or openai.AsyncOpenAI client"
+        )
+    return cast(Any, _GuardedClient(client, guard if guard is not None else Guard(policy)))

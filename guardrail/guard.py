@@ -1,0 +1,353 @@
+"""``Guard``: a policy, a guard model and an audit sink, put together.
+
+``Guard`` is what :func:`guardrail.wrap` puts in front of a client, and what
+users of other LLM SDKs call directly (``check_prompt``, ``check_response`` and
+their async twins). It owns no flow logic: the guarded call lives in
+:mod:`guardrail.engine`, decisions in :mod:`guardrail.policy`, records in
+:mod:`guardrail.audit`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from guardrail.audit import AuditRecord, AuditSink, StageRecord, sink_from_settings
+from guardrail.audit.record import ErrorEntry, Latency, PolicyRef
+from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
+from guardrail.engine import (
+    AsyncRunner,
+    Flow,
+    SyncRunner,
+    Trace,
+    check,
+    completion_flow,
+    stream_flow,
+)
+from guardrail.errors import ConfigurationError
+from guardrail.policy import Policy, evaluate, load_policy
+from guardrail.policy.schema import GuardConfig, StreamingConfig
+from guardrail.streams import AsyncGuardedStream, GuardedStream
+from guardrail.types import Decision, Stage, Verdict
+
+
+def build_classifier(settings: GuardConfig) -> Classifier:
+    """The guard backend a policy's ``guard`` section describes (loads a local model)."""
+    if settings.backend == "remote":
+        from guardrail.classifiers.remote import RemoteQwen3Guard
+
+        # The schema guarantees a base_url for the remote backend.
+        return RemoteQwen3Guard(
+            str(settings.base_url),
+            model=settings.model,
+            api_key_env=settings.api_key_env,
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+    from guardrail.classifiers.local import LocalQwen3Guard
+
+    return LocalQwen3Guard(
+        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+    )
+
+
+class Guard:
+    """Checks prompts and responses against a policy, and audits every decision.
+
+    ``policy``: a :class:`~guardrail.policy.Policy`, a path to a policy YAML file,
+    or ``None`` for the balanced default. ``classifier`` overrides the guard the
+    policy describes (e.g. a shared ``LocalQwen3Guard``, or a scripted fake in
+    tests); ``sink`` overrides its audit sink; ``logger`` is the structlog logger
+    used by a ``logger`` audit sink.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | str | Path | None = None,
+        *,
+        classifier: Classifier | None = None,
+        sink: AuditSink | None = None,
+        logger: Any = None,
+        max_workers: int = 32,
+    ) -> None:
+        if policy is None:
+            policy = Policy.default()
+        elif not isinstance(policy, Policy):
+            policy = load_policy(policy)
+        self.policy = policy
+        self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
+        audit = policy.audit
+        self.sink = (
+            sink
+            if sink is not None
+            else sink_from_settings(audit.sink, audit.path, audit.fsync, logger)
+        )
+        self._policy_ref = PolicyRef(
+            name=policy.name, version=str(policy.version), hash=policy.content_hash
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="guardrail"
+        )
+
+    # -- settings the engine reads ----------------------------------------------------
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether the upstream call starts together with the prompt check."""
+        return self.policy.execution.mode == "concurrent"
+
+    @property
+    def raises_on_block(self) -> bool:
+        """Whether a block raises :class:`~guardrail.errors.BlockedError`."""
+        return self.policy.block.behavior == "raise"
+
+    @property
+    def streaming(self) -> StreamingConfig:
+        """The policy's streaming settings."""
+        return self.policy.streaming
+
+    def block_message(self, decision: Decision) -> str:
+        """The text returned in place of a blocked prompt's or answer's content."""
+        return decision.message or self.policy.block.message
+
+    def decide(
+        self,
+        stage: Stage,
+        verdict: Verdict | None,
+        *,
+        prompt_verdict: Verdict | None = None,
+        error: BaseException | None = None,
+    ) -> Decision:
+        """The policy's decision for one verdict, or for a guard failure."""
+        return evaluate(self.policy, stage, verdict, prompt_verdict=prompt_verdict, error=error)
+
+    # -- classification ---------------------------------------------------------------
+
+    def classify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        """Judge conversations with the policy's reasoning and system-message settings."""
+        return moderate_many(
+            self.classifier,
+            conversations,
+            reasoning=self.policy.reasoning,
+            include_system=self.policy.include_system,
+        )
+
+    async def aclassify(
+        self, stage: Stage, conversations: Sequence[Conversation]
+    ) -> list[Verdict]:
+        """Async twin of :meth:`classify`."""
+        return await amoderate_many(
+            self.classifier,
+            conversations,
+            reasoning=self.policy.reasoning,
+            include_system=self.policy.include_system,
+        )
+
+    # -- audit ------------------------------------------------------------------------
+
+    def audit(self, trace: Trace) -> None:
+        """Write the audit record of one guarded call or check."""
+        stages = [
+            StageRecord.from_decision(
+                o.decision,
+                latency_s=o.latency_s,
+                error=trace.outcome_errors.get(i),
+                attempt=o.attempt + 1,
+                candidate=o.candidate,
+                raw_text=True,
+            )
+            for i, o in enumerate(trace.outcomes)
+        ]
+        # Guard failures are recorded with their stage; upstream failures are added here.
+        errors = [
+            ErrorEntry(stage=None, type=type(exc).__name__, message=str(exc))
+            for where, exc in trace.errors
+            if where == "upstream"
+        ]
+        record = AuditRecord.build(
+            policy=self._policy_ref,
+            stages=stages,
+            mode=trace.mode,
+            model=trace.model,
+            guard_model=self.classifier.model_id,
+            final_action=trace.action,
+            flags=trace.flags,
+            blocked_stage=trace.blocked_stage,
+            latency=Latency(
+                guard_s=trace.guard_s,
+                upstream_s=trace.upstream_s if trace.mode != "check" else None,
+                total_s=trace.elapsed(),
+            ),
+            errors=errors,
+            prompt=_last_user_text(trace.messages),
+            response="\n\n".join(trace.responses) if trace.responses else None,
+            content_mode=self.policy.audit.content,
+            truncate_chars=self.policy.audit.truncate_chars,
+            request_id=trace.request_id,
+        )
+        self.sink.write(record)
+
+    # -- runners ----------------------------------------------------------------------
+
+    def _sync_runner(self, upstream: Callable[[dict[str, Any]], Any]) -> SyncRunner:
+        return SyncRunner(
+            self.classify,
+            upstream,
+            timeout_s=self.policy.execution.timeout_s,
+            executor=self._executor,
+        )
+
+    def _async_runner(self, upstream: Callable[[dict[str, Any]], Any]) -> AsyncRunner:
+        return AsyncRunner(self.aclassify, upstream, timeout_s=self.policy.execution.timeout_s)
+
+    def _trace(self, params: dict[str, Any], mode: str) -> Trace:
+        return Trace(
+            request_id=uuid.uuid4().hex,
+            mode=mode,
+            model=str(params.get("model", "")),
+            messages=params.get("messages", ()),
+        )
+
+    def _complete(self, create: Callable[..., Any], params: dict[str, Any]) -> Any:
+        params = _normalise_params(params)
+        runner = self._sync_runner(lambda p: create(**p))
+        if params.get("stream"):
+            trace = self._trace(params, "streaming")
+            return GuardedStream(runner.stream(stream_flow(self, trace, params)), trace)
+        trace = self._trace(params, self.policy.execution.mode)
+        return runner.run(completion_flow(self, trace, params))
+
+    async def _acomplete(self, create: Callable[..., Any], params: dict[str, Any]) -> Any:
+        params = _normalise_params(params)
+
+        async def upstream(p: dict[str, Any]) -> Any:
+            return await create(**p)
+
+        runner = self._async_runner(upstream)
+        if params.get("stream"):
+            trace = self._trace(params, "streaming")
+            return AsyncGuardedStream(runner.stream(stream_flow(self, trace, params)), trace)
+        trace = self._trace(params, self.policy.execution.mode)
+        return await runner.run(completion_flow(self, trace, params))
+
+    # -- direct checks ----------------------------------------------------------------
+
+    def _check_flow(
+        self,
+        stage: Stage,
+        messages: Iterable[Any],
+        response: Any,
+        prompt_verdict: Verdict | None,
+    ) -> Flow[Decision]:
+        items = list(messages)
+        trace = Trace(request_id=uuid.uuid4().hex, mode="check", model="", messages=items)
+        try:
+            (decision,) = yield from check(
+                self, trace, stage, [(items, response)], prompt_verdict=prompt_verdict
+            )
+            trace.took(decision.action, flags=decision.flags)
+            if decision.blocked:
+                trace.blocked_stage = stage
+            if response is not None:
+                trace.responses.append(response if isinstance(response, str) else _text(response))
+            return decision
+        finally:
+            self.audit(trace)
+
+    def check_prompt(self, messages: Iterable[Any]) -> Decision:
+        """Check a conversation's last user turn; the decision is audited, never raised."""
+        return self._sync_runner(_no_upstream).run(
+            self._check_flow(Stage.PROMPT, messages, None, None)
+        )
+
+    def check_response(
+        self,
+        messages: Iterable[Any],
+        response: Any,
+        *,
+        prompt_verdict: Verdict | None = None,
+    ) -> Decision:
+        """Check an answer (a string or an assistant message) to ``messages``.
+
+        Pass the prompt check's verdict as ``prompt_verdict`` so rules on the
+        prompt's level (such as the unnecessary-refusal rule) can match.
+        """
+        return self._sync_runner(_no_upstream).run(
+            self._check_flow(Stage.RESPONSE, messages, response, prompt_verdict)
+        )
+
+    async def acheck_prompt(self, messages: Iterable[Any]) -> Decision:
+        """Async twin of :meth:`check_prompt`."""
+        return await self._async_runner(_no_upstream).run(
+            self._check_flow(Stage.PROMPT, messages, None, None)
+        )
+
+    async def acheck_response(
+        self,
+        messages: Iterable[Any],
+        response: Any,
+        *,
+        prompt_verdict: Verdict | None = None,
+    ) -> Decision:
+        """Async twin of :meth:`check_response`."""
+        return await self._async_runner(_no_upstream).run(
+            self._check_flow(Stage.RESPONSE, messages, response, prompt_verdict)
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the audit sink and stop the worker threads."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.sink.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _no_upstream(params: dict[str, Any]) -> Any:
+    raise ConfigurationError("a direct check has no upstream call")
+
+
+def _normalise_params(params: dict[str, Any]) -> dict[str, Any]:
+    if "messages" not in params:
+        raise ConfigurationError("chat.completions.create() needs messages=")
+    return {**params, "messages": list(params["messages"])}
+
+
+def _text(message: Any) -> str:
+    content = (
+        message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
+    )
+    return content if isinstance(content, str) else ""
+
+
+def _last_user_text(messages: Any) -> str | None:
+    for message in reversed(list(messages or ())):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role == "user":
+            content = (
+                message.get("content")
+                if isinstance(message, dict)
+                else getattr(message, "content", None)
+            )
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(
+                    str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
+                )
+            return ""
+    return None

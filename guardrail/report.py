@@ -1,0 +1,69 @@
+"""What the guard did on one call, as returned to the application and written to the audit log."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from guardrail.types import Action, Decision, Stage
+
+
+class StageOutcome(BaseModel):
+    """One check of one call: its decision (which carries the verdict) and its cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Stage
+    decision: Decision
+    latency_s: float = 0.0
+    attempt: int = 0
+    """0 for the first upstream answer; 1.. for regenerations and retries."""
+    candidate: int | None = None
+    """The choice index for response checks."""
+
+
+class GuardReport(BaseModel):
+    """The guard's account of one call: every check, the final action and the flags."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    action: Action
+    """The strongest action taken: block > rewrite > flag > allow."""
+    outcomes: tuple[StageOutcome, ...] = ()
+    flags: tuple[str, ...] = ()
+    blocked_stage: Stage | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the call (or every choice of it) was blocked."""
+        return self.action is Action.BLOCK
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any check attached a flag (e.g. ``unnecessary_refusal``)."""
+        return bool(self.flags)
+
+    def decisions(self, stage: Stage | str | None = None) -> list[Decision]:
+        """The decisions taken, optionally for one stage only."""
+        wanted = Stage(stage) if stage is not None else None
+        return [o.decision for o in self.outcomes if wanted is None or o.stage is wanted]
+
+
+_REPORT_ATTR = "_guardrail_report"
+
+
+def attach_report(obj: object, report: GuardReport) -> None:
+    """Attach ``report`` to a returned object without changing how it serialises."""
+    object.__setattr__(obj, _REPORT_ATTR, report)
+
+
+def report(obj: object) -> GuardReport | None:
+    """The guard's report for a completion or stream returned by a wrapped client.
+
+    Streams carry theirs as ``stream.report`` too (complete once the stream ended).
+    """
+    found = getattr(obj, _REPORT_ATTR, None)
+    if isinstance(found, GuardReport):
+        return found
+    live = getattr(obj, "report", None)
+    return live if isinstance(live, GuardReport) else None

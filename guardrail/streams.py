@@ -1,0 +1,83 @@
+"""The stream objects a wrapped client returns for ``stream=True`` (sync and async).
+
+They iterate ``ChatCompletionChunk`` objects like ``openai.Stream`` /
+``openai.AsyncStream`` do, close the upstream connection when closed, and expose
+the guard's report once the stream has ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from types import TracebackType
+from typing import Any
+
+from guardrail.engine import Trace
+from guardrail.report import GuardReport
+
+
+class GuardedStream(Iterator[Any]):
+    """A guarded sync stream of chat-completion chunks."""
+
+    def __init__(self, steps: Generator[Any, None, None], trace: Trace) -> None:
+        self._steps = steps
+        self._trace = trace
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._steps)
+
+    def close(self) -> None:
+        """Stop the stream and close the upstream connection."""
+        self._steps.close()
+
+    @property
+    def report(self) -> GuardReport:
+        """What the guard did so far (complete once the stream has ended)."""
+        return self._trace.report()
+
+    def __enter__(self) -> GuardedStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncGuardedStream(AsyncIterator[Any]):
+    """A guarded async stream of chat-completion chunks."""
+
+    def __init__(self, steps: AsyncGenerator[Any, None], trace: Trace) -> None:
+        self._steps = steps
+        self._trace = trace
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._steps.__anext__()
+
+    async def close(self) -> None:
+        """Stop the stream and close the upstream connection."""
+        await self._steps.aclose()
+
+    @property
+    def report(self) -> GuardReport:
+        """What the guard did so far (complete once the stream has ended)."""
+        return self._trace.report()
+
+    async def __aenter__(self) -> AsyncGuardedStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
