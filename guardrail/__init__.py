@@ -26,6 +26,7 @@ from guardrail.errors import (
     VerdictParseError,
 )
 from guardrail.qwen3guard import DEFAULT_MODEL, GuardInput, guard_inputs, parse_verdict
+from guardrail.report import GuardReport, StageOutcome, report
 from guardrail.types import (
     Action,
     Category,
@@ -36,8 +37,6 @@ from guardrail.types import (
     Stage,
     Verdict,
 )
-
-from guardrail.report import GuardReport, StageOutcome, report
 
 if TYPE_CHECKING:
     from guardrail.classifiers.local import LocalQwen3Guard

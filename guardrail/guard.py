@@ -136,9 +136,7 @@ class Guard:
             include_system=self.policy.include_system,
         )
 
-    async def aclassify(
-        self, stage: Stage, conversations: Sequence[Conversation]
-    ) -> list[Verdict]:
+    async def aclassify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Async twin of :meth:`classify`."""
         return await amoderate_many(
             self.classifier,

@@ -1,4 +1,4 @@
-"""Fakes for testing code that uses guardrail, without a model or a server.
+r"""Fakes for testing code that uses guardrail, without a model or a server.
 
 :class:`ScriptedClassifier` is a real :class:`~guardrail.classifiers.base.Classifier`
 that answers with scripted guard output, parsed by the same

@@ -3,6 +3,10 @@
 Tests never touch the network: Hugging Face Hub access is switched off for the
 whole session before anything imports ``huggingface_hub``.
 
+torch runs single-threaded unless ``OMP_NUM_THREADS`` says otherwise: the tiny
+models are as fast on one thread, and with two, OpenMP's spin-waiting makes them
+10-20x slower whenever another process shares the 2-core machine.
+
 Fixtures for a real (tiny) guard model, built once per session:
 
 - ``tiny_guard_dir``: a saved Qwen3Guard-Gen-format checkpoint (see ``tinyguard.py``
@@ -20,6 +24,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # read when torch is first imported
 
 if TYPE_CHECKING:
     from guardrail.classifiers.local import LocalQwen3Guard

@@ -61,9 +61,7 @@ def chunk_bodies(text: str, *, model: str, piece_chars: int = 6) -> list[dict[st
 class FakeLLM:
     """Scripted upstream: ``answer(messages, index)`` decides each choice's text."""
 
-    def __init__(
-        self, answer: Answer, *, delay_s: float = 0.0, chunk_delay_s: float = 0.0
-    ) -> None:
+    def __init__(self, answer: Answer, *, delay_s: float = 0.0, chunk_delay_s: float = 0.0) -> None:
         self.answer = answer
         self.delay_s = delay_s
         self.chunk_delay_s = chunk_delay_s

@@ -36,9 +36,7 @@ def test_local_directory_and_guard_server_agree(
     local_unsafe = check_json(capsys, BOMB, "--model", str(tiny_guard_dir))
     assert fields(local_unsafe) == {"prompt": ("Unsafe", "Violent", None)}
     assert local_unsafe["prompt"]["level_probs"]["Unsafe"] > 0.5
-    local_refusal = check_json(
-        capsys, CAPITAL, "--response", SORRY, "--model", str(tiny_guard_dir)
-    )
+    local_refusal = check_json(capsys, CAPITAL, "--response", SORRY, "--model", str(tiny_guard_dir))
     assert fields(local_refusal) == {
         "prompt": ("Safe", None, None),
         "response": ("Safe", None, True),

@@ -104,9 +104,7 @@ def make_guard(
     fail: str = "closed",
     classifier: ScriptedClassifier | None = None,
 ) -> Guard:
-    text = POLICY.format(
-        mode=mode, behavior=behavior, fail=fail, path=tmp_path / "audit.jsonl"
-    )
+    text = POLICY.format(mode=mode, behavior=behavior, fail=fail, path=tmp_path / "audit.jsonl")
     policy = load_policy_text(text, source="client-test.yaml")
     return Guard(policy, classifier=classifier or ScriptedClassifier(GUARD_SCRIPT))
 
@@ -181,9 +179,7 @@ def test_other_attributes_pass_through(llm: FakeLLM, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["concurrent", "sequential"])
-def test_blocked_prompt_raises_and_never_returns_the_answer(
-    tmp_path: Path, mode: str
-) -> None:
+def test_blocked_prompt_raises_and_never_returns_the_answer(tmp_path: Path, mode: str) -> None:
     slow_guard = ScriptedClassifier(GUARD_SCRIPT, delay_s=0.3)
     with fake_llm(answer) as llm:  # the upstream answers long before the guard
         wrapped = guardrail.wrap(
@@ -312,9 +308,7 @@ def test_a_slow_guard_times_out_and_fails_closed(llm: FakeLLM, tmp_path: Path) -
     text = POLICY.format(
         mode="concurrent", behavior="raise", fail="closed", path=tmp_path / "audit.jsonl"
     ).replace("timeout_s: 5", "timeout_s: 0.2")
-    guard = Guard(
-        load_policy_text(text), classifier=ScriptedClassifier(GUARD_SCRIPT, delay_s=1.0)
-    )
+    guard = Guard(load_policy_text(text), classifier=ScriptedClassifier(GUARD_SCRIPT, delay_s=1.0))
     with pytest.raises(BlockedError) as info:
         guardrail.wrap(raw_client(llm), guard=guard).chat.completions.create(
             model="m", messages=ask("capital of France?")
