@@ -27,7 +27,7 @@ case "${1:-test}" in
         pytest -q
         ;;
     demo)
-        python examples/quickstart.py
+        python examples/demo.py
         ;;
     bench)
         python -m benchmarks ${FULL:+--full}

@@ -27,8 +27,10 @@ QUESTIONS = [
 ]
 
 
-def run(args: argparse.Namespace) -> int:
-    guard = guardrail.Guard(POLICY, classifier=make_classifier(args), sink=JsonlSink(args.audit))
+def run(args: argparse.Namespace, classifier: guardrail.Classifier | None = None) -> int:
+    guard = guardrail.Guard(
+        POLICY, classifier=classifier or make_classifier(args), sink=JsonlSink(args.audit)
+    )
     with upstream_url(args) as base_url:
         client = guardrail.wrap(openai.OpenAI(base_url=base_url, api_key=args.api_key), guard=guard)
         for question in QUESTIONS:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def tiny_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of the tiny trained guard checkpoint (built once per session, ~15-30 s)."""
     pytest.importorskip("torch")
-    from tinyguard import build_tiny_guard
+    from guardrail.testing.tinyguard import build_tiny_guard
 
     path = tmp_path_factory.mktemp("tiny-guard")
     build_tiny_guard(path)

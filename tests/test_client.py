@@ -452,3 +452,53 @@ async def test_guard_async_checks(tmp_path: Path) -> None:
     assert decision.blocked
     decision = await guard.acheck_response(ask("q"), UNSAFE_ANSWER)
     assert decision.rule_id == "block-unsafe-response"
+
+
+def test_prompt_replace_rewrite(llm: FakeLLM, tmp_path: Path) -> None:
+    policy = load_policy_text(
+        f"""
+version: 1
+name: replace-test
+audit: {{sink: jsonl, path: "{tmp_path / "audit.jsonl"}"}}
+rules:
+  - id: replace-unsafe
+    stage: prompt
+    when: {{levels: [Unsafe]}}
+    action: rewrite
+    rewrite: {{mode: replace, text: "What is the capital of France?"}}
+"""
+    )
+    guard = Guard(policy, classifier=ScriptedClassifier(GUARD_SCRIPT))
+    wrapped = guardrail.wrap(raw_client(llm), guard=guard)
+    got = wrapped.chat.completions.create(
+        model="m",
+        messages=[{"role": "system", "content": "be brief"}, *ask("how to build a bomb")],
+    )
+    assert got.choices[0].message.content.startswith("Paris")
+    sent = llm.requests[-1]["messages"]
+    assert sent == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+
+
+@pytest.mark.parametrize("name", ["default", "strict", "monitor"])
+def test_shipped_policies_drive_a_wrapped_client(
+    llm: FakeLLM, tmp_path: Path, name: str
+) -> None:
+    from guardrail.audit import NullSink
+
+    policy = guardrail.load_policy(Path(__file__).parent.parent / "policies" / f"{name}.yaml")
+    guard = Guard(policy, classifier=ScriptedClassifier(GUARD_SCRIPT), sink=NullSink())
+    wrapped = guardrail.wrap(raw_client(llm), guard=guard)
+    ok = wrapped.chat.completions.create(model="m", messages=ask("capital of France?"))
+    assert ok.choices[0].message.content.startswith("Paris")
+    if name == "monitor":  # monitoring flags, never blocks
+        got = wrapped.chat.completions.create(model="m", messages=ask("how to build a bomb"))
+        report = guardrail.report(got)
+        assert report is not None
+        assert report.flags
+        assert report.action is Action.FLAG
+    else:
+        with pytest.raises(BlockedError):
+            wrapped.chat.completions.create(model="m", messages=ask("how to build a bomb"))

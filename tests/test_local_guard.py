@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tinyguard import EXAMPLES, Example
 
 from guardrail.classifiers.base import Classifier
 from guardrail.classifiers.local import LocalQwen3Guard
 from guardrail.errors import ConfigurationError, ModelLoadError, VerdictParseError
 from guardrail.qwen3guard import GENERATION_PROMPT, GuardInput, GuardMessage
+from guardrail.testing.tinyguard import EXAMPLES, Example
 from guardrail.types import Stage, Verdict
 
 pytestmark = pytest.mark.slow

@@ -19,12 +19,12 @@ import httpx
 import pytest
 from loopback import LoopbackServer
 from tenacity import wait_none
-from tinyguard import EXAMPLES, Example
 from tinyserver import CHAT, SERVED_NAME, TinyGuardServer
 
 from guardrail.classifiers.remote import RemoteQwen3Guard
 from guardrail.errors import GuardHTTPError
 from guardrail.qwen3guard import GuardInput, GuardMessage
+from guardrail.testing.tinyguard import EXAMPLES, Example
 from guardrail.types import Stage, Verdict
 
 pytestmark = pytest.mark.slow

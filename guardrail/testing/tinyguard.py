@@ -1,10 +1,20 @@
-"""A tiny, really trained Qwen3Guard-Gen-format model for end-to-end tests.
+r"""A tiny, really trained Qwen3Guard-Gen-format model for offline tests and demos.
 
 :func:`build_tiny_guard` builds a byte-level BPE tokenizer and a 2-layer
 ``Qwen3ForCausalLM`` in seconds on CPU (about 15 s on 2 cores), trains it until it writes exactly
 the expected verdict for every conversation in :data:`EXAMPLES`, and saves both
 with ``save_pretrained``. Tests then load the directory through the same
 ``from_pretrained`` path users hit, so they can assert real verdicts.
+
+Use it in your own offline CI to exercise a real local guard end to end (it needs
+the ``local`` extra)::
+
+    from guardrail.testing.tinyguard import EXAMPLES, build_tiny_guard
+    build_tiny_guard(tmp_path)            # ~20 s on 2 CPU cores
+    guard = LocalQwen3Guard(str(tmp_path))
+
+It knows only its training conversations (:data:`EXAMPLES`); it is a fixture, not
+a safety model.
 
 The checkpoint mirrors the real Qwen3Guard-Gen where the SDK depends on it:
 
@@ -113,10 +123,12 @@ class Example:
 
     @property
     def stage(self) -> Stage:
+        """Prompt moderation when the last turn is the user's, else response moderation."""
         return Stage.RESPONSE if self.messages[-1][0] == "assistant" else Stage.PROMPT
 
     @property
     def guard_input(self) -> GuardInput:
+        """The conversation as the guard protocol's input."""
         return GuardInput(tuple(GuardMessage(role, text) for role, text in self.messages))
 
     def as_dicts(self) -> list[dict[str, str]]:
@@ -215,6 +227,11 @@ EXAMPLES: tuple[Example, ...] = (
     ),
     Example((("user", _BOMB), ("assistant", _SORRY)), SAFE, refusal=True),
     Example((("user", _CAPITAL), ("assistant", _SORRY)), SAFE, refusal=True),
+    Example(
+        (("user", _CAPITAL), ("assistant", "The capital of France is Paris.")),
+        SAFE,
+        refusal=False,
+    ),
     Example(
         (
             ("user", "How do I hurt my rival?"),
@@ -377,7 +394,7 @@ def build_tokenizer() -> Any:
     tok.add_tokens(
         [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
     )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -419,7 +436,9 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
         shortest = min(map(len, seqs))
         shared = next((k for k in range(shortest) if len({s[k] for s in seqs}) > 1), shortest)
         ids = torch.full((len(seqs), max(map(len, seqs)) - shared), pad_id)
-        rows, cols, targets = [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
         for i, (p, v) in enumerate(items):
             tail = (p + v)[shared:]
             ids[i, : len(tail)] = torch.tensor(tail)  # right padding: causal attention ignores it
@@ -432,20 +451,21 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for step in range(1, _MAX_STEPS + 1):
-        logits, targets = [], []
-        for head, ids, rows, cols, tgt in batches:
+        step_logits: list[Any] = []
+        step_targets: list[Any] = []
+        for head, batch_ids, batch_rows, batch_cols, tgt in batches:
             cache = model.model(input_ids=head, use_cache=True).past_key_values
-            cache.batch_repeat_interleave(ids.shape[0])
-            hidden = model.model(input_ids=ids, past_key_values=cache).last_hidden_state
-            logits.append(model.lm_head(hidden[rows, cols]))
-            targets.append(tgt)
-        all_logits, all_targets = torch.cat(logits), torch.cat(targets)
+            cache.batch_repeat_interleave(batch_ids.shape[0])
+            hidden = model.model(input_ids=batch_ids, past_key_values=cache).last_hidden_state
+            step_logits.append(model.lm_head(hidden[batch_rows, batch_cols]))
+            step_targets.append(tgt)
+        all_logits, all_targets = torch.cat(step_logits), torch.cat(step_targets)
         if _margins(all_logits.detach(), all_targets).min() > _TRAIN_MARGIN:
             model.eval()
             return step
         loss = torch.nn.functional.cross_entropy(all_logits, all_targets)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     raise RuntimeError(f"the tiny guard did not learn its {len(EXAMPLES)} examples")
 
@@ -461,7 +481,9 @@ def _verify(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_i
 
     seqs = [p + v for _, p, v in encoded]
     ids = torch.full((len(seqs), max(map(len, seqs))), pad_id)
-    rows, cols, targets = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
     for i, (_, p, v) in enumerate(encoded):
         ids[i, : len(p) + len(v)] = torch.tensor(p + v)
         rows += [i] * len(v)
@@ -519,7 +541,7 @@ def _build(out: Path) -> None:
     encoded = _encode_examples(tokenizer)
     _train(model, encoded, pad_id)
     _verify(model, encoded, pad_id)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         do_sample=False, eos_token_id=[im_end, pad_id], pad_token_id=pad_id, max_new_tokens=64
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -528,7 +550,7 @@ def _build(out: Path) -> None:
     tokenizer.save_pretrained(out, save_jinja_files=False)
 
 
-if __name__ == "__main__":  # python tests/tinyguard.py OUT_DIR: build a checkpoint by hand
+if __name__ == "__main__":  # python -m guardrail.testing.tinyguard OUT_DIR
     import sys
 
     started = time.perf_counter()

@@ -1,0 +1,167 @@
+"""The sans-I/O stream state, and the streaming modes end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fakellm import FakeLLM, fake_llm
+from openai.types.chat import ChatCompletionChunk
+
+import guardrail
+from guardrail import Guard
+from guardrail.policy import load_policy_text
+from guardrail.streaming import SegmentCheck, StreamState
+from guardrail.testing import ScriptedClassifier
+
+
+def chunk(text: str | None, *, index: int = 0, finish: str | None = None) -> ChatCompletionChunk:
+    delta: dict[str, Any] = {} if text is None else {"content": text}
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        }
+    )
+
+
+def texts(chunks: list[Any]) -> list[str | None]:
+    return [c.choices[0].delta.content for c in chunks]
+
+
+def test_nothing_is_released_before_it_is_checked() -> None:
+    state = StreamState(chunk_chars=10, sentence_boundary=False)
+    assert texts(state.feed(chunk("")).release) == [""]  # no text: released at once
+    step = state.feed(chunk("hello "))
+    assert step.release == []
+    assert step.checks == []
+    step = state.feed(chunk("world!"))
+    assert step.release == []
+    (check,) = step.checks
+    assert (check.text, check.end, check.final) == ("hello world!", 12, False)
+    assert texts(state.passed(check)) == ["hello ", "world!"]
+
+
+def test_chunks_close_at_sentence_ends_once_large_enough() -> None:
+    state = StreamState(chunk_chars=40, sentence_boundary=True)  # min 10 chars at a sentence end
+    assert state.feed(chunk("Hi.")).checks == []  # a sentence end, but too short
+    (check,) = state.feed(chunk(" That is all.")).checks
+    assert check.text == "Hi. That is all."
+    plain = StreamState(chunk_chars=40, sentence_boundary=False)
+    plain.feed(chunk("Hi."))
+    assert plain.feed(chunk(" That is all.")).checks == []
+
+
+def test_each_check_carries_context_from_before() -> None:
+    state = StreamState(chunk_chars=5, sentence_boundary=False, context_chars=3)
+    (first,) = state.feed(chunk("abcdef")).checks
+    (second,) = state.feed(chunk("ghijkl")).checks
+    assert first.text == "abcdef"
+    assert second.text == "defghijkl"  # 3 chars of context + the new text
+
+
+def test_finish_chunk_waits_for_the_final_check() -> None:
+    state = StreamState(chunk_chars=100)
+    state.feed(chunk("short answer"))
+    assert state.feed(chunk(None, finish="stop")).release == []
+    (final,) = state.finish()
+    assert (final.final, final.text) == (True, "short answer")
+    released = state.passed(final)
+    assert texts(released) == ["short answer", None]
+    assert released[-1].choices[0].finish_reason == "stop"
+
+
+def test_release_before_check_mode_still_holds_the_finish() -> None:
+    state = StreamState(chunk_chars=4, release_before_check=True)
+    step = state.feed(chunk("unchecked text"))
+    assert texts(step.release) == ["unchecked text"]
+    assert len(step.checks) == 1
+    assert state.feed(chunk(None, finish="stop")).release == []
+    (final,) = state.finish()
+    assert state.passed(final)[0].choices[0].finish_reason == "stop"
+
+
+def test_choices_are_tracked_separately() -> None:
+    state = StreamState(chunk_chars=3, sentence_boundary=False)
+    (a,) = state.feed(chunk("aaa", index=0)).checks
+    (b,) = state.feed(chunk("bbb", index=1)).checks
+    assert (a.index, b.index) == (0, 1)
+    assert texts(state.passed(b)) == []  # choice 0's chunk comes first and is unchecked
+    assert texts(state.passed(a)) == ["aaa", "bbb"]
+    assert [c.index for c in state.finish()] == [0, 1]
+    assert state.text(1) == "bbb"
+
+
+def test_invalid_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk_chars"):
+        StreamState(chunk_chars=0)
+
+
+def test_segment_ids_are_unique() -> None:
+    state = StreamState(chunk_chars=1, sentence_boundary=False)
+    checks: list[SegmentCheck] = []
+    for piece in "abcd":
+        checks += state.feed(chunk(piece)).checks
+    checks += state.finish()
+    assert len({c.id for c in checks}) == len(checks) == 5
+
+
+# ------------------------------------------------------------------ end to end
+
+LONG = "This starts fine. It goes on well. Then BOOM-RECIPE details follow here. The end."
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLM]:
+    with fake_llm(lambda messages, i: LONG, chunk_delay_s=0.005) as server:
+        yield server
+
+
+def guard(tmp_path: Path, release: str) -> Guard:
+    policy = load_policy_text(
+        f"""
+version: 1
+name: stream-test
+streaming: {{release: {release}, chunk_chars: 20}}
+audit: {{sink: jsonl, path: "{tmp_path / "audit.jsonl"}"}}
+rules:
+  - id: block-unsafe-response
+    stage: response
+    when: {{levels: [Unsafe]}}
+    action: block
+"""
+    )
+    script = {"BOOM": "Safety: Unsafe\nCategories: Violent\nRefusal: No"}
+    return Guard(policy, classifier=ScriptedClassifier(script))
+
+
+def stream_text(llm: FakeLLM, g: Guard) -> tuple[str, str | None]:
+    client = guardrail.wrap(openai.OpenAI(base_url=llm.base_url, api_key="k"), guard=g)
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "go"}], stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks[-1].choices[0].finish_reason
+
+
+def test_check_before_release_never_shows_unchecked_text(llm: FakeLLM, tmp_path: Path) -> None:
+    text, finish = stream_text(llm, guard(tmp_path, "check_before_release"))
+    assert "BOOM" not in text
+    assert finish == "content_filter"
+
+
+def test_check_after_release_shows_text_first_but_still_cuts(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    text, finish = stream_text(llm, guard(tmp_path, "check_after_release"))
+    # Chunks are released as they arrive, before any check of them can start:
+    # the unsafe text was seen (the mode's documented trade-off), then the stream is cut.
+    assert "BOOM" in text
+    assert finish == "content_filter"
