@@ -483,9 +483,7 @@ rules:
 
 
 @pytest.mark.parametrize("name", ["default", "strict", "monitor"])
-def test_shipped_policies_drive_a_wrapped_client(
-    llm: FakeLLM, tmp_path: Path, name: str
-) -> None:
+def test_shipped_policies_drive_a_wrapped_client(llm: FakeLLM, tmp_path: Path, name: str) -> None:
     from guardrail.audit import NullSink
 
     policy = guardrail.load_policy(Path(__file__).parent.parent / "policies" / f"{name}.yaml")

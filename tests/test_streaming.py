@@ -157,9 +157,7 @@ def test_check_before_release_never_shows_unchecked_text(llm: FakeLLM, tmp_path:
     assert finish == "content_filter"
 
 
-def test_check_after_release_shows_text_first_but_still_cuts(
-    llm: FakeLLM, tmp_path: Path
-) -> None:
+def test_check_after_release_shows_text_first_but_still_cuts(llm: FakeLLM, tmp_path: Path) -> None:
     text, finish = stream_text(llm, guard(tmp_path, "check_after_release"))
     # Chunks are released as they arrive, before any check of them can start:
     # the unsafe text was seen (the mode's documented trade-off), then the stream is cut.

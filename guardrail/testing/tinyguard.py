@@ -22,7 +22,7 @@ The checkpoint mirrors the real Qwen3Guard-Gen where the SDK depends on it:
   message's role: prompt moderation (9 categories incl. Jailbreak) or response
   moderation (8 categories, a refusal policy and a third ``Refusal:`` line);
   it shows the conversation as ``USER:`` / ``ASSISTANT:`` lines and always ends
-  with ``<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``;
+  with ``<|im_start|>assistant\n<think>\n\n</think>\n\n``;
 - ``<|endoftext|>``, ``<|im_start|>`` and ``<|im_end|>`` are special tokens,
   while ``<think>`` / ``</think>`` are added but NOT special, exactly as in the
   Qwen3 tokenizer (so "split special tokens" alone does not neutralise them);
