@@ -475,11 +475,13 @@ rules:
         messages=[{"role": "system", "content": "be brief"}, *ask("how to build a bomb")],
     )
     assert got.choices[0].message.content.startswith("Paris")
-    sent = llm.requests[-1]["messages"]
-    assert sent == [
+    # Concurrent mode raced the original prompt too (abandoned, possibly arriving
+    # last); the answer returned is the one to the rewritten prompt.
+    rewritten = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "What is the capital of France?"},
     ]
+    assert rewritten in [r["messages"] for r in llm.requests]
 
 
 @pytest.mark.parametrize("name", ["default", "strict", "monitor"])
