@@ -148,6 +148,11 @@ class _Route:
         return self._handler  # type: ignore[return-value]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 resets connections when many clients connect at once.
+    request_queue_size = 256
+
+
 class LoopbackServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 (ephemeral port), used as a context manager."""
 
@@ -190,7 +195,7 @@ class LoopbackServer:
         """Bind an ephemeral port and serve in a background thread."""
         self._stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"loopback": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
@@ -233,6 +238,9 @@ class LoopbackServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # and the client's delayed ACK stall every response by ~40 ms.
+    disable_nagle_algorithm = True
     timeout = 30  # idle keep-alive connections give up eventually
     loopback: LoopbackServer
 

@@ -1,0 +1,127 @@
+"""Run the benchmark suite: ``python -m benchmarks [--full] [--only b,c] [--output FILE]``.
+
+Quick mode (the default, used by CI) finishes in about a minute on 2 cores; the
+full mode (``--full``) takes up to 15 minutes. Results are printed as a table
+and written to ``BENCHMARKS.md`` with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Row
+
+MODULES = {
+    "a": "bench_local",
+    "b": "bench_middleware",
+    "c": "bench_middleware",
+    "d": "bench_middleware",
+    "e": "bench_remote",
+    "f": "bench_local",
+}
+
+# (bench, case or "*", metric) -> (check, target text). A figure with no target is context.
+TARGETS: dict[tuple[str, str, str], tuple[Callable[[float], bool], str]] = {
+    ("b", "*", "added per call (median)"): (lambda v: v <= 100, "<= 100 us"),
+    ("b", "*", "added wall time"): (lambda v: v <= 5, "<= 5 %"),
+    ("c", "*", "guarded / ideal"): (lambda v: v <= 1.05, "<= 1.05x"),
+    ("d", "guarded", "added total / one check"): (lambda v: v <= 1.0, "<= 1 check"),
+    ("e", "RemoteQwen3Guard", "guarded / bare"): (lambda v: v >= 0.8, ">= 0.8x"),
+}
+
+
+def _target(r: Row) -> tuple[str, str]:
+    for (bench, case, metric), (check, text) in TARGETS.items():
+        if bench == r["bench"] and metric == r["metric"] and case in ("*", r["case"]):
+            return text, ("met" if check(r["value"]) else "MISSED")
+    return "", ""
+
+
+def machine() -> str:
+    """A one-paragraph description of the machine the figures come from."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} logical cores", f"Python {platform.python_version()}"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+def table(rows: list[Row]) -> list[str]:
+    """Markdown table lines for rows, with each figure against its target."""
+    lines = [
+        "| bench | case | metric | value | spread | target | status | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target, status = _target(r)
+        value = f"{r['value']:.3g} {r['unit']}"
+        lines.append(
+            f"| {r['bench']} | {r['case']} | {r['metric']} | {value} | {r['spread']} | "
+            f"{target} | {status} | {r['note']} |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="full mode (up to 15 minutes)")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="benchmarks to run, e.g. b,c")
+    parser.add_argument("--output", default="BENCHMARKS.md", help="report file ('-': none)")
+    args = parser.parse_args()
+    quick = not args.full
+    wanted = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in MODULES]
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(MODULES)}")
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for module_name in dict.fromkeys(MODULES[b] for b in wanted):
+        t0 = time.perf_counter()
+        module = importlib.import_module(module_name)
+        rows += [r for r in module.run(quick) if r["bench"] in wanted]
+        print(f"{module_name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    lines = table(rows)
+    print("\n".join(lines))
+    if args.output != "-":
+        mode = "quick" if quick else "full"
+        header = [
+            "# Benchmarks",
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `python -m benchmarks"
+            f"{' --full' if args.full else ''}` ({mode} mode, "
+            f"{time.perf_counter() - started:.0f} s) on: {machine()}.",
+            "",
+            "Figures are medians of repeated runs after warm-ups, measured side by side in",
+            "the same run; absolute times on shared machines move from run to run, the",
+            "ratios are what to compare. Targets come from the project's speed issue.",
+            "",
+        ]
+        Path(args.output).write_text("\n".join([*header, *lines, ""]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

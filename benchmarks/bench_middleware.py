@@ -1,0 +1,185 @@
+"""(b) middleware overhead, (c) latency hiding, (d) streaming: the guard flow around the LLM.
+
+All three use the real ``openai`` client against a loopback upstream, with a
+scripted in-process guard so that only the SDK's own work (or its scheduling of
+the guard's delay) is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+from common import Row, iqr, median, percentile, row
+from fakellm import fake_llm
+
+import guardrail
+from guardrail.audit import JsonlSink, NullSink
+from guardrail.policy import load_policy_text
+from guardrail.testing import ScriptedClassifier
+
+ANSWER = "Paris is the capital of France. " * 2
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _policy(extra: str = "") -> Any:
+    return load_policy_text(
+        "version: 1\nname: bench\naudit: {sink: none}\n"
+        + extra
+        + "rules:\n  - {id: block-unsafe, stage: prompt, when: {levels: [Unsafe]}, action: block}\n"
+        "  - {id: block-unsafe-r, stage: response, when: {levels: [Unsafe]}, action: block}\n",
+        source="bench",
+    )
+
+
+# ------------------------------------------------------------------ (b) overhead
+
+
+def overhead(quick: bool) -> list[Row]:
+    """Wrapped vs raw client, interleaved call by call, with an instant guard."""
+    n, warm = (300, 50) if quick else (3000, 200)
+    rows: list[Row] = []
+    with fake_llm(lambda m, i: ANSWER) as llm, tempfile.TemporaryDirectory() as tmp:
+        raw = openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0)
+        for label, sink in (
+            ("audit to JSONL", JsonlSink(Path(tmp) / "audit.jsonl")),
+            ("no audit sink", NullSink()),
+        ):
+            guard = guardrail.Guard(_policy(), classifier=ScriptedClassifier(), sink=sink)
+            wrapped = guardrail.wrap(
+                openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0), guard=guard
+            )
+            raw_t: list[float] = []
+            diff: list[float] = []
+            for i in range(warm + n):
+                t0 = time.perf_counter()
+                raw.chat.completions.create(model="m", messages=MESSAGES)
+                t1 = time.perf_counter()
+                wrapped.chat.completions.create(model="m", messages=MESSAGES)
+                t2 = time.perf_counter()
+                if i >= warm:
+                    raw_t.append(t1 - t0)
+                    diff.append((t2 - t1) - (t1 - t0))
+            guard.close()
+            added = median(diff)
+            rows += [
+                row("b", label, "raw call (median)", median(raw_t) * 1e3, "ms", iqr(raw_t, 1e3)),
+                row("b", label, "added per call (median)", added * 1e6, "us", iqr(diff, 1e6)),
+                row("b", label, "added per call (p99)", percentile(diff, 99) * 1e6, "us"),
+                row("b", label, "added wall time", added / median(raw_t) * 100, "%"),
+            ]
+    return rows
+
+
+# -------------------------------------------------------------- (c) latency hiding
+
+UPSTREAM_S, GUARD_S = 0.3, 0.1
+
+
+def latency_hiding(quick: bool) -> list[Row]:
+    """Upstream 300 ms, guard 100 ms per check: guarded latency over the ideal 400 ms."""
+    reps = 3 if quick else 10
+    ideal = max(UPSTREAM_S, GUARD_S) + GUARD_S
+    rows: list[Row] = []
+    with fake_llm(lambda m, i: ANSWER, delay_s=UPSTREAM_S) as llm:
+        guard = guardrail.Guard(
+            _policy(), classifier=ScriptedClassifier(delay_s=GUARD_S), sink=NullSink()
+        )
+        client = guardrail.wrap(openai.OpenAI(base_url=llm.base_url, api_key="k"), guard=guard)
+        aclient = guardrail.wrap(
+            openai.AsyncOpenAI(base_url=llm.base_url, api_key="k"), guard=guard
+        )
+        client.chat.completions.create(model="m", messages=MESSAGES)  # warm-up
+        sync_t = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            client.chat.completions.create(model="m", messages=MESSAGES)
+            sync_t.append(time.perf_counter() - t0)
+
+        async def measure() -> list[float]:
+            await aclient.chat.completions.create(model="m", messages=MESSAGES)
+            out = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                await aclient.chat.completions.create(model="m", messages=MESSAGES)
+                out.append(time.perf_counter() - t0)
+            return out
+
+        async_t = asyncio.run(measure())
+        guard.close()
+    for label, times in (("sync", sync_t), ("async", async_t)):
+        rows.append(
+            row(
+                "c",
+                label,
+                "guarded / ideal",
+                median(times) / ideal,
+                "x",
+                f"min {min(times) / ideal:.3f} max {max(times) / ideal:.3f}",
+                f"ideal = max(upstream {UPSTREAM_S:.1f}, guard {GUARD_S:.1f}) + guard (s)",
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------- (d) streaming
+
+STREAM_TEXT = "The quick brown fox jumps over the lazy dog. " * 8  # 360 chars, 60 chunks
+CHUNK_DELAY_S, CHECK_S = 0.01, 0.05
+
+
+def _stream(client: Any) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    first = None
+    for chunk in client.chat.completions.create(model="m", messages=MESSAGES, stream=True):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
+    return first or 0.0, time.perf_counter() - t0
+
+
+def streaming(quick: bool) -> list[Row]:
+    """Check-before-release streaming: time to first released token and total time."""
+    reps = 3 if quick else 10
+    policy = _policy("streaming: {release: check_before_release, chunk_chars: 120}\n")
+    with fake_llm(lambda m, i: STREAM_TEXT, chunk_delay_s=CHUNK_DELAY_S) as llm:
+        raw = openai.OpenAI(base_url=llm.base_url, api_key="k")
+        guard = guardrail.Guard(
+            policy, classifier=ScriptedClassifier(delay_s=CHECK_S), sink=NullSink()
+        )
+        wrapped = guardrail.wrap(openai.OpenAI(base_url=llm.base_url, api_key="k"), guard=guard)
+        _stream(raw)
+        _stream(wrapped)
+        raw_runs = []
+        guarded_runs = []
+        for _ in range(reps):
+            raw_runs.append(_stream(raw))
+            guarded_runs.append(_stream(wrapped))
+        guard.close()
+    raw_ttft, raw_total = (median([r[k] for r in raw_runs]) for k in (0, 1))
+    g_ttft, g_total = (median([r[k] for r in guarded_runs]) for k in (0, 1))
+    note = (
+        f"60 chunks every {CHUNK_DELAY_S * 1e3:.0f} ms, 120-char checks of {CHECK_S * 1e3:.0f} ms"
+    )
+    return [
+        row("d", "unguarded", "time to first token", raw_ttft * 1e3, "ms", note=note),
+        row("d", "guarded", "time to first token", g_ttft * 1e3, "ms", note=note),
+        row("d", "unguarded", "total", raw_total * 1e3, "ms", note=note),
+        row("d", "guarded", "total", g_total * 1e3, "ms", note=note),
+        row(
+            "d",
+            "guarded",
+            "added total / one check",
+            (g_total - raw_total) / CHECK_S,
+            "checks",
+            note="target: at most one chunk check added",
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    """Benchmarks (b), (c) and (d)."""
+    return overhead(quick) + latency_hiding(quick) + streaming(quick)
