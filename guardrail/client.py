@@ -4,10 +4,13 @@ The wrapper is a thin proxy: ``chat.completions.create`` (and ``parse``) go
 through the guard, keep their signature and return the same types
 (``ChatCompletion``, or a stream of ``ChatCompletionChunk`` with
 ``stream=True``); every other attribute of the client passes through
-untouched. Helpers that would return unguarded model output from
-``chat.completions`` (``with_raw_response``, ``with_streaming_response``,
-``stream``) raise instead of silently bypassing the guard. ``with_options`` and
-``copy`` return wrapped clients.
+untouched. Helpers that would return unguarded chat output (``with_raw_response``
+and ``with_streaming_response`` on the client, ``chat`` and ``chat.completions``;
+``chat.completions.stream``; ``beta.chat``) raise
+:class:`~guardrail.errors.UnguardedAccessError` instead of silently bypassing the
+guard. ``with_options`` and ``copy`` return wrapped clients. Only chat completions
+are guarded: other generation APIs of the client (``responses``, legacy
+``completions``) pass through unchecked.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, UnguardedAccessError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
@@ -26,7 +29,16 @@ if TYPE_CHECKING:
 
 ClientT = TypeVar("ClientT")
 
+# Attributes that would hand out model output without going through the guard.
 _UNGUARDED = ("with_raw_response", "with_streaming_response", "stream")
+_UNGUARDED_CLIENT = ("with_raw_response", "with_streaming_response")
+
+
+def _refuse(path: str) -> UnguardedAccessError:
+    return UnguardedAccessError(
+        f"{path} is not guarded by guardrail; use chat.completions.create(...) "
+        "(stream=True for streaming) so every answer is checked"
+    )
 
 
 class _Proxy:
@@ -52,10 +64,7 @@ class _Proxy:
 class _GuardedCompletions(_Proxy):
     def __getattr__(self, name: str) -> Any:
         if name in _UNGUARDED:
-            raise ConfigurationError(
-                f"chat.completions.{name} is not guarded by guardrail; use create(...) "
-                "(stream=True for streaming) so every answer is checked"
-            )
+            raise _refuse(f"chat.completions.{name}")
         return getattr(self._wrapped, name)
 
     def create(self, **params: Any) -> Any:
@@ -82,6 +91,11 @@ class _AsyncGuardedCompletions(_GuardedCompletions):
 
 
 class _GuardedChat(_Proxy):
+    def __getattr__(self, name: str) -> Any:
+        if name in _UNGUARDED_CLIENT:
+            raise _refuse(f"chat.{name}")
+        return getattr(self._wrapped, name)
+
     @property
     def completions(self) -> _GuardedCompletions:
         inner = self._wrapped.completions
@@ -91,10 +105,28 @@ class _GuardedChat(_Proxy):
         return cls(inner, self._guard)
 
 
+class _GuardedBeta(_Proxy):
+    def __getattr__(self, name: str) -> Any:
+        if name == "chat":  # older clients' beta.chat.completions.parse
+            raise _refuse("beta.chat")
+        return getattr(self._wrapped, name)
+
+
 class _GuardedClient(_Proxy):
+    _owns_guard: bool
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _UNGUARDED_CLIENT:
+            raise _refuse(name)
+        return getattr(self._wrapped, name)
+
     @property
     def chat(self) -> _GuardedChat:
         return _GuardedChat(self._wrapped.chat, self._guard)
+
+    @property
+    def beta(self) -> _GuardedBeta:
+        return _GuardedBeta(self._wrapped.beta, self._guard)
 
     def with_options(self, **options: Any) -> Any:
         """A wrapped copy of the client with other options (same guard)."""
@@ -103,6 +135,13 @@ class _GuardedClient(_Proxy):
     def copy(self, **options: Any) -> Any:
         """A wrapped copy of the client (same guard)."""
         return _GuardedClient(self._wrapped.copy(**options), self._guard)
+
+    def close(self) -> Any:
+        """Close the client, and the guard when ``wrap()`` created it."""
+        result = self._wrapped.close()
+        if getattr(self, "_owns_guard", False):
+            self._guard.close()
+        return result
 
     @property
     def guard(self) -> Guard:
@@ -142,4 +181,6 @@ def wrap(
             f"{type(client).__name__} has no 'chat' attribute; wrap an openai.OpenAI "
             "or openai.AsyncOpenAI client"
         )
-    return cast(Any, _GuardedClient(client, guard if guard is not None else Guard(policy)))
+    wrapped = _GuardedClient(client, guard if guard is not None else Guard(policy))
+    object.__setattr__(wrapped, "_owns_guard", guard is None)
+    return cast(Any, wrapped)

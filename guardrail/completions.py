@@ -16,7 +16,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from guardrail.report import attach_report
 
-__all__ = ["CONTENT_FILTER", "attach_report", "blocked_completion", "closing_chunk"]
+__all__ = [
+    "CONTENT_FILTER",
+    "attach_report",
+    "blocked_completion",
+    "closing_chunk",
+    "replace_choices",
+]
 
 CONTENT_FILTER = "content_filter"
 
@@ -41,28 +47,27 @@ def blocked_completion(*, model: str, message: str, n: int, request_id: str) -> 
     )
 
 
-def replace_choices(
-    completion: ChatCompletion, replacements: dict[int, tuple[Any, str]]
-) -> ChatCompletion:
-    """Return a copy with choices replaced: ``{position: (message or text, finish_reason)}``.
+def replace_choices(completion: ChatCompletion, replacements: dict[int, Any]) -> ChatCompletion:
+    """Return a copy with choices replaced, by position.
 
-    A text replaces the message's content (and drops its tool calls); a message
-    object (from a regenerated completion) replaces the message whole.
+    A ``(text, finish_reason)`` pair becomes a fresh assistant message holding only
+    that text: nothing of the replaced answer survives (not its logprobs, tool
+    calls, ``parsed`` object, reasoning or audio). A choice object (a regenerated
+    answer) replaces the choice whole, keeping the original's index.
     """
     if not replacements:
         return completion
     choices = list(completion.choices)
-    for pos, (new, finish_reason) in replacements.items():
-        choice = choices[pos]
-        if isinstance(new, str):
-            message = choice.message.model_copy(
-                update={"content": new, "tool_calls": None, "function_call": None, "refusal": None}
+    for pos, new in replacements.items():
+        old = choices[pos]
+        if isinstance(new, tuple):
+            text, finish_reason = new
+            message = type(old.message).model_construct(role="assistant", content=text)
+            choices[pos] = type(old).model_construct(
+                index=old.index, finish_reason=finish_reason, message=message, logprobs=None
             )
         else:
-            message = new
-        choices[pos] = choice.model_copy(
-            update={"message": message, "finish_reason": finish_reason}
-        )
+            choices[pos] = new.model_copy(update={"index": old.index})
     return completion.model_copy(update={"choices": choices})
 
 

@@ -10,15 +10,30 @@ logic (the pattern of httpx's auth flows).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from guardrail.classifiers.base import Conversation
-from guardrail.errors import BlockedError, GuardrailError, GuardTimeoutError
+from guardrail.effects import (
+    END,
+    Audit,
+    AwaitCheck,
+    AwaitRead,
+    AwaitUpstream,
+    CallUpstream,
+    CancelUpstream,
+    Check,
+    CloseStream,
+    Emit,
+    Flow,
+    StartCheck,
+    StartRead,
+    StartUpstream,
+    WaitFirst,
+)
+from guardrail.errors import BlockedError, ClassifierError, GuardrailError
 from guardrail.report import GuardReport, StageOutcome
 from guardrail.types import Action, Decision, RewriteMode, Stage, Verdict
 
@@ -26,108 +41,6 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
 
     from guardrail.guard import Guard
-
-T = TypeVar("T")
-
-# ---------------------------------------------------------------------------- effects
-
-
-@dataclass(frozen=True)
-class Check:
-    """Judge conversations at one stage; the result is a list of verdicts (or an exception)."""
-
-    stage: Stage
-    conversations: Sequence[Conversation]
-
-
-@dataclass(frozen=True)
-class StartUpstream:
-    """Start an upstream call in the background; the result is a handle."""
-
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AwaitUpstream:
-    """Wait for a started upstream call; the result is its return value."""
-
-    handle: Any
-
-
-@dataclass(frozen=True)
-class CancelUpstream:
-    """Cancel (or abandon) a started upstream call; its result is never used."""
-
-    handle: Any
-
-
-@dataclass(frozen=True)
-class CallUpstream:
-    """Call the upstream and wait for it (regenerations and retries)."""
-
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StartCheck:
-    """Start a check in the background (streaming); the result is a handle."""
-
-    stage: Stage
-    conversations: Sequence[Conversation]
-
-
-@dataclass(frozen=True)
-class CheckDone:
-    """Whether a started check has finished; the result is a bool (never blocks)."""
-
-    handle: Any
-
-
-@dataclass(frozen=True)
-class AwaitCheck:
-    """Wait for a started check; the result is its verdicts (or the guard's exception)."""
-
-    handle: Any
-
-
-@dataclass(frozen=True)
-class NextChunk:
-    """The next chunk of an upstream stream, or :data:`END` when it is exhausted."""
-
-    stream: Any
-
-
-@dataclass(frozen=True)
-class CloseStream:
-    """Close an upstream stream (releases its connection)."""
-
-    stream: Any
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Hand a chunk to the caller of a stream."""
-
-    chunk: Any
-
-
-END = object()
-"""Sent for :class:`NextChunk` when the upstream stream is exhausted."""
-
-Effect = (
-    Check
-    | StartUpstream
-    | AwaitUpstream
-    | CancelUpstream
-    | CallUpstream
-    | StartCheck
-    | CheckDone
-    | AwaitCheck
-    | NextChunk
-    | CloseStream
-    | Emit
-)
-Flow = Generator[Effect, Any, T]
 
 # ----------------------------------------------------------------------------- trace
 
@@ -178,6 +91,15 @@ class Trace:
 
 
 # ------------------------------------------------------------------------ sub-flows
+
+
+def as_guard_error(exc: Exception) -> GuardrailError:
+    """Any failure of a check, as a guard error the failure mode can decide on."""
+    if isinstance(exc, GuardrailError):
+        return exc
+    error = ClassifierError(f"the guard failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def decide(
@@ -233,8 +155,8 @@ def check(
     result: Sequence[Verdict] | GuardrailError
     try:
         result = yield Check(stage, conversations)
-    except GuardrailError as exc:  # the failure mode decides; never swallowed silently
-        result = exc
+    except Exception as exc:  # the failure mode decides; never swallowed silently
+        result = as_guard_error(exc)
     return decide(
         guard,
         trace,
@@ -255,7 +177,11 @@ def with_instruction(params: dict[str, Any], instruction: str) -> dict[str, Any]
 
 
 def rewrite_prompt(params: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """Apply a prompt-stage rewrite: add an instruction, or replace the last user message."""
+    """Apply a prompt-stage rewrite: add an instruction, or replace the judged turn.
+
+    The judged turn is the last user or tool message (what the prompt check saw);
+    a tool result keeps its role and ids, only its content is replaced.
+    """
     rewrite = decision.rewrite
     if rewrite is None:
         return params
@@ -263,14 +189,26 @@ def rewrite_prompt(params: dict[str, Any], decision: Decision) -> dict[str, Any]
         return with_instruction(params, rewrite.text)
     messages = list(params["messages"])
     for i in range(len(messages) - 1, -1, -1):
-        if _role(messages[i]) == "user":
+        role = _role(messages[i])
+        if role == "user":
             messages[i] = {"role": "user", "content": rewrite.text}
+            break
+        if role in ("tool", "function"):
+            original = _as_dict(messages[i])
+            messages[i] = {**original, "content": rewrite.text}
             break
     return {**params, "messages": messages}
 
 
 def _role(message: Any) -> Any:
     return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    if isinstance(message, dict):
+        return dict(message)
+    dump = getattr(message, "model_dump", None)
+    return dict(dump(exclude_none=True)) if callable(dump) else {"role": _role(message)}
 
 
 def prompt_phase(
@@ -296,7 +234,9 @@ def prompt_phase(
 
 def _answer_text(message: Any) -> str:
     content = getattr(message, "content", None)
-    return content if isinstance(content, str) else ""
+    refusal = getattr(message, "refusal", None)
+    parts = [p for p in (content, refusal) if isinstance(p, str) and p]
+    return "\n".join(parts)
 
 
 def _second_chance(
@@ -310,30 +250,35 @@ def _second_chance(
     candidate: int,
     accept_refusal: bool,
 ) -> Flow[tuple[Any, Decision] | None]:
-    """Ask the upstream again with an instruction, re-checking every attempt."""
+    """Ask the upstream again with an instruction, re-checking every attempt.
+
+    Returns the accepted choice and its decision, or ``None`` when every attempt
+    failed its check or the upstream failed (audited).
+    """
     retry_params = {**with_instruction(params, instruction), "n": 1}
     for attempt in range(1, attempts + 1):
         started = time.perf_counter()
         try:
             completion = yield CallUpstream(retry_params)
+            choice = completion.choices[0]
         except Exception as exc:  # an upstream failure ends the attempts; audited
             trace.errors.append(("upstream", exc))
             return None
         finally:
             trace.upstream_s += time.perf_counter() - started
-        message = completion.choices[0].message
+        trace.responses.append(_answer_text(choice.message))
         (decision,) = yield from check(
             guard,
             trace,
             Stage.RESPONSE,
-            [(params["messages"], message)],
+            [(params["messages"], choice.message)],
             prompt_verdict=prompt_verdict,
             attempt=attempt,
             candidates=[candidate],
         )
         refused = decision.verdict is not None and decision.verdict.refusal is True
         if decision.action in (Action.ALLOW, Action.FLAG) and (accept_refusal or not refused):
-            return message, decision
+            return choice, decision
     return None
 
 
@@ -343,14 +288,17 @@ def response_phase(
     params: dict[str, Any],
     completion: ChatCompletion,
     prompt_verdict: Verdict | None,
-) -> Flow[tuple[dict[int, tuple[Any, str]], Decision | None]]:
+) -> Flow[tuple[dict[int, Any], Decision | None]]:
     """Check every choice and apply the policy; returns replacements and a block decision.
 
-    The block decision is returned only when every choice ended blocked.
+    Replacements map a choice's position to ``(text, finish_reason)`` or to a
+    regenerated choice. The block decision is returned only when every choice
+    ended blocked. Every answer the guard judged is kept for the audit record.
     """
     from guardrail.completions import CONTENT_FILTER
 
     choices = completion.choices
+    trace.responses.extend(_answer_text(c.message) for c in choices)
     decisions = yield from check(
         guard,
         trace,
@@ -359,56 +307,46 @@ def response_phase(
         prompt_verdict=prompt_verdict,
         candidates=[c.index for c in choices],
     )
-    replacements: dict[int, tuple[Any, str]] = {}
+    replacements: dict[int, Any] = {}
     blocked: list[Decision] = []
     for pos, (choice, decision) in enumerate(zip(choices, decisions, strict=True)):
-        finish = choice.finish_reason or "stop"
         rewrite = decision.rewrite
+        instruction, attempts, accept_refusal = None, 0, True
         if decision.action is Action.REWRITE and rewrite is not None:
-            if rewrite.mode is RewriteMode.REGENERATE:
-                redo = yield from _second_chance(
-                    guard,
-                    trace,
-                    params,
-                    instruction=rewrite.text,
-                    attempts=rewrite.max_attempts,
-                    prompt_verdict=prompt_verdict,
-                    candidate=choice.index,
-                    accept_refusal=True,
-                )
-                if redo is None:
-                    blocked.append(decision)
-                    replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
-                    trace.took(Action.BLOCK, flags=decision.flags)
-                    continue
-                replacements[pos] = (redo[0], finish)
-                trace.took(Action.REWRITE, flags=(*decision.flags, *redo[1].flags))
-            else:
-                replacements[pos] = (rewrite.text, finish)
+            if rewrite.mode is not RewriteMode.REGENERATE:
+                replacements[pos] = (rewrite.text, "stop")
                 trace.took(Action.REWRITE, flags=decision.flags)
+                continue
+            instruction, attempts = rewrite.text, rewrite.max_attempts
         elif decision.blocked:
             blocked.append(decision)
             replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
             trace.took(Action.BLOCK, flags=decision.flags)
+            continue
         else:
             trace.took(decision.action, flags=decision.flags)
-            if decision.retry is not None:
-                redo = yield from _second_chance(
-                    guard,
-                    trace,
-                    params,
-                    instruction=decision.retry.instruction,
-                    attempts=decision.retry.max_attempts,
-                    prompt_verdict=prompt_verdict,
-                    candidate=choice.index,
-                    accept_refusal=False,
-                )
-                if redo is not None:
-                    replacements[pos] = (redo[0], finish)
-                    trace.took(Action.REWRITE, flags=redo[1].flags)
-    for pos, choice in enumerate(choices):
-        new = replacements.get(pos, (choice.message, ""))[0]
-        trace.responses.append(new if isinstance(new, str) else _answer_text(new))
+            if decision.retry is None:
+                continue
+            instruction, attempts = decision.retry.instruction, decision.retry.max_attempts
+            accept_refusal = False
+        redo = yield from _second_chance(
+            guard,
+            trace,
+            params,
+            instruction=instruction,
+            attempts=attempts,
+            prompt_verdict=prompt_verdict,
+            candidate=choice.index,
+            accept_refusal=accept_refusal,
+        )
+        if redo is not None:
+            replacements[pos] = redo[0]
+            trace.took(Action.REWRITE, flags=(*decision.flags, *redo[1].flags))
+        elif decision.action is Action.REWRITE:  # regeneration failed: fall back to block
+            blocked.append(decision)
+            replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
+            trace.took(Action.BLOCK, flags=decision.flags)
+        # A failed retry keeps the original (flagged) answer.
     if blocked and len(blocked) == len(choices):
         trace.blocked_stage = Stage.RESPONSE
         return replacements, blocked[0]
@@ -426,7 +364,11 @@ def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[
         )
         if prompt.blocked:
             if guard.raises_on_block:
-                raise BlockedError(f"prompt blocked by rule {prompt.rule_id!r}", decision=prompt)
+                raise BlockedError(
+                    f"prompt blocked by rule {prompt.rule_id!r}",
+                    decision=prompt,
+                    report=trace.report(),
+                )
             result = blocked_completion(
                 model=str(params.get("model", "")),
                 message=guard.block_message(prompt),
@@ -449,19 +391,30 @@ def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[
             guard, trace, params, completion, prompt.verdict
         )
         if blocked is not None and guard.raises_on_block:
-            raise BlockedError(f"response blocked by rule {blocked.rule_id!r}", decision=blocked)
+            raise BlockedError(
+                f"response blocked by rule {blocked.rule_id!r}",
+                decision=blocked,
+                report=trace.report(),
+            )
         result = replace_choices(completion, replacements)
         attach_report(result, trace.report())
         return result
     finally:
-        guard.audit(trace)
+        yield Audit(trace)
+
+
+def _mask_refusal(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    # A partial answer cannot be judged a refusal: refusal-based rules apply only
+    # to the final check of a stream.
+    return [v.model_copy(update={"refusal": None, "refusal_probs": None}) for v in verdicts]
 
 
 def stream_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[None]:
-    """The whole streaming guarded call: yields :class:`Emit` effects for the caller's chunks.
+    """The whole streaming guarded call: yields :class:`~guardrail.effects.Emit` per chunk.
 
-    Checks are pipelined: the check of one segment runs while the next chunks
-    arrive, with at most two checks in flight before reading waits.
+    Checks are pipelined: a segment is checked while the next chunks arrive, at
+    most two checks are in flight, and checked text is released as soon as its
+    check passes (without waiting for the next chunk).
     """
     from collections import deque
 
@@ -470,45 +423,51 @@ def stream_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[None
 
     settings = guard.streaming
     model = str(params.get("model", ""))
+    state = StreamState(
+        chunk_chars=settings.chunk_chars,
+        sentence_boundary=settings.sentence_boundary,
+        release_before_check=settings.release == "check_after_release",
+    )
+    in_flight: deque[tuple[Any, SegmentCheck, float]] = deque()
+    upstream: Any = None
+    read: Any = None
+    started = 0.0
     try:
         prompt, params, handle = yield from prompt_phase(
             guard, trace, params, concurrent=guard.concurrent
         )
         if prompt.blocked:
             if guard.raises_on_block:
-                raise BlockedError(f"prompt blocked by rule {prompt.rule_id!r}", decision=prompt)
+                raise BlockedError(
+                    f"prompt blocked by rule {prompt.rule_id!r}",
+                    decision=prompt,
+                    report=trace.report(),
+                )
+            indices = range(int(params.get("n") or 1))
+            text = guard.block_message(prompt)
             yield Emit(
                 closing_chunk(
-                    None,
-                    model=model,
-                    request_id=trace.request_id,
-                    indices=range(int(params.get("n") or 1)),
-                    text=guard.block_message(prompt),
+                    None, model=model, request_id=trace.request_id, indices=indices, text=text
                 )
             )
             return
+        messages = params["messages"]
         started = time.perf_counter()
         try:
             upstream = yield (AwaitUpstream(handle) if handle is not None else CallUpstream(params))
         except Exception as exc:
             trace.errors.append(("upstream", exc))
             raise
-        state = StreamState(
-            chunk_chars=settings.chunk_chars,
-            sentence_boundary=settings.sentence_boundary,
-            release_before_check=settings.release == "check_after_release",
-        )
-        in_flight: deque[tuple[Any, SegmentCheck, float]] = deque()
-        messages = params["messages"]
 
-        def settle() -> Flow[SegmentCheck | None]:
-            """Wait for the oldest check and apply it; returns the failing check, if any."""
+        def settle() -> Flow[bool]:
+            """Apply the oldest check; False when it cut the stream."""
             check_handle, segment, t0 = in_flight.popleft()
             result: Sequence[Verdict] | GuardrailError
             try:
-                result = yield AwaitCheck(check_handle)
-            except GuardrailError as exc:
-                result = exc
+                verdicts = yield AwaitCheck(check_handle)
+                result = verdicts if segment.final else _mask_refusal(verdicts)
+            except Exception as exc:
+                result = as_guard_error(exc)
             (decision,) = decide(
                 guard,
                 trace,
@@ -524,259 +483,68 @@ def stream_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[None
                     Action.BLOCK if decision.blocked else Action.REWRITE, flags=decision.flags
                 )
                 trace.blocked_stage = Stage.RESPONSE if decision.blocked else None
-                return segment
-            if segment.final:  # refusal-based flags mean something only on the whole answer
-                trace.took(decision.action, flags=decision.flags)
-            elif decision.error is not None:
-                trace.took(Action.FLAG, flags=decision.flags)
+                rewrite = decision.rewrite
+                text = settings.replacement
+                if rewrite is not None and rewrite.mode is RewriteMode.TEMPLATE:
+                    text = rewrite.text
+                yield Emit(
+                    closing_chunk(
+                        state.last_chunk(),
+                        model=model,
+                        request_id=trace.request_id,
+                        indices=state.unfinished,  # every choice still open ends here
+                        text=text,
+                    )
+                )
+                return False
+            trace.took(decision.action, flags=decision.flags)
             for chunk in state.passed(segment):
                 yield Emit(chunk)
-            return None
+            return True
 
-        def cut(segment: SegmentCheck) -> Flow[None]:
-            decision = trace.outcomes[-1].decision
-            rewrite = decision.rewrite
-            text = (
-                rewrite.text
-                if rewrite is not None and rewrite.mode is RewriteMode.TEMPLATE
-                else None
-            )
-            yield Emit(
-                closing_chunk(
-                    state.last_chunk(),
-                    model=model,
-                    request_id=trace.request_id,
-                    indices=[segment.index],
-                    text=text if text is not None else settings.replacement,
-                )
-            )
+        def start(segment: SegmentCheck) -> Flow[None]:
+            check_handle = yield StartCheck(Stage.RESPONSE, [(messages, segment.message)])
+            in_flight.append((check_handle, segment, time.perf_counter()))
 
-        try:
-            while True:
-                chunk = yield NextChunk(upstream)
-                if chunk is END:
-                    break
-                step = state.feed(chunk)
-                for released in step.release:
-                    yield Emit(released)
-                for segment in step.checks:
-                    conversation = (messages, segment.text)
-                    check_handle = yield StartCheck(Stage.RESPONSE, [conversation])
-                    in_flight.append((check_handle, segment, time.perf_counter()))
-                while in_flight and (len(in_flight) > 2 or (yield CheckDone(in_flight[0][0]))):
-                    failed = yield from settle()
-                    if failed is not None:
-                        yield from cut(failed)
-                        return
-            trace.upstream_s += time.perf_counter() - started
-            for segment in state.finish():
-                check_handle = yield StartCheck(Stage.RESPONSE, [(messages, segment.text)])
-                in_flight.append((check_handle, segment, time.perf_counter()))
-            while in_flight:
-                failed = yield from settle()
-                if failed is not None:
-                    yield from cut(failed)
+        read = yield StartRead(upstream)
+        while True:
+            if in_flight and (yield WaitFirst(read, in_flight[0][0])) == "check":
+                if not (yield from settle()):
                     return
-            trace.responses.extend(state.text(i) for i in state.indices)
-        finally:
-            while in_flight:  # abandoned checks: their results are never used
-                yield CancelUpstream(in_flight.popleft()[0])
-            yield CloseStream(upstream)
-    finally:
-        guard.audit(trace)
-
-
-# --------------------------------------------------------------------------- drivers
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # Abandoned tasks' failures are expected; retrieving them keeps asyncio quiet.
-    if not task.cancelled():
-        task.exception()
-
-
-class SyncRunner:
-    """Runs flows for sync callers: upstream calls and guard checks on worker threads.
-
-    Threads give the sync API the same concurrency as the async one (the prompt
-    check races the upstream call; a stream's next chunk is read while its last
-    segment is checked) and let guard checks time out.
-    """
-
-    def __init__(
-        self,
-        classify: Callable[[Stage, Sequence[Conversation]], list[Verdict]],
-        upstream: Callable[[dict[str, Any]], Any],
-        *,
-        timeout_s: float | None,
-        executor: concurrent.futures.Executor,
-    ) -> None:
-        self._classify = classify
-        self._upstream = upstream
-        self._timeout = timeout_s
-        self._executor = executor
-
-    def run(self, flow: Flow[T]) -> T:
-        """Drive a flow that emits nothing to completion and return its result."""
-        steps = self._steps(flow)
-        try:
-            while True:
-                next(steps)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-
-    def stream(self, flow: Flow[None]) -> Generator[Any, None, None]:
-        """Drive a streaming flow, yielding each chunk it emits."""
-        return self._steps(flow)
-
-    def _steps(self, flow: Flow[T]) -> Generator[Any, None, T]:
-        started: list[concurrent.futures.Future[Any]] = []
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    effect = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                value, error = None, None
-                if isinstance(effect, Emit):
-                    yield effect.chunk
-                    continue
-                try:
-                    value = self._perform(effect, started)
-                except Exception as exc:
-                    error = exc
-        finally:
-            for future in started:
-                future.cancel()
-            flow.close()
-
-    def _wait(self, future: concurrent.futures.Future[Any], what: str) -> Any:
-        try:
-            return future.result(timeout=self._timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise GuardTimeoutError(f"{what} check exceeded {self._timeout}s") from None
-
-    def _perform(self, effect: Effect, started: list[concurrent.futures.Future[Any]]) -> Any:
-        if isinstance(effect, Check):
-            future = self._executor.submit(self._classify, effect.stage, effect.conversations)
-            return self._wait(future, effect.stage.value)
-        if isinstance(effect, StartCheck):
-            future = self._executor.submit(self._classify, effect.stage, effect.conversations)
-            started.append(future)
-            return future
-        if isinstance(effect, CheckDone):
-            return effect.handle.done()
-        if isinstance(effect, AwaitCheck):
-            return self._wait(effect.handle, "streamed")
-        if isinstance(effect, StartUpstream):
-            future = self._executor.submit(self._upstream, effect.params)
-            started.append(future)
-            return future
-        if isinstance(effect, AwaitUpstream):
-            return effect.handle.result()
-        if isinstance(effect, CancelUpstream):
-            # A thread cannot be interrupted: its answer is abandoned, never returned.
-            effect.handle.cancel()
-            return None
-        if isinstance(effect, NextChunk):
-            return next(effect.stream, END)
-        if isinstance(effect, CloseStream):
-            effect.stream.close()
-            return None
-        assert isinstance(effect, CallUpstream)
-        return self._upstream(effect.params)
-
-
-class AsyncRunner:
-    """Runs flows for async callers: upstream calls and streamed checks as tasks."""
-
-    def __init__(
-        self,
-        classify: Callable[[Stage, Sequence[Conversation]], Awaitable[list[Verdict]]],
-        upstream: Callable[[dict[str, Any]], Awaitable[Any]],
-        *,
-        timeout_s: float | None,
-    ) -> None:
-        self._classify = classify
-        self._upstream = upstream
-        self._timeout = timeout_s
-
-    async def run(self, flow: Flow[T]) -> T:
-        """Drive a flow that emits nothing to completion and return its result."""
-        box: list[T] = []
-        async for _ in self._steps(flow, box):
-            pass
-        return box[0]
-
-    def stream(self, flow: Flow[None]) -> AsyncGenerator[Any, None]:
-        """Drive a streaming flow, yielding each chunk it emits."""
-        return self._steps(flow, [])
-
-    async def _steps(self, flow: Flow[T], box: list[T]) -> AsyncGenerator[Any, None]:
-        started: list[asyncio.Future[Any]] = []
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    effect = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    box.append(stop.value)
-                    return
-                value, error = None, None
-                if isinstance(effect, Emit):
-                    yield effect.chunk
-                    continue
-                try:
-                    value = await self._perform(effect, started)
-                except Exception as exc:
-                    error = exc
-        finally:
-            for task in started:
-                if not task.done():
-                    task.cancel()
-            flow.close()
-
-    async def _wait(self, awaitable: Awaitable[Any], what: str) -> Any:
-        try:
-            return await asyncio.wait_for(awaitable, self._timeout)
-        except asyncio.TimeoutError:
-            raise GuardTimeoutError(f"{what} check exceeded {self._timeout}s") from None
-
-    def _task(self, awaitable: Awaitable[Any], started: list[asyncio.Future[Any]]) -> Any:
-        task = asyncio.ensure_future(awaitable)
-        task.add_done_callback(_retrieve)
-        started.append(task)
-        return task
-
-    async def _perform(self, effect: Effect, started: list[asyncio.Future[Any]]) -> Any:
-        if isinstance(effect, Check):
-            return await self._wait(
-                self._classify(effect.stage, effect.conversations), effect.stage.value
-            )
-        if isinstance(effect, StartCheck):
-            return self._task(self._classify(effect.stage, effect.conversations), started)
-        if isinstance(effect, CheckDone):
-            return effect.handle.done()
-        if isinstance(effect, AwaitCheck):
-            return await self._wait(asyncio.shield(effect.handle), "streamed")
-        if isinstance(effect, StartUpstream):
-            return self._task(self._upstream(effect.params), started)
-        if isinstance(effect, AwaitUpstream):
-            return await effect.handle
-        if isinstance(effect, CancelUpstream):
-            effect.handle.cancel()
-            return None
-        if isinstance(effect, NextChunk):
+                continue
             try:
-                return await effect.stream.__anext__()
-            except StopAsyncIteration:
-                return END
-        if isinstance(effect, CloseStream):
-            await effect.stream.close()
-            return None
-        assert isinstance(effect, CallUpstream)
-        return await self._upstream(effect.params)
+                chunk = yield AwaitRead(read)
+            except Exception as exc:
+                read = None
+                trace.errors.append(("upstream", exc))
+                raise
+            read = None
+            if chunk is END:
+                break
+            read = yield StartRead(upstream)  # the next chunk arrives while this one is checked
+            step = state.feed(chunk)
+            for released in step.release:
+                yield Emit(released)
+            for segment in step.checks:
+                yield from start(segment)
+            while len(in_flight) > 2:
+                if not (yield from settle()):
+                    return
+        trace.upstream_s += time.perf_counter() - started
+        started = 0.0
+        for segment in state.finish():
+            yield from start(segment)
+        while in_flight:
+            if not (yield from settle()):
+                return
+    finally:
+        if started:
+            trace.upstream_s += time.perf_counter() - started
+        trace.responses = [state.text(i) for i in state.indices] or trace.responses
+        while in_flight:  # abandoned checks: their results are never used
+            yield CancelUpstream(in_flight.popleft()[0])
+        if read is not None:
+            yield CancelUpstream(read)
+        if upstream is not None:
+            yield CloseStream(upstream)
+        yield Audit(trace)

@@ -4,7 +4,8 @@ The hierarchy::
 
     GuardrailError
     ├── ConfigurationError            bad arguments or settings given to the SDK
-    │   └── MissingDependencyError    an optional extra is not installed
+    │   ├── MissingDependencyError    an optional extra is not installed
+    │   └── UnguardedAccessError      a client method that would bypass the guard
     ├── InputError                    a conversation the guard cannot judge
     ├── ClassifierError               the guard could not produce a verdict
     │   ├── ModelLoadError            a checkpoint could not be found or loaded
@@ -43,6 +44,13 @@ class MissingDependencyError(ConfigurationError, ImportError):
         super().__init__(
             f"{package} is required for this feature: pip install 'guardrail[{extra}]'"
         )
+
+
+class UnguardedAccessError(ConfigurationError, AttributeError):
+    """A wrapped client's method that would return model output without the guard.
+
+    Also an ``AttributeError``, so ``hasattr()`` answers False for such methods.
+    """
 
 
 class InputError(GuardrailError, ValueError):
@@ -131,10 +139,16 @@ class PolicyError(GuardrailError, ValueError):
 
 
 class BlockedError(GuardrailError):
-    """The policy blocked the call. ``decision`` says which rule, stage and verdict."""
+    """The policy blocked the call.
 
-    def __init__(self, message: str, *, decision: Any) -> None:
+    ``decision`` says which rule, stage and verdict; ``report`` (a
+    :class:`~guardrail.report.GuardReport`, when raised by a guarded call) holds
+    every check and the ``request_id`` of the call's audit record.
+    """
+
+    def __init__(self, message: str, *, decision: Any, report: Any = None) -> None:
         self.decision = decision
+        self.report = report
         super().__init__(message)
 
 

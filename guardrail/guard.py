@@ -19,18 +19,12 @@ from typing import Any
 from guardrail.audit import AuditRecord, AuditSink, StageRecord, sink_from_settings
 from guardrail.audit.record import ErrorEntry, Latency, PolicyRef
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
-from guardrail.engine import (
-    AsyncRunner,
-    Flow,
-    SyncRunner,
-    Trace,
-    check,
-    completion_flow,
-    stream_flow,
-)
+from guardrail.effects import Audit, Flow
+from guardrail.engine import Trace, check, completion_flow, stream_flow
 from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy, evaluate, load_policy
 from guardrail.policy.schema import GuardConfig, StreamingConfig
+from guardrail.runners import AsyncRunner, SyncRunner
 from guardrail.streams import AsyncGuardedStream, GuardedStream
 from guardrail.types import Decision, Stage, Verdict
 
@@ -89,8 +83,13 @@ class Guard:
         self._policy_ref = PolicyRef(
             name=policy.name, version=str(policy.version), hash=policy.content_hash
         )
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="guardrail"
+        # Two pools: upstream calls (which may be abandoned, still running) can never
+        # starve guard checks of workers.
+        self._check_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="guardrail-check"
+        )
+        self._io_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="guardrail-io"
         )
 
     # -- settings the engine reads ----------------------------------------------------
@@ -195,12 +194,16 @@ class Guard:
         return SyncRunner(
             self.classify,
             upstream,
+            self.audit,
             timeout_s=self.policy.execution.timeout_s,
-            executor=self._executor,
+            checks=self._check_pool,
+            io=self._io_pool,
         )
 
     def _async_runner(self, upstream: Callable[[dict[str, Any]], Any]) -> AsyncRunner:
-        return AsyncRunner(self.aclassify, upstream, timeout_s=self.policy.execution.timeout_s)
+        return AsyncRunner(
+            self.aclassify, upstream, self.audit, timeout_s=self.policy.execution.timeout_s
+        )
 
     def _trace(self, params: dict[str, Any], mode: str) -> Trace:
         return Trace(
@@ -215,7 +218,7 @@ class Guard:
         runner = self._sync_runner(lambda p: create(**p))
         if params.get("stream"):
             trace = self._trace(params, "streaming")
-            return GuardedStream(runner.stream(stream_flow(self, trace, params)), trace)
+            return GuardedStream(runner.stream(stream_flow(self, trace, params)), trace).start()
         trace = self._trace(params, self.policy.execution.mode)
         return runner.run(completion_flow(self, trace, params))
 
@@ -228,7 +231,8 @@ class Guard:
         runner = self._async_runner(upstream)
         if params.get("stream"):
             trace = self._trace(params, "streaming")
-            return AsyncGuardedStream(runner.stream(stream_flow(self, trace, params)), trace)
+            stream = AsyncGuardedStream(runner.stream(stream_flow(self, trace, params)), trace)
+            return await stream.start()
         trace = self._trace(params, self.policy.execution.mode)
         return await runner.run(completion_flow(self, trace, params))
 
@@ -254,7 +258,7 @@ class Guard:
                 trace.responses.append(response if isinstance(response, str) else _text(response))
             return decision
         finally:
-            self.audit(trace)
+            yield Audit(trace)
 
     def check_prompt(self, messages: Iterable[Any]) -> Decision:
         """Check a conversation's last user turn; the decision is audited, never raised."""
@@ -300,7 +304,8 @@ class Guard:
 
     def close(self) -> None:
         """Close the audit sink and stop the worker threads."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._check_pool.shutdown(wait=False, cancel_futures=True)
+        self._io_pool.shutdown(wait=False, cancel_futures=True)
         self.sink.close()
 
     def __enter__(self) -> Guard:
@@ -319,9 +324,19 @@ def _no_upstream(params: dict[str, Any]) -> Any:
     raise ConfigurationError("a direct check has no upstream call")
 
 
+_CHECKED_PARAMS = ("messages", "n", "stream", "stream_options")
+
+
 def _normalise_params(params: dict[str, Any]) -> dict[str, Any]:
     if "messages" not in params:
         raise ConfigurationError("chat.completions.create() needs messages=")
+    extra = params.get("extra_body")
+    if isinstance(extra, dict):
+        overlap = sorted(set(extra) & set(_CHECKED_PARAMS))
+        if overlap:  # they would change what the upstream gets behind the guard's back
+            raise ConfigurationError(
+                f"extra_body may not set {', '.join(overlap)}: pass them as parameters"
+            )
     return {**params, "messages": list(params["messages"])}
 
 

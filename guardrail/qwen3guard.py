@@ -106,6 +106,8 @@ class _Normalised:
     messages: list[GuardMessage] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     last_reasoning: str | None = None
+    reasoning_inline: bool = False
+    """The last answer's thinking was inside its content (so it reaches the caller)."""
 
 
 def _as_mapping(message: Any, where: str) -> Mapping[str, Any]:
@@ -113,7 +115,10 @@ def _as_mapping(message: Any, where: str) -> Mapping[str, Any]:
         return message
     dump = getattr(message, "model_dump", None)
     if callable(dump):
-        data = dump(exclude_unset=False)
+        try:  # parsed messages hold user types that pydantic warns about when dumping
+            data = dump(warnings=False)
+        except TypeError:
+            data = dump()
         if isinstance(data, Mapping):
             return data
     raise InputError(
@@ -202,13 +207,14 @@ def _normalise(messages: Sequence[Any] | Iterable[Any], *, include_system: bool)
             out.messages.append(GuardMessage("user", text))
         elif role == "assistant":
             reasoning, answer = split_reasoning(text)
+            out.reasoning_inline = reasoning is not None
             field_reasoning = message.get("reasoning_content") or message.get("reasoning")
             if isinstance(field_reasoning, str) and field_reasoning.strip():
                 reasoning = field_reasoning.strip()
-            calls = _tool_call_lines(message, where)
-            answer = (
-                "\n".join([answer, *calls]) if answer and calls else (answer or "\n".join(calls))
-            )
+            refusal = message.get("refusal")
+            extra = [refusal] if isinstance(refusal, str) and refusal else []
+            extra += _tool_call_lines(message, where)
+            answer = "\n".join(p for p in (answer, *extra) if p)
             out.messages.append(GuardMessage("assistant", answer))
             out.last_reasoning = reasoning
         elif role in ("tool", "function"):
@@ -260,6 +266,10 @@ def guard_inputs(
     if not any(m.role == "user" for m in context):
         raise InputError("a response check needs the user message it answers")
     thinking = norm.last_reasoning
+    if mode is ReasoningMode.ANSWER and norm.reasoning_inline:
+        # Thinking inside the content reaches the caller with the answer, so it is
+        # judged with it: a stray </think> must never hide returned text.
+        mode = ReasoningMode.JOINT
     if not thinking or mode is ReasoningMode.ANSWER:
         return (GuardInput((*context, last), "answer", skipped),)
     if mode is ReasoningMode.JOINT:

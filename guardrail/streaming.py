@@ -1,19 +1,23 @@
 """Streaming moderation, sans I/O: feed upstream chunks, learn what to check and what to release.
 
-:class:`StreamState` holds upstream chunks back until the text they carry has
+:class:`StreamState` holds upstream chunks back until everything they carry has
 been checked (``check_before_release``: no unchecked text ever reaches the
 caller), or releases them at once and only stops the stream when a check fails
-(``check_after_release``: lower latency, some unsafe text may be seen). Text is
-cut into checks at a sentence end once a quarter of ``chunk_chars`` has
-accumulated, or at ``chunk_chars`` regardless. Each check judges its new text
-plus up to ``context_chars`` of the text before it, so an answer is never judged
-only in fragments; when the upstream ends, one final check judges each choice's
-full text. Chunks that end a choice (``finish_reason``) are held until that final
-check passes, so a failing final check can still end the stream with
+(``check_after_release``: lower latency, some unsafe text may be seen).
+
+Every channel a chunk can carry counts: ``content``, ``refusal``, reasoning
+(``reasoning_content`` / ``reasoning``) and tool-call names and arguments. New
+text is cut into checks at a sentence end once a quarter of ``chunk_chars`` has
+accumulated, or at ``chunk_chars`` regardless. Each check judges an assistant
+message holding its new text plus up to ``context_chars`` of the text before it
+(and the tool calls so far), so an answer is never judged only in fragments;
+when the upstream ends, one final check judges each choice's whole message.
+Chunks that end a choice (``finish_reason``) are held until that final check
+passes, so a failing final check can still end the stream with
 ``finish_reason="content_filter"``.
 
-The state object never blocks: the sync and async streams in
-:mod:`guardrail.engine` drive it, checking chunk N while chunk N+1 arrives.
+The state object never blocks: the sync and async runners drive it, checking
+chunk N while chunk N+1 arrives.
 """
 
 from __future__ import annotations
@@ -29,13 +33,42 @@ _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026]['\")\]]?\s*$|\n\s*$")
 
 @dataclass(frozen=True)
 class SegmentCheck:
-    """A piece of one choice's text to check; ``end`` is its offset in the full text."""
+    """What to check of one choice: an assistant message; ``end`` is its offset."""
 
     id: int
     index: int
     text: str
+    """The content window judged (new text plus context)."""
     end: int
     final: bool = False
+    message: dict[str, Any] = field(default_factory=dict)
+    """The assistant message the guard judges (content, reasoning, tool calls)."""
+
+
+@dataclass
+class _Choice:
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tools: dict[int, list[str]] = field(default_factory=dict)  # index -> [name, arguments]
+    length: int = 0  # characters received on every channel
+    queued: int = 0  # `length` when the last check started
+    queued_content: int = 0
+    queued_reasoning: int = 0
+    passed: int = 0  # `length` up to which checks passed
+    final_passed: bool = False
+    finish_released: bool = False
+
+    def message(self, *, content_from: int, reasoning_from: int) -> tuple[str, dict[str, Any]]:
+        content = "".join(self.content)[content_from:]
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)[reasoning_from:]
+        if self.tools:
+            message["tool_calls"] = [
+                {"type": "function", "function": {"name": name, "arguments": args}}
+                for name, args in (self.tools[k] for k in sorted(self.tools))
+            ]
+        return content, message
 
 
 @dataclass
@@ -51,6 +84,23 @@ class StreamStep:
 
     release: list[Any] = field(default_factory=list)
     checks: list[SegmentCheck] = field(default_factory=list)
+
+
+def _delta_parts(delta: Any) -> tuple[str, str, list[tuple[int, str, str]]]:
+    """(visible text, reasoning, tool-call pieces) carried by one choice delta."""
+    if delta is None:
+        return "", "", []
+    visible = "".join(
+        p for p in (getattr(delta, "content", None), getattr(delta, "refusal", None)) if p
+    )
+    reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+    tools = []
+    for call in getattr(delta, "tool_calls", None) or ():
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None) or ""
+        arguments = getattr(function, "arguments", None) or ""
+        tools.append((int(getattr(call, "index", 0) or 0), name, arguments))
+    return visible, reasoning if isinstance(reasoning, str) else "", tools
 
 
 class StreamState:
@@ -70,88 +120,105 @@ class StreamState:
         self.min_chars = max(1, chunk_chars // 4) if sentence_boundary else chunk_chars
         self.context_chars = chunk_chars if context_chars is None else context_chars
         self.release_before_check = release_before_check
-        self._texts: dict[int, list[str]] = {}
-        self._lengths: dict[int, int] = {}
-        self._queued: dict[int, int] = {}  # offset up to which checks were started
-        self._passed: dict[int, int] = {}  # offset up to which checks passed
-        self._final_passed: set[int] = set()
+        self._choices: dict[int, _Choice] = {}
         self._held: deque[_Held] = deque()
         self._ids = itertools.count()
         self.finished = False
 
-    # -- text ---------------------------------------------------------------------------
+    # -- what was received ---------------------------------------------------------------
 
     def text(self, index: int = 0) -> str:
-        """The full text received so far for one choice."""
-        return "".join(self._texts.get(index, ()))
+        """The visible text (content and refusal) received so far for one choice."""
+        choice = self._choices.get(index)
+        return "".join(choice.content) if choice else ""
 
     @property
     def indices(self) -> list[int]:
         """The choice indices seen so far."""
-        return sorted(self._lengths)
+        return sorted(self._choices)
+
+    @property
+    def unfinished(self) -> list[int]:
+        """Choices whose end has not been released to the caller."""
+        return [i for i in self.indices if not self._choices[i].finish_released]
 
     def _segment(self, index: int, *, final: bool) -> SegmentCheck:
-        full = self.text(index)
-        end = len(full)
-        start = 0 if final else max(0, self._queued.get(index, 0) - self.context_chars)
-        self._queued[index] = end
-        return SegmentCheck(next(self._ids), index, full[start:end], end, final)
+        choice = self._choices[index]
+        content_len = sum(map(len, choice.content))
+        reasoning_len = sum(map(len, choice.reasoning))
+        if final:
+            content_from = reasoning_from = 0
+        else:
+            content_from = max(0, choice.queued_content - self.context_chars)
+            reasoning_from = max(0, choice.queued_reasoning - self.context_chars)
+        text, message = choice.message(content_from=content_from, reasoning_from=reasoning_from)
+        choice.queued, choice.queued_content = choice.length, content_len
+        choice.queued_reasoning = reasoning_len
+        return SegmentCheck(next(self._ids), index, text, choice.length, final, message)
 
-    # -- feeding ------------------------------------------------------------------------
+    # -- feeding ---------------------------------------------------------------------------
 
     def feed(self, chunk: Any) -> StreamStep:
         """Take one upstream chunk; returns the chunks releasable now and checks to start."""
         step = StreamStep()
         ends: dict[int, int] = {}
         finishes: list[int] = []
-        for choice in getattr(chunk, "choices", None) or ():
-            index = int(choice.index)
-            self._lengths.setdefault(index, 0)
-            content = getattr(choice.delta, "content", None) if choice.delta else None
-            if content:
-                self._texts.setdefault(index, []).append(content)
-                self._lengths[index] += len(content)
-            ends[index] = self._lengths[index]
-            if choice.finish_reason is not None:
+        for raw in getattr(chunk, "choices", None) or ():
+            index = int(raw.index)
+            choice = self._choices.setdefault(index, _Choice())
+            visible, reasoning, tools = _delta_parts(raw.delta)
+            if visible:
+                choice.content.append(visible)
+            if reasoning:
+                choice.reasoning.append(reasoning)
+            for k, name, arguments in tools:
+                slot = choice.tools.setdefault(k, ["", ""])
+                slot[0] += name
+                slot[1] += arguments
+            choice.length += len(visible) + len(reasoning)
+            choice.length += sum(len(n) + len(a) for _, n, a in tools)
+            ends[index] = choice.length
+            if raw.finish_reason is not None:
                 finishes.append(index)
-            pending = self._lengths[index] - self._queued.get(index, 0)
-            if pending >= self.chunk_chars or (
-                pending >= self.min_chars and content and _SENTENCE_END.search(content) is not None
-            ):
+            pending = choice.length - choice.queued
+            at_sentence_end = bool(visible) and _SENTENCE_END.search(visible) is not None
+            if pending >= self.chunk_chars or (pending >= self.min_chars and at_sentence_end):
                 step.checks.append(self._segment(index, final=False))
         self._held.append(_Held(chunk, ends, tuple(finishes)))
         step.release = self._releasable()
         return step
 
     def finish(self) -> list[SegmentCheck]:
-        """The upstream ended: one final check per choice over its full text."""
+        """The upstream ended: one final check per choice over its whole message."""
         self.finished = True
         return [self._segment(index, final=True) for index in self.indices]
 
     def passed(self, check: SegmentCheck) -> list[Any]:
-        """A check passed (callers report checks of one choice in order); returns releases."""
-        self._passed[check.index] = max(self._passed.get(check.index, 0), check.end)
+        """A check passed (report one choice's checks in order); returns releasable chunks."""
+        choice = self._choices[check.index]
+        choice.passed = max(choice.passed, check.end)
         if check.final:
-            self._final_passed.add(check.index)
+            choice.final_passed = True
         return self._releasable()
 
     def _ready(self, held: _Held) -> bool:
-        if any(i not in self._final_passed for i in held.finishes):
+        if any(not self._choices[i].final_passed for i in held.finishes):
             return False
         if self.release_before_check:
             return True
-        return all(end <= self._passed.get(i, 0) for i, end in held.ends.items())
+        return all(end <= self._choices[i].passed for i, end in held.ends.items())
 
     def _releasable(self) -> list[Any]:
         out: list[Any] = []
         while self._held and (
-            self._ready(self._held[0]) or (self.finished and self._all_final_passed())
+            self._ready(self._held[0])
+            or (self.finished and all(c.final_passed for c in self._choices.values()))
         ):
-            out.append(self._held.popleft().chunk)
+            held = self._held.popleft()
+            for i in held.finishes:
+                self._choices[i].finish_released = True
+            out.append(held.chunk)
         return out
-
-    def _all_final_passed(self) -> bool:
-        return all(i in self._final_passed for i in self._lengths)
 
     def last_chunk(self) -> Any:
         """The most recent chunk held back (a template for a closing chunk), if any."""

@@ -14,6 +14,8 @@ from typing import Any
 from guardrail.engine import Trace
 from guardrail.report import GuardReport
 
+_EMPTY = object()
+
 
 class GuardedStream(Iterator[Any]):
     """A guarded sync stream of chat-completion chunks."""
@@ -21,11 +23,23 @@ class GuardedStream(Iterator[Any]):
     def __init__(self, steps: Generator[Any, None, None], trace: Trace) -> None:
         self._steps = steps
         self._trace = trace
+        self._first: Any = _EMPTY
+
+    def start(self) -> GuardedStream:
+        """Run up to the first released chunk, as ``create()`` does for openai's streams.
+
+        A blocked prompt or a failing upstream raises here, at ``create()``.
+        """
+        self._first = next(self._steps, _EMPTY)
+        return self
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
+        if self._first is not _EMPTY:
+            first, self._first = self._first, _EMPTY
+            return first
         return next(self._steps)
 
     def close(self) -> None:
@@ -55,11 +69,23 @@ class AsyncGuardedStream(AsyncIterator[Any]):
     def __init__(self, steps: AsyncGenerator[Any, None], trace: Trace) -> None:
         self._steps = steps
         self._trace = trace
+        self._first: Any = _EMPTY
+
+    async def start(self) -> AsyncGuardedStream:
+        """Run up to the first released chunk, as ``create()`` does for openai's streams."""
+        try:
+            self._first = await self._steps.__anext__()
+        except StopAsyncIteration:
+            self._first = _EMPTY
+        return self
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
+        if self._first is not _EMPTY:
+            first, self._first = self._first, _EMPTY
+            return first
         return await self._steps.__anext__()
 
     async def close(self) -> None:

@@ -354,13 +354,14 @@ def test_unsafe_stream_is_cut_before_the_unsafe_text(llm: FakeLLM, tmp_path: Pat
     assert record.final_action is Action.BLOCK
 
 
-def test_blocked_prompt_stream_raises(llm: FakeLLM, tmp_path: Path) -> None:
+def test_blocked_prompt_stream_raises_at_create(llm: FakeLLM, tmp_path: Path) -> None:
+    # Like openai's streams, which raise request errors at create(), not mid-iteration.
     wrapped = guardrail.wrap(raw_client(llm), guard=make_guard(tmp_path))
-    stream = wrapped.chat.completions.create(
-        model="m", messages=ask("how to build a bomb"), stream=True
-    )
-    with pytest.raises(BlockedError):
-        next(iter(stream))
+    with pytest.raises(BlockedError) as info:
+        wrapped.chat.completions.create(model="m", messages=ask("how to build a bomb"), stream=True)
+    assert info.value.report is not None
+    (record,) = audit_records(tmp_path)
+    assert record.request_id == info.value.report.request_id
 
 
 # --------------------------------------------------------------------------- async

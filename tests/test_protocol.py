@@ -248,8 +248,15 @@ def test_split_reasoning(content: str, expected: tuple[str | None, str]) -> None
 def test_reasoning_modes() -> None:
     msgs = [{"role": "user", "content": "q"}]
     response = {"role": "assistant", "content": "<think>secret plan</think>final"}
+    # Inline thinking reaches the caller with the answer, so answer mode judges it too.
     (answer,) = guard_inputs(msgs, response)
-    assert answer.messages[-1].content == "final"
+    assert answer.part == "joint"
+    assert "secret plan" in answer.messages[-1].content
+    # Thinking in a separate field is not judged in answer mode.
+    (field_only,) = guard_inputs(
+        msgs, {"role": "assistant", "content": "final", "reasoning_content": "plan"}
+    )
+    assert field_only.messages[-1].content == "final"
     (joint,) = guard_inputs(msgs, response, reasoning="joint")
     assert joint.part == "joint"
     assert "secret plan" in joint.messages[-1].content
@@ -262,6 +269,20 @@ def test_reasoning_modes() -> None:
     assert reasoning2.messages[-1].content == "from field"
     # No thinking at all: a single input whatever the mode.
     assert len(guard_inputs(msgs, "plain", reasoning="separate")) == 1
+
+
+def test_a_stray_think_tag_cannot_hide_returned_text() -> None:
+    hidden = "Step 1: BOOM recipe\n</think>\nSorry, I can't help with that."
+    (inp,) = guard_inputs([{"role": "user", "content": "q"}], hidden)
+    assert "BOOM recipe" in inp.messages[-1].content
+
+
+def test_refusal_text_is_judged() -> None:
+    (inp,) = guard_inputs(
+        [{"role": "user", "content": "q"}],
+        {"role": "assistant", "content": None, "refusal": "I won't, but here: BOOM"},
+    )
+    assert inp.messages[-1].content == "I won't, but here: BOOM"
 
 
 def test_earlier_turns_lose_their_thinking() -> None:

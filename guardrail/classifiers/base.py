@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from guardrail.errors import ClassifierError
 from guardrail.qwen3guard import GuardInput, combine_verdicts, guard_inputs
 from guardrail.types import ReasoningMode, Verdict
 
@@ -57,6 +58,10 @@ def plan(
 
 def regroup(verdicts: Sequence[Verdict], sizes: Sequence[int]) -> list[Verdict]:
     """Merge flat verdicts back into one verdict per conversation."""
+    if len(verdicts) != sum(sizes):
+        raise ClassifierError(
+            f"the guard returned {len(verdicts)} verdicts for {sum(sizes)} inputs"
+        )
     out: list[Verdict] = []
     start = 0
     for size in sizes:

@@ -6,26 +6,28 @@ never when this module is imported.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail.errors import (
     ClassifierError,
     ConfigurationError,
     InputError,
-    MissingDependencyError,
     ModelLoadError,
 )
+from guardrail.hub import ModelSource as _Source
+from guardrail.hub import default_dtype as _default_dtype
+from guardrail.hub import import_backend as _import_backend
+from guardrail.hub import one_line as _one_line
 from guardrail.qwen3guard import (
     DEFAULT_MODEL,
     ENDOFTEXT,
     IM_END,
+    FieldProbabilities,
     GuardInput,
     GuardMessage,
     TokenLogprobs,
@@ -33,7 +35,11 @@ from guardrail.qwen3guard import (
     parse_verdict,
     render_segments,
 )
-from guardrail.types import Verdict
+from guardrail.types import Stage, Verdict
+
+if TYPE_CHECKING:
+    from guardrail.classifiers.batching import BatchStats
+    from guardrail.classifiers.fastpath import FastDecoder
 
 __all__ = ["EncodedInput", "LocalQwen3Guard"]
 
@@ -57,72 +63,26 @@ class EncodedInput:
 class _Generated:
     text: str
     tokens: tuple[TokenLogprobs, ...]
+    probs: FieldProbabilities | None = None
+    """Set by the fast path, which reads each field's distribution directly."""
 
 
-def _import_backend() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        name = exc.name if exc.name in ("transformers", "tokenizers") else "torch"
-        raise MissingDependencyError(name, "local") from exc
-    return torch, transformers
-
-
-def _offline_env() -> bool:
-    # huggingface_hub reads these once at import; read them per load so a later
-    # setting still keeps the load off the network.
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _default_dtype(torch: Any, device: Any) -> str:
-    if device.type != "cuda":
-        return "float32"  # CPUs without native bf16 run bf16 far slower than fp32
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where a checkpoint is loaded from, and how to explain a failure in one line."""
-
-    name: str
-    path: str
-    is_dir: bool
-    offline: bool
-    revision: str | None
-
-    @classmethod
-    def resolve(cls, name: str, revision: str | None, local_files_only: bool) -> _Source:
-        path = os.path.expanduser(name)
-        is_dir = os.path.isdir(path)
-        if not is_dir and (os.path.isabs(path) or name.startswith((".", "~"))):
-            raise ModelLoadError(f"model directory {name!r} does not exist")
-        return cls(name, path, is_dir, local_files_only or _offline_env(), revision)
-
-    def load(self, auto_class: Any, **options: Any) -> Any:
-        """``auto_class.from_pretrained`` with any failure turned into a ModelLoadError."""
-        try:
-            return auto_class.from_pretrained(
-                self.path, revision=self.revision, local_files_only=self.offline, **options
-            )
-        except Exception as exc:  # transformers and the hub raise many types; all mean "not loaded"
-            if self.is_dir:
-                raise ModelLoadError(
-                    f"could not load a Qwen3Guard-Gen checkpoint from directory {self.name!r} "
-                    f"(it needs config.json, the weights and the tokenizer files): {_one_line(exc)}"
-                ) from exc
-            why = "offline mode is on and it is not cached locally" if self.offline else None
-            raise ModelLoadError(
-                f"could not fetch {self.name!r} from the Hugging Face Hub "
-                f"({why or _one_line(exc)}). Point --model / model= at a local directory "
-                "holding the checkpoint, or use a guard server (--base-url / RemoteQwen3Guard)"
-            ) from exc
+Decoding = Literal["fast", "generate"]
+_HEAD_PROBES: dict[Stage, tuple[tuple[tuple[Any, str], ...], ...]] = {
+    Stage.PROMPT: (
+        (("user", "a"),),
+        (("user", "b"),),
+        (("user", ""),),
+        (("assistant", "x"), ("user", "y")),
+    ),
+    Stage.RESPONSE: (
+        (("user", "a"), ("assistant", "b")),
+        (("user", "c"), ("assistant", "")),
+        (("user", ""), ("assistant", "d")),
+        (("assistant", "x"), ("user", "y"), ("assistant", "z")),
+    ),
+}
+"""Conversations whose common token prefix is each stage's cacheable template head."""
 
 
 class LocalQwen3Guard:
@@ -131,9 +91,27 @@ class LocalQwen3Guard:
     ``model`` is a Hugging Face Hub id or a local directory. The checkpoint's own
     chat template builds the guard prompt; message text is always tokenized as
     plain text, so ``<|im_end|>``, ``<think>`` and the like inside a message can
-    never become markup (see :meth:`encode`). Verdicts are decoded greedily and
-    come with per-field probabilities read from the generated tokens' top
-    log-probabilities.
+    never become markup (see :meth:`encode`). Verdicts are those of greedy
+    decoding, with per-field probabilities.
+
+    Decoding (``decoding``): ``"fast"`` (default) keeps the KV cache of the
+    template head shared by all inputs of a stage, drafts the verdict lines and
+    verifies them greedily in one forward pass (a second or third short pass when
+    the level or category differs from the draft), reading each field's
+    probabilities from the next-token distribution restricted to the field's values
+    (see :mod:`guardrail.classifiers.fastpath`). Its verdicts are token for token
+    those of greedy decoding; an input where greedy decoding would leave the verdict
+    grammar is decoded with ``generate()`` instead, so the fast path never invents
+    a verdict. ``"generate"`` is the model-card path: ``generate()`` with top
+    log-probabilities at every step, probabilities read from those. A tokenizer
+    whose verdict values do not begin with distinct tokens always uses ``"generate"``
+    (see :attr:`decoding`).
+
+    Micro-batching: concurrent :meth:`classify` calls (from threads) and
+    :meth:`aclassify` calls are grouped into one model batch of up to
+    ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for company (a
+    lone caller does not wait); one worker thread runs the model. :meth:`close`
+    stops the worker.
 
     Truncation: an input longer than ``max_input_tokens`` (default: the model's
     context, at most 32768, minus ``max_new_tokens``) keeps all of the template's
@@ -141,13 +119,13 @@ class LocalQwen3Guard:
     dropped from the start: the earliest messages go first, and the message where
     the cut falls keeps its last tokens. Such verdicts have ``truncated=True``.
 
-    Thread-safe: one lock serialises tokenizer and model use. ``aclassify`` runs
-    :meth:`classify` in a worker thread, so it never blocks the event loop.
+    Thread-safe: one lock serialises tokenizer and model use. ``aclassify`` awaits
+    the batch worker, so it never blocks the event loop.
 
     Other options: ``revision`` (hub revision), ``device`` (default ``cuda`` when
     available, else ``cpu``), ``dtype`` (``float32``, ``bfloat16``, ``float16`` or
     ``auto``; default bf16 on GPUs that support it, fp16 on other GPUs, fp32 on
-    CPU), ``batch_size`` (inputs per ``generate`` call), ``local_files_only`` (never
+    CPU), ``batch_size`` (an alias of ``max_batch_size``), ``local_files_only`` (never
     contact the hub; also implied by ``HF_HUB_OFFLINE=1``) and ``top_logprobs``
     (alternatives read per generated token for the probabilities).
     """
@@ -161,15 +139,23 @@ class LocalQwen3Guard:
         dtype: str | None = None,
         max_input_tokens: int | None = None,
         max_new_tokens: int = 64,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         local_files_only: bool = False,
         top_logprobs: int = 20,
+        decoding: Decoding = "fast",
+        max_batch_size: int = 16,
+        max_wait_ms: float = 2.0,
     ) -> None:
         if dtype is not None and dtype not in _DTYPES:
             raise ConfigurationError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+        if decoding not in ("fast", "generate"):
+            raise ConfigurationError(f"decoding must be 'fast' or 'generate', not {decoding!r}")
+        if max_wait_ms < 0:
+            raise ConfigurationError(f"max_wait_ms must not be negative, got {max_wait_ms}")
         for name, value in (
             ("max_new_tokens", max_new_tokens),
-            ("batch_size", batch_size),
+            ("batch_size", 1 if batch_size is None else batch_size),
+            ("max_batch_size", max_batch_size),
             ("top_logprobs", top_logprobs),
             ("max_input_tokens", 1 if max_input_tokens is None else max_input_tokens),
         ):
@@ -177,10 +163,13 @@ class LocalQwen3Guard:
                 raise ConfigurationError(f"{name} must be at least 1, got {value}")
         self._model_name = model
         self._max_new_tokens = max_new_tokens
-        self._batch_size = batch_size
+        self._batch_size = batch_size or max_batch_size
         self._top_logprobs = top_logprobs
         self._lock = threading.Lock()
         self._pieces: dict[int, str] = {}
+        self._fast: FastDecoder | None = None
+        self._generate_options: dict[str, Any] = {}
+        """Extra ``generate()`` arguments (benchmarks force a verdict-sized output)."""
 
         torch, transformers = _import_backend()
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,7 +179,14 @@ class LocalQwen3Guard:
             raise ConfigurationError(f"invalid device {device!r}: {_one_line(exc)}") from exc
         self._dtype = dtype or _default_dtype(torch, torch_device)
 
-        source = _Source.resolve(model, revision, local_files_only)
+        source = _Source.resolve(
+            model,
+            revision,
+            local_files_only,
+            what="a Qwen3Guard-Gen checkpoint",
+            hint="Point --model / model= at a local directory holding the checkpoint, "
+            "or use a guard server (--base-url / RemoteQwen3Guard)",
+        )
         self._tokenizer = source.load(transformers.AutoTokenizer)
         if not getattr(self._tokenizer, "chat_template", None):
             raise ModelLoadError(
@@ -218,6 +214,14 @@ class LocalQwen3Guard:
                 f"max_input_tokens={self.max_input_tokens} leaves no room for content: "
                 f"the guard template alone takes {overhead} tokens"
             )
+        if decoding == "fast":
+            self._fast = self._build_fast_decoder(torch_device)
+
+        from guardrail.classifiers.batching import MicroBatcher
+
+        self._batcher: MicroBatcher[GuardInput, Verdict] = MicroBatcher(
+            self._classify_chunks, max_batch_size=self._batch_size, max_wait_ms=max_wait_ms
+        )
 
     # ------------------------------------------------------------------- tokens
 
@@ -242,6 +246,37 @@ class LocalQwen3Guard:
         if pad is None or not self._stop_ids:
             raise ModelLoadError(f"{self._model_name!r}: the tokenizer has no eos/pad token")
         self._pad_id: int = pad
+
+    def _build_fast_decoder(self, torch_device: Any) -> FastDecoder | None:
+        """The fast decoder, or ``None`` when this tokenizer's verdicts cannot be drafted."""
+        from guardrail.classifiers.fastpath import FastDecoder, VerdictGrammar
+
+        vocab = self._tokenizer.get_vocab()
+        stop = vocab.get(IM_END, self._tokenizer.eos_token_id)
+        if stop not in self._stop_ids:
+            return None
+        try:
+            grammar = VerdictGrammar(self._plain_ids, stop)
+        except ValueError:
+            return None  # e.g. two levels share a first token: generate() is the only exact path
+        heads: dict[Stage, list[int]] = {}
+        for stage, probes in _HEAD_PROBES.items():
+            encoded = [
+                self._encode_ids(GuardInput(tuple(GuardMessage(r, t) for r, t in probe)))
+                for probe in probes
+            ]
+            n = min(len(e) for e in encoded)
+            head = next((i for i in range(n) if len({e[i] for e in encoded}) > 1), n)
+            heads[stage] = encoded[0][:head]
+        try:
+            return FastDecoder(
+                self._net, grammar, heads, self._stop_ids, self._decode_text, torch_device
+            )
+        except (AttributeError, NotImplementedError, ValueError):
+            return None  # no separable decoder body / LM head: generate() only
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
     # ----------------------------------------------------------------- encoding
 
@@ -350,6 +385,7 @@ class LocalQwen3Guard:
                 return_dict_in_generate=True,
                 pad_token_id=self._pad_id,
                 eos_token_id=sorted(self._stop_ids),
+                **self._generate_options,
             )
             new_tokens = out.sequences[:, width:]
             chosen, top = [], []
@@ -396,36 +432,72 @@ class LocalQwen3Guard:
         """The weights' dtype name (``auto``: the checkpoint's own)."""
         return self._dtype
 
-    def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
-        """Judge every input, ``batch_size`` at a time; one verdict per input, in order.
+    @property
+    def decoding(self) -> Decoding:
+        """The decoding strategy in use: ``fast`` or ``generate`` (see the class doc)."""
+        return "fast" if self._fast is not None else "generate"
 
-        Raises :class:`~guardrail.errors.VerdictParseError` when the model does not
-        write a verdict (never read as safe) and
-        :class:`~guardrail.errors.ClassifierError` when the model fails.
+    @property
+    def batch_stats(self) -> BatchStats:
+        """Counters of the micro-batcher: batches run, requests served, largest batch."""
+        return self._batcher.stats
+
+    def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
+        """Judge every input; one verdict per input, in order.
+
+        Concurrent calls share model batches (see the class doc). Raises
+        :class:`~guardrail.errors.VerdictParseError` when the model does not write a
+        verdict (never read as safe) and :class:`~guardrail.errors.ClassifierError`
+        when the model fails.
         """
+        return self._batcher.call(list(inputs))
+
+    async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
+        """Async twin of :meth:`classify`; awaits the batch worker without blocking the loop."""
+        return await self._batcher.acall(list(inputs))
+
+    def close(self) -> None:
+        """Stop the batch worker; later calls raise ``RuntimeError``. Idempotent."""
+        self._batcher.close()
+
+    def _classify_chunks(self, inputs: list[GuardInput]) -> list[Verdict]:
         verdicts: list[Verdict] = []
         for start in range(0, len(inputs), self._batch_size):
             verdicts += self._classify_batch(inputs[start : start + self._batch_size])
         return verdicts
 
-    async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
-        """Async twin of :meth:`classify`, run in a worker thread."""
-        return await asyncio.to_thread(self.classify, list(inputs))
+    def _decode_batch(self, encoded: list[EncodedInput]) -> list[_Generated]:
+        """The fast path where it applies, ``generate()`` for every other input."""
+        results: list[_Generated | None] = [None] * len(encoded)
+        if self._fast is not None:
+            import torch
+
+            with torch.inference_mode():
+                fast = self._fast.decode_batch(
+                    [(e.guard_input.stage, e.input_ids) for e in encoded]
+                )
+            for k, found in enumerate(fast):
+                # generate() would stop at max_new_tokens: a longer verdict is its business.
+                if found is not None and found.length <= self._max_new_tokens:
+                    results[k] = _Generated(found.text, (), found.probs)
+        rest = [k for k, r in enumerate(results) if r is None]
+        if rest:
+            for k, gen in zip(rest, self._generate([encoded[k] for k in rest]), strict=True):
+                results[k] = gen
+        return [r for r in results if r is not None]
 
     def _classify_batch(self, batch: Sequence[GuardInput]) -> list[Verdict]:
         with self._lock:
             started = time.perf_counter()
             encoded = [self._encode(guard_input) for guard_input in batch]
             try:
-                # The decoding strategy: a faster one (cached template head, fields read
-                # from restricted next-token distributions) returns the same _Generated.
-                generated = self._generate(encoded)
+                generated = self._decode_batch(encoded)
             except RuntimeError as exc:  # torch reports device and memory failures this way
                 raise ClassifierError(f"local guard {self.model_id!r} failed: {exc}") from exc
             latency = time.perf_counter() - started
         verdicts = []
         for guard_input, enc, gen in zip(batch, encoded, generated, strict=True):
-            probs = field_probabilities(gen.tokens)
+            probs = gen.probs or field_probabilities(gen.tokens)
             verdicts.append(
                 parse_verdict(
                     gen.text,
@@ -444,7 +516,8 @@ class LocalQwen3Guard:
 
     def __repr__(self) -> str:
         return (
-            f"LocalQwen3Guard({self._model_name!r}, device={self._device!r}, dtype={self._dtype!r})"
+            f"LocalQwen3Guard({self._model_name!r}, device={self._device!r}, "
+            f"dtype={self._dtype!r}, decoding={self.decoding!r})"
         )
 
 

@@ -1,0 +1,362 @@
+"""Local guard speed (a) and time over the compute floor (f), on the real 0.6B shape.
+
+The model is a Qwen3ForCausalLM with Qwen3Guard-Gen-0.6B's configuration (hidden
+1024, 16/8 heads, head_dim 128, intermediate 3072, vocab 151936; 28 layers, 4 in
+quick mode) and random weights; the tokenizer and template are the tiny guard's,
+with the policy text padded so the template takes about 300 tokens (prompt stage)
+as the real one does, and 30..300 content tokens per request. Random weights write
+no verdict, so each path is forced to do the work of a real ~10-token verdict:
+
+- model card: ``generate()`` one request at a time, exactly 10 new tokens, top
+  log-probabilities at every step;
+- batched generate: the same, with concurrent requests grouped by the micro-batcher;
+- fast path: the cached template head plus drafted verdicts, forced to a ``Safe``
+  verdict (one pass) or an ``Unsafe`` one (three passes: level and category re-drafted);
+  throughput uses 3 safe : 1 unsafe.
+
+Floor (bench f): 2 x parameters x tokens computed (the LM head only where logits are
+read), divided by the fp32/bf16 matmul rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import Row, row
+
+CONCURRENCY = 16
+NEW_TOKENS = 10
+_FILLER = (
+    "Unsafe content includes instructions, encouragement or detailed descriptions that "
+    "could help someone cause real harm, and content that targets protected groups.\n"
+)
+_WORDS = (
+    "the a of to and in how do I make bread plan trip river mountain letter write code "
+    "function error server cat dog history war peace music guitar lesson exam weather"
+).split()
+
+
+def _spread(values: list[float], scale: float = 1.0) -> str:
+    return f"min {min(values) * scale:.3g} / max {max(values) * scale:.3g}"
+
+
+def _median_runs(fn: Callable[[], Any], reps: int, warmups: int = 1) -> list[float]:
+    for _ in range(warmups):
+        fn()
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _matmul_rate(torch: Any, device: str, dtype: Any) -> float:
+    """Achieved FLOP/s of a large matmul: the machine's practical compute ceiling."""
+    n = 1536 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def once() -> None:
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    times = _median_runs(once, reps=5, warmups=2)
+    return 2 * n**3 / min(times)
+
+
+def _guard_dir(path: Path) -> None:
+    """A loadable guard directory: the tiny tokenizer, padded template, a throwaway model."""
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    from guardrail.testing.tinyguard import CHAT_TEMPLATE, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE.replace(
+        "<END SAFETY POLICY>", _FILLER * 2 + "<END SAFETY POLICY>"
+    )
+    pad = tokenizer.pad_token_id
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=4096,
+        eos_token_id=[im_end, pad],
+        pad_token_id=pad,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, pad], pad_token_id=pad)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path, save_jinja_files=False)
+
+
+def _big_model(torch: Any, layers: int, device: str, dtype: Any) -> Any:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def _inputs(guard: Any, stage: str, count: int, rng: random.Random) -> list[Any]:
+    from guardrail.qwen3guard import GuardInput, GuardMessage
+
+    out = []
+    for _ in range(count):
+        target = rng.randint(30, 300)
+        words: list[str] = []
+        while len(guard._plain_ids(" ".join(words))) < target:
+            words.append(rng.choice(_WORDS))
+        text = " ".join(words)
+        if stage == "prompt":
+            messages = (GuardMessage("user", text),)
+        else:
+            messages = (
+                GuardMessage("user", "Can you help me with this, please?"),
+                GuardMessage("assistant", text),
+            )
+        out.append(guard.encode(GuardInput(messages)))
+    return out
+
+
+def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list[Row]:
+    from guardrail.classifiers.batching import MicroBatcher
+    from guardrail.classifiers.local import LocalQwen3Guard
+    from guardrail.types import Stage
+
+    dtype = getattr(torch, dtype_name)
+    layers = 4 if quick else 28
+    reps = 2 if quick else 5
+    concurrency = 8 if quick else CONCURRENCY
+    label = f"{device} {dtype_name}, {layers} layers"
+    if device == "cpu":
+        label += ", 1 thread"
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _guard_dir(Path(tmp))
+        guard = LocalQwen3Guard(tmp, device=device, dtype=dtype_name)
+    guard._net = _big_model(torch, layers, device, dtype)
+    guard._fast = guard._build_fast_decoder(torch.device(device))
+    guard._max_new_tokens = NEW_TOKENS
+    guard._generate_options = {"min_new_tokens": NEW_TOKENS}
+    fast = guard._fast
+    assert fast is not None
+    config = guard._net.config
+    body_params = sum(p.numel() for n, p in guard._net.named_parameters() if "embed" not in n)
+    head_params = config.vocab_size * config.hidden_size
+    rate = _matmul_rate(torch, device, dtype)
+    rows = [row("f", label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
+
+    def flops(tokens: int, logits: int) -> float:
+        return 2.0 * (body_params * tokens + head_params * logits)
+
+    safe = {"prompt": ("Safe", "None"), "response": ("Safe", "None", "No")}
+    unsafe = {"prompt": ("Unsafe", "Violent"), "response": ("Unsafe", "Violent", "No")}
+
+    def run_generate(batch: list[Any]) -> list[Any]:
+        with torch.inference_mode():
+            out = guard._generate(batch)
+        sync()
+        return out
+
+    def run_fast(batch: list[Any], verdicts: dict[str, tuple[str, ...]] | None = None) -> list[Any]:
+        stage_of = {Stage.PROMPT: "prompt", Stage.RESPONSE: "response"}
+        forced = []
+        for k, e in enumerate(batch):
+            name = stage_of[e.guard_input.stage]
+            forced.append((verdicts or (unsafe if k % 4 == 3 else safe))[name])
+        with torch.inference_mode():
+            out = fast.decode_batch(
+                [(e.guard_input.stage, e.input_ids) for e in batch], force=forced
+            )
+        sync()
+        return out
+
+    rng = random.Random(0)
+    with torch.inference_mode():  # the heads are computed once, outside the timings
+        fast._head(Stage.PROMPT)
+        fast._head(Stage.RESPONSE)
+    for stage in ("prompt", "response"):
+        encoded = _inputs(guard, stage, concurrency, rng)
+        lengths = [len(e.input_ids) for e in encoded]
+        mean_len = statistics.mean(lengths)
+        head = len(fast._head_ids[Stage(stage)])
+        note = f"{mean_len:.0f} prompt tokens on average ({head} cached head)"
+        one = encoded[: max(1, reps)]
+
+        # --- single-request latency
+        card = _median_runs(lambda: [run_generate([e]) for e in one], reps=1)[0] / len(one)
+        card_runs = [card]
+        fast_safe = _median_runs(lambda: [run_fast([e], safe) for e in one], reps=1 if quick else 3)
+        fast_unsafe = _median_runs(lambda: [run_fast([e], unsafe) for e in one], reps=1)
+        fs = [t / len(one) for t in fast_safe]
+        fu = [t / len(one) for t in fast_unsafe]
+        case = f"{stage}, {label}"
+        rows += [
+            row("a", case, "model card: latency", card, "s", _spread(card_runs), note),
+            row(
+                "a",
+                case,
+                "fast (safe, 1 pass): latency",
+                statistics.median(fs),
+                "s",
+                _spread(fs),
+                note,
+            ),
+            row(
+                "a",
+                case,
+                "fast (unsafe, 3 passes): latency",
+                statistics.median(fu),
+                "s",
+                _spread(fu),
+                note,
+            ),
+            row(
+                "a",
+                case,
+                "model card / fast (safe)",
+                card / statistics.median(fs),
+                "x",
+                note="side by side, same run",
+            ),
+        ]
+
+        # --- throughput at CONCURRENCY concurrent requests (through the micro-batcher)
+        def concurrent(fn: Callable[[list[Any]], list[Any]]) -> tuple[float, int]:
+            batcher: MicroBatcher[Any, Any] = MicroBatcher(fn, max_batch_size=concurrency)
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                started = time.perf_counter()
+                list(pool.map(lambda e: batcher.call([e]), encoded))
+                wall = time.perf_counter() - started
+            batcher.close()
+            return concurrency / wall, batcher.stats.batches
+
+        serial = len(one) / sum(_median_runs(lambda: [run_generate([e]) for e in one], 1, 0))
+        t_reps = 1 if quick else 3
+        gen_tp = [concurrent(run_generate) for _ in range(t_reps)]
+        fast_tp = [concurrent(run_fast) for _ in range(t_reps + 1)][1:]  # first one warms up
+        g = [t for t, _ in gen_tp]
+        f = [t for t, _ in fast_tp]
+        batches = (
+            f"batches per {concurrency} requests: generate {gen_tp[0][1]}, fast {fast_tp[0][1]}"
+        )
+        rows += [
+            row(
+                "a", case, "model card (one at a time): throughput", serial, "req/s", note="serial"
+            ),
+            row(
+                "a",
+                case,
+                f"batched generate @{concurrency}: throughput",
+                statistics.median(g),
+                "req/s",
+                _spread(g),
+                batches,
+            ),
+            row(
+                "a",
+                case,
+                f"fast @{concurrency}: throughput",
+                statistics.median(f),
+                "req/s",
+                _spread(f),
+                "3 safe : 1 unsafe verdicts",
+            ),
+            row(
+                "a",
+                case,
+                "fast / model card throughput",
+                statistics.median(f) / serial,
+                "x",
+                note="side by side, same run",
+            ),
+        ]
+
+        # --- time over the compute floor
+        suffix = [n - head for n in lengths]
+        draft = len(fast._grammar.draft(Stage(stage), ()).ids)
+        print(stage, statistics.mean(suffix), draft)
+        floor_fast = statistics.mean(flops(s + draft - 1, draft) for s in suffix) / rate
+        floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
+        rows += [
+            row(
+                "f",
+                case,
+                "fast floor",
+                floor_fast,
+                "s",
+                note="suffix + draft tokens, LM head at draft positions",
+            ),
+            row("f", case, "fast (safe) / its floor", statistics.median(fs) / floor_fast, "x"),
+            row(
+                "f",
+                case,
+                f"fast @{concurrency} / its floor",
+                1 / statistics.median(f) / floor_fast,
+                "x",
+                note="per request",
+            ),
+            row(
+                "f",
+                case,
+                "model card / its floor",
+                card / floor_card,
+                "x",
+                note=f"all {mean_len:.0f} tokens + {NEW_TOKENS} decode steps",
+            ),
+            row(
+                "f",
+                case,
+                "model card / fast floor",
+                card / floor_fast,
+                "x",
+                note="what the fast path's floor saves",
+            ),
+        ]
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    """Benchmark rows for a (latency, throughput) and f (floor); see the module doc."""
+    import torch
+
+    # One thread: on a shared 2-core machine, OpenMP spin-waiting makes two threads
+    # 10-20x slower whenever another process is busy; one thread gives stable ratios.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = _bench_device(torch, "cpu", "float32", quick)
+    finally:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        rows += _bench_device(torch, "cuda", "bfloat16", quick)
+    else:
+        rows.append(row("a", "cuda bfloat16", "skipped", 0.0, "", note="no CUDA device"))
+    return rows

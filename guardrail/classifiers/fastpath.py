@@ -1,0 +1,363 @@
+r"""The fast local decoder: a cached template head plus grammar-drafted, verified verdicts.
+
+Greedy ``generate()`` recomputes the whole guard prompt for every request, then runs
+about ten sequential decode steps with full-vocabulary logits at each. A verdict,
+however, follows a fixed grammar (``Safety: <level>\nCategories: <category>``
+``[\nRefusal: <yes/no>]<|im_end|>``), so :class:`FastDecoder`:
+
+1. keeps the KV cache of the template head shared by every input of a stage (the
+   instructions before the conversation) and computes only each input's suffix;
+2. drafts the most likely verdict (``Safe``/``None``/``No``) and runs ONE forward
+   pass over ``suffix + draft``, reading full-vocabulary logits only at the draft
+   positions (the LM head is applied to those rows alone);
+3. verifies the draft greedily: a draft token is accepted only when it is the
+   unrestricted argmax at its position, exactly as greedy generation would pick it.
+   At the first disagreement, if the model's choice is the first token of another
+   valid value of that field, the draft is rewritten from there and only the new
+   tokens are computed in the next pass (the cache is kept; rejected positions are
+   masked out). Every field's first token is distinct, so each field costs at most
+   one extra short pass.
+
+Accepted verdicts are therefore token-for-token the text greedy decoding writes.
+When the model would write anything the grammar cannot express (a malformed or
+unexpected verdict, an extra line, a value split differently), the row is reported
+as ``None`` and the caller falls back to ``generate()`` for it: the fast path never
+invents a verdict. Each field's probabilities come from the next-token distribution
+at its value position, restricted to the first tokens of the field's valid values
+and renormalised.
+
+torch and transformers are imported lazily, with the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardrail.qwen3guard import FIELD_VALUES, FieldProbabilities
+from guardrail.types import Stage
+
+__all__ = ["FastDecoder", "FastResult", "FastStats", "VerdictGrammar"]
+
+_HEADERS = {"safety": "Safety:", "categories": "\nCategories:", "refusal": "\nRefusal:"}
+_DEFAULTS = {"safety": "Safe", "categories": "None", "refusal": "No"}
+"""The draft's guess per field: the most common verdict."""
+_STAGE_FIELDS = {
+    Stage.PROMPT: ("safety", "categories"),
+    Stage.RESPONSE: ("safety", "categories", "refusal"),
+}
+_PROB_NAMES = {"safety": "level", "categories": "category", "refusal": "refusal"}
+
+
+@dataclass(frozen=True)
+class FastResult:
+    """A verified verdict: greedy decoding's exact text and per-field probabilities."""
+
+    text: str
+    probs: FieldProbabilities
+    length: int
+    """Verdict tokens, the stop token excluded."""
+    passes: int
+    """Forward passes this input needed (1 when the draft was right)."""
+
+
+@dataclass
+class FastStats:
+    """Counters of the fast decoder."""
+
+    inputs: int = 0
+    """Inputs decoded."""
+    left: int = 0
+    """Inputs where greedy decoding leaves the verdict grammar (the caller runs generate())."""
+    passes: int = 0
+    """Batched forward passes run."""
+
+
+@dataclass(frozen=True)
+class _Draft:
+    ids: tuple[int, ...]
+    """Verdict tokens ending with the stop token."""
+    slots: dict[int, int]
+    """Position in ``ids`` of each field value's first token -> field index."""
+    values: tuple[str, ...]
+    """The value drafted for each field."""
+
+
+class VerdictGrammar:
+    """Token sequences of the verdict lines, derived from the checkpoint's tokenizer.
+
+    ``encode`` must tokenize plain text exactly as the checkpoint's tokenizer does.
+    Raises ``ValueError`` when the verdict cannot be drafted piecewise: values of a
+    field that share a first token, or pieces that tokenize differently in context.
+    """
+
+    def __init__(self, encode: Callable[[str], list[int]], stop_id: int) -> None:
+        self.stop_id = stop_id
+        self.headers = {name: tuple(encode(text)) for name, text in _HEADERS.items()}
+        self.values: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.first: dict[str, dict[int, str]] = {}
+        for name, values in FIELD_VALUES.items():
+            tokens = {v: tuple(encode(" " + v)) for v in values}
+            first = {ids[0]: v for v, ids in tokens.items() if ids}
+            if len(first) != len(values):
+                raise ValueError(f"the values of {name!r} do not begin with distinct tokens")
+            self.values[name], self.first[name] = tokens, first
+        # The draft is assembled from pieces: it must equal the tokenization of the
+        # whole verdict text, or greedy decoding would write other tokens.
+        for stage, names in _STAGE_FIELDS.items():
+            for combo in itertools.product(*(FIELD_VALUES[n] for n in names)):
+                text = "".join(_HEADERS[n] + " " + v for n, v in zip(names, combo, strict=True))
+                if list(self.draft(stage, combo).ids[:-1]) != encode(text):
+                    raise ValueError(f"the verdict {text!r} does not tokenize piecewise")
+
+    def draft(self, stage: Stage, chosen: Sequence[str]) -> _Draft:
+        """The verdict with ``chosen`` values, defaults for the fields not chosen yet."""
+        ids: list[int] = []
+        slots: dict[int, int] = {}
+        values: list[str] = []
+        for k, name in enumerate(_STAGE_FIELDS[stage]):
+            values.append(chosen[k] if k < len(chosen) else _DEFAULTS[name])
+            ids += self.headers[name]
+            slots[len(ids)] = k
+            ids += self.values[name][values[-1]]
+        return _Draft((*ids, self.stop_id), slots, tuple(values))
+
+
+@dataclass
+class _Row:
+    index: int
+    stage: Stage
+    suffix: list[int]
+    draft: _Draft
+    probs: dict[str, dict[str, float]] = field(default_factory=dict)
+    start: int = -1
+    """Draft tokens before this one are verified; -1 before the first pass."""
+    passes: int = 0
+
+
+class FastDecoder:
+    """Decode verdicts with a cached template head and verified grammar drafts.
+
+    ``net`` is a transformers causal LM (``get_decoder()`` and
+    ``get_output_embeddings()`` are used), ``heads`` the token prefix shared by every
+    input of each stage, ``stop_ids`` every token that ends generation, ``decode``
+    turns verdict ids into text as the generate path does.
+    """
+
+    max_passes = 5
+    """Enough for three fields (at most one re-draft each); more means a fallback."""
+
+    def __init__(
+        self,
+        net: Any,
+        grammar: VerdictGrammar,
+        heads: Mapping[Stage, Sequence[int]],
+        stop_ids: frozenset[int],
+        decode: Callable[[list[int]], str],
+        device: Any,
+    ) -> None:
+        self._net = net
+        self._body = net.get_decoder()
+        self._lm_head = net.get_output_embeddings()
+        self._grammar = grammar
+        self._head_ids = {stage: tuple(ids) for stage, ids in heads.items()}
+        self._head_cache: dict[Stage, list[tuple[Any, Any]]] = {}
+        self._stop_ids = stop_ids
+        self._decode = decode
+        self._device = device
+        self.use_head_cache = True
+        """Tests switch this off to compare with the uncached computation."""
+        self.stats = FastStats()
+        """What the decoder has done so far."""
+
+    # ------------------------------------------------------------------ public
+
+    def decode_batch(
+        self,
+        batch: Sequence[tuple[Stage, Sequence[int]]],
+        *,
+        force: Sequence[Sequence[str]] | None = None,
+    ) -> list[FastResult | None]:
+        """Verdicts for (stage, prompt ids) inputs; ``None`` where greedy would leave the grammar.
+
+        ``force`` (benchmarks only) replaces the model's choices by the given
+        values, so random-weight models run the same passes a real verdict needs.
+        """
+        results: list[FastResult | None] = [None] * len(batch)
+        for stage in Stage:  # the stages have different heads: one group each
+            members = [k for k, (s, _) in enumerate(batch) if s is stage]
+            if members:
+                rows = [self._row(k, stage, batch[k][1]) for k in members]
+                self._run(rows, results, force)
+        self.stats.inputs += len(batch)
+        self.stats.left += sum(r is None for r in results)
+        return results
+
+    def draft_logits(self, stage: Stage, prompts: Sequence[Sequence[int]]) -> list[Any]:
+        """Logits predicting each token of the default draft, one pass, batched (for tests)."""
+        rows = [self._row(k, stage, ids) for k, ids in enumerate(prompts)]
+        cache, mask, length = self._start(stage, rows)
+        hidden = self._pass(rows, cache, mask, length, first=True)
+        out = []
+        for k, row in enumerate(rows):
+            at = [len(row.suffix) - 1 + q for q in range(len(row.draft.ids))]
+            out.append(self._lm_head(hidden[k, at]).float())
+        return out
+
+    # --------------------------------------------------------------- internals
+
+    def _row(self, index: int, stage: Stage, ids: Sequence[int]) -> _Row:
+        return _Row(index, stage, list(ids), self._grammar.draft(stage, ()))
+
+    def _head(self, stage: Stage) -> list[tuple[Any, Any]]:
+        cached = self._head_cache.get(stage)
+        if cached is None:
+            import torch
+
+            ids = torch.tensor([self._head_ids[stage]], device=self._device)
+            out = self._body(input_ids=ids, use_cache=True)
+            cache = out.past_key_values
+            cached = [(layer.keys, layer.values) for layer in cache.layers]
+            self._head_cache[stage] = cached
+        return cached
+
+    def _start(self, stage: Stage, rows: list[_Row]) -> tuple[Any, Any, int]:
+        """A cache holding the head shared by ``rows``; cuts their suffixes to match."""
+        import torch
+        from transformers import DynamicCache
+
+        head = self._head_ids.get(stage, ()) if self.use_head_cache else ()
+        length = len(head)
+        for row in rows:  # the input may deviate from the head (unusual content): share less
+            limit = min(length, len(row.suffix) - 1)
+            n = next((i for i in range(limit) if row.suffix[i] != head[i]), limit)
+            length = min(length, n)
+        config = self._net.config
+        if length == 0:
+            cache = DynamicCache(config=config)
+        else:
+            b = len(rows)
+            layers = [
+                (k[:, :, :length].expand(b, -1, -1, -1), v[:, :, :length].expand(b, -1, -1, -1))
+                for k, v in self._head(stage)
+            ]
+            cache = DynamicCache(ddp_cache_data=layers, config=config)
+        for row in rows:
+            row.suffix = row.suffix[length:]
+        mask = torch.ones((len(rows), length), dtype=torch.long, device=self._device)
+        return cache, mask, length
+
+    def _pass(self, rows: list[_Row], cache: Any, mask: Any, offset: int, first: bool) -> Any:
+        """Feed each row its unverified draft (the suffix too on the first pass)."""
+        import torch
+
+        feeds, starts = [], []
+        for row in rows:
+            if first:
+                feeds.append(row.suffix + list(row.draft.ids[:-1]))
+                starts.append(offset)
+            else:  # the token at ``start`` is verified but not yet in the cache
+                feeds.append(list(row.draft.ids[row.start : -1]))
+                starts.append(offset + len(row.suffix) + row.start)
+        width = max(len(f) for f in feeds)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        new_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, feed in enumerate(feeds):  # right padding: pads follow, so nothing attends to them
+            ids[k, : len(feed)] = torch.tensor(feed)
+            new_mask[k, : len(feed)] = 1
+        positions = torch.tensor(starts)[:, None] + torch.arange(width)[None, :]
+        full_mask = torch.cat([mask, new_mask.to(self._device)], dim=1)
+        out = self._body(
+            input_ids=ids.to(self._device),
+            attention_mask=full_mask,
+            position_ids=positions.to(self._device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def _run(
+        self,
+        rows: list[_Row],
+        results: list[FastResult | None],
+        force: Sequence[Sequence[str]] | None,
+    ) -> None:
+        import torch
+
+        grammar = self._grammar
+        cache, mask, offset = self._start(rows[0].stage, rows)
+        first = True
+        while rows:
+            hidden = self._pass(rows, cache, mask, offset, first)
+            self.stats.passes += 1
+            fed_width = hidden.shape[1]
+            keep, valid_counts = [], []
+            for k, row in enumerate(rows):
+                row.passes += 1
+                begin = max(row.start, -1) + 1  # first draft token this pass predicts
+                base = len(row.suffix) - 1 if first else -row.start - 1
+                at = list(range(begin, len(row.draft.ids)))
+                logits = self._lm_head(hidden[k, [base + q for q in at]]).float()
+                best = logits.argmax(dim=-1).tolist()
+                target = grammar.draft(row.stage, force[row.index]) if force is not None else None
+                verdict, mismatch = self._verify(row, at, logits, best, target)
+                fed_before = 0 if first else row.start
+                if verdict == "done":
+                    text = self._decode(list(row.draft.ids[:-1]))
+                    probs = FieldProbabilities(**{_PROB_NAMES[n]: p for n, p in row.probs.items()})
+                    results[row.index] = FastResult(text, probs, len(row.draft.ids) - 1, row.passes)
+                elif verdict == "redraft" and row.passes < self.max_passes:
+                    # Verified tokens keep their cache entries; rejected ones are masked out.
+                    valid = (len(row.suffix) if first else 0) + mismatch - fed_before
+                    valid_counts.append(valid)
+                    row.start = mismatch
+                    keep.append(k)
+                # any other outcome: greedy leaves the grammar; the caller runs generate()
+            if not keep:
+                return
+            new_cols = torch.zeros((len(keep), fed_width), dtype=torch.long, device=self._device)
+            for j, valid in enumerate(valid_counts):
+                new_cols[j, :valid] = 1
+            index = torch.tensor(keep, device=self._device)
+            mask = torch.cat([mask[index], new_cols], dim=1)
+            if len(keep) < len(rows):
+                cache.batch_select_indices(index)
+            rows = [rows[k] for k in keep]
+            first = False
+
+    def _verify(
+        self,
+        row: _Row,
+        at: list[int],
+        logits: Any,
+        best: list[int],
+        target: _Draft | None,
+    ) -> tuple[str, int]:
+        """Greedy check of the draft: ("done" | "redraft" | "leave", first mismatch)."""
+        grammar = self._grammar
+        names = _STAGE_FIELDS[row.stage]
+        for j, q in enumerate(at):
+            choice = best[j] if target is None else target.ids[q]
+            slot = row.draft.slots.get(q)
+            if slot is not None:
+                name = names[slot]
+                first = grammar.first[name]
+                candidates = list(first)
+                restricted = logits[j, candidates].log_softmax(dim=-1).exp().tolist()
+                row.probs[name] = dict.fromkeys(FIELD_VALUES[name], 0.0)
+                for token, p in zip(candidates, restricted, strict=True):
+                    row.probs[name][first[token]] = p
+            if q == len(row.draft.ids) - 1:  # the stop position: any stop token ends it
+                if choice in self._stop_ids:
+                    return "done", q
+                return "leave", q
+            if choice == row.draft.ids[q]:
+                continue
+            if slot is not None and choice in grammar.first[names[slot]]:
+                chosen = [*row.draft.values[:slot], grammar.first[names[slot]][choice]]
+                row.draft = grammar.draft(row.stage, chosen)
+                return "redraft", q
+            return "leave", q
+        return "done", len(row.draft.ids)

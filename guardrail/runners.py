@@ -1,0 +1,390 @@
+"""The two drivers of a guarded-call flow: the only code that blocks or awaits.
+
+:class:`SyncRunner` performs effects with threads: upstream calls and stream
+reads on one pool, guard checks on another (so abandoned upstream calls can never
+starve the guard), each check's deadline counted from when it starts running.
+:class:`AsyncRunner` performs them with tasks and never blocks the event loop
+(audit writes run in a worker thread).
+
+When a caller goes away (closes a stream early, is cancelled, or an exception
+escapes), the runner throws :class:`~guardrail.effects.Abandoned` into the flow and
+still performs the cleanup effects the flow yields (cancel, close, audit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+from guardrail.classifiers.base import Conversation
+from guardrail.effects import (
+    END,
+    Abandoned,
+    Audit,
+    AwaitCheck,
+    AwaitRead,
+    AwaitUpstream,
+    CallUpstream,
+    CancelUpstream,
+    Check,
+    CheckDone,
+    CloseStream,
+    Effect,
+    Emit,
+    First,
+    Flow,
+    StartCheck,
+    StartRead,
+    StartUpstream,
+    WaitFirst,
+)
+from guardrail.engine import Trace
+from guardrail.errors import GuardTimeoutError
+from guardrail.types import Stage, Verdict
+
+T = TypeVar("T")
+
+QUEUE_LIMIT_S = 60.0
+"""How long a check may wait for a free guard worker before it counts as timed out."""
+
+
+def _timeout_error(what: str, timeout: float) -> GuardTimeoutError:
+    return GuardTimeoutError(f"{what} check exceeded its {timeout:g}s deadline")
+
+
+# ------------------------------------------------------------------------------ sync
+
+
+class _Job:
+    """A check submitted to a pool; remembers when it started running."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.started = threading.Event()
+        self.t0 = 0.0
+        self._fn = fn
+        self.future: concurrent.futures.Future[Any] | None = None
+
+    def __call__(self) -> Any:
+        self.t0 = time.perf_counter()
+        self.started.set()
+        return self._fn()
+
+
+def _close_result(future: concurrent.futures.Future[Any]) -> None:
+    # A raced upstream call that already returned a stream: close it, unread.
+    if not future.cancelled() and future.exception() is None:
+        close = getattr(future.result(), "close", None)
+        if callable(close) and not inspect.iscoroutinefunction(close):
+            close()
+
+
+class SyncRunner:
+    """Drives flows for sync callers with two thread pools."""
+
+    def __init__(
+        self,
+        classify: Callable[[Stage, Sequence[Conversation]], list[Verdict]],
+        upstream: Callable[[dict[str, Any]], Any],
+        audit: Callable[[Trace], None],
+        *,
+        timeout_s: float | None,
+        checks: concurrent.futures.Executor,
+        io: concurrent.futures.Executor,
+    ) -> None:
+        self._classify = classify
+        self._upstream = upstream
+        self._audit = audit
+        self._timeout = timeout_s
+        self._checks = checks
+        self._io = io
+
+    def run(self, flow: Flow[T]) -> T:
+        """Drive a flow that emits nothing to completion and return its result."""
+        steps = self._steps(flow)
+        try:
+            while True:
+                next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def stream(self, flow: Flow[None]) -> Generator[Any, None, None]:
+        """Drive a streaming flow, yielding each chunk it emits."""
+        return self._steps(flow)
+
+    def _steps(self, flow: Flow[T]) -> Generator[Any, None, T]:
+        value: Any = None
+        error: BaseException | None = None
+        finished = False
+        try:
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    finished = True
+                    return stop.value  # type: ignore[no-any-return]
+                except BaseException:
+                    finished = True
+                    raise
+                value, error = None, None
+                if isinstance(effect, Emit):
+                    yield effect.chunk
+                    continue
+                try:
+                    value = self._perform(effect)
+                except Exception as exc:
+                    error = exc
+        finally:
+            if not finished:
+                self._abandon(flow)
+
+    def _abandon(self, flow: Flow[Any]) -> None:
+        value: Any = None
+        error: BaseException | None = Abandoned()
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(value)
+            except (Abandoned, StopIteration):
+                return
+            value, error = None, None
+            if not isinstance(effect, Emit):  # nobody is listening any more
+                try:
+                    value = self._perform(effect)
+                except Exception as exc:
+                    error = exc
+
+    def _start_check(self, effect: Check | StartCheck) -> _Job:
+        stage, conversations = effect.stage, effect.conversations
+        job = _Job(lambda: self._classify(stage, conversations))
+        job.future = self._checks.submit(job)
+        return job
+
+    def _remaining(self, job: _Job) -> float | None:
+        """Seconds left before the job's deadline (waiting for it to start if queued)."""
+        if self._timeout is None:
+            return None
+        if not job.started.wait(QUEUE_LIMIT_S):
+            assert job.future is not None
+            job.future.cancel()
+            raise GuardTimeoutError(f"no guard worker was free for {QUEUE_LIMIT_S:g}s")
+        return max(0.0, self._timeout - (time.perf_counter() - job.t0))
+
+    def _await_check(self, job: _Job, what: str) -> Any:
+        assert job.future is not None
+        try:
+            return job.future.result(timeout=self._remaining(job))
+        except concurrent.futures.TimeoutError:
+            raise _timeout_error(what, self._timeout or 0.0) from None
+
+    def _wait_first(self, read: concurrent.futures.Future[Any], job: _Job) -> First:
+        assert job.future is not None
+        remaining = self._remaining(job)
+        done, _ = concurrent.futures.wait(
+            [job.future, read], timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        return "read" if read in done and job.future not in done else "check"
+
+    def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Check):
+            return self._await_check(self._start_check(effect), effect.stage.value)
+        if isinstance(effect, StartCheck):
+            return self._start_check(effect)
+        if isinstance(effect, AwaitCheck):
+            return self._await_check(effect.handle, "streamed")
+        if isinstance(effect, CheckDone):
+            return effect.handle.future.done()
+        if isinstance(effect, StartUpstream):
+            return self._io.submit(self._upstream, effect.params)
+        if isinstance(effect, AwaitUpstream):
+            return effect.handle.result()
+        if isinstance(effect, CancelUpstream):
+            handle = effect.handle.future if isinstance(effect.handle, _Job) else effect.handle
+            # A running thread cannot be interrupted: its answer is abandoned, never
+            # returned, and a stream it opens is closed.
+            if handle is not None and not handle.cancel():
+                handle.add_done_callback(_close_result)
+            return None
+        if isinstance(effect, CallUpstream):
+            return self._upstream(effect.params)
+        if isinstance(effect, StartRead):
+            return self._io.submit(next, effect.stream, END)
+        if isinstance(effect, AwaitRead):
+            return effect.handle.result()
+        if isinstance(effect, WaitFirst):
+            return self._wait_first(effect.read, effect.check)
+        if isinstance(effect, CloseStream):
+            effect.stream.close()
+            return None
+        if isinstance(effect, Audit):
+            self._audit(effect.trace)
+            return None
+        raise TypeError(f"unexpected effect {effect!r}")
+
+
+# ----------------------------------------------------------------------------- async
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Abandoned tasks' failures are expected; retrieving them keeps asyncio quiet.
+    if not task.cancelled():
+        task.exception()
+
+
+def _aclose_result(task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    close = getattr(task.result(), "close", None)
+    if callable(close):
+        result = close()
+        if inspect.isawaitable(result):
+            asyncio.ensure_future(result).add_done_callback(_retrieve)
+
+
+async def _next_or_end(stream: Any) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return END
+
+
+class _Task:
+    """A check task and the time it started."""
+
+    def __init__(self, task: asyncio.Future[Any]) -> None:
+        self.task = task
+        self.t0 = time.perf_counter()
+
+
+class AsyncRunner:
+    """Drives flows for async callers with tasks; never blocks the event loop."""
+
+    def __init__(
+        self,
+        classify: Callable[[Stage, Sequence[Conversation]], Awaitable[list[Verdict]]],
+        upstream: Callable[[dict[str, Any]], Awaitable[Any]],
+        audit: Callable[[Trace], None],
+        *,
+        timeout_s: float | None,
+    ) -> None:
+        self._classify = classify
+        self._upstream = upstream
+        self._audit = audit
+        self._timeout = timeout_s
+
+    async def run(self, flow: Flow[T]) -> T:
+        """Drive a flow that emits nothing to completion and return its result."""
+        box: list[T] = []
+        async for _ in self._steps(flow, box):
+            pass
+        return box[0]
+
+    def stream(self, flow: Flow[None]) -> AsyncGenerator[Any, None]:
+        """Drive a streaming flow, yielding each chunk it emits."""
+        return self._steps(flow, [])
+
+    async def _steps(self, flow: Flow[T], box: list[T]) -> AsyncGenerator[Any, None]:
+        value: Any = None
+        error: BaseException | None = None
+        finished = False
+        try:
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    finished = True
+                    box.append(stop.value)
+                    return
+                except BaseException:
+                    finished = True
+                    raise
+                value, error = None, None
+                if isinstance(effect, Emit):
+                    yield effect.chunk
+                    continue
+                try:
+                    value = await self._perform(effect)
+                except Exception as exc:
+                    error = exc
+        finally:
+            if not finished:
+                await self._abandon(flow)
+
+    async def _abandon(self, flow: Flow[Any]) -> None:
+        value: Any = None
+        error: BaseException | None = Abandoned()
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(value)
+            except (Abandoned, StopIteration):
+                return
+            value, error = None, None
+            if not isinstance(effect, Emit):
+                try:
+                    value = await self._perform(effect)
+                except Exception as exc:
+                    error = exc
+
+    def _remaining(self, job: _Task) -> float | None:
+        if self._timeout is None:
+            return None
+        return max(0.0, self._timeout - (time.perf_counter() - job.t0))
+
+    async def _await_check(self, job: _Task, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.task), self._remaining(job))
+        except asyncio.TimeoutError:
+            job.task.cancel()
+            raise _timeout_error(what, self._timeout or 0.0) from None
+
+    def _task(self, awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Check):
+            job = _Task(self._task(self._classify(effect.stage, effect.conversations)))
+            return await self._await_check(job, effect.stage.value)
+        if isinstance(effect, StartCheck):
+            return _Task(self._task(self._classify(effect.stage, effect.conversations)))
+        if isinstance(effect, AwaitCheck):
+            return await self._await_check(effect.handle, "streamed")
+        if isinstance(effect, CheckDone):
+            return effect.handle.task.done()
+        if isinstance(effect, StartUpstream):
+            return self._task(self._upstream(effect.params))
+        if isinstance(effect, AwaitUpstream):
+            return await effect.handle
+        if isinstance(effect, CancelUpstream):
+            handle = effect.handle.task if isinstance(effect.handle, _Task) else effect.handle
+            if handle.done():
+                _aclose_result(handle)
+            else:
+                handle.cancel()
+                handle.add_done_callback(_aclose_result)
+            return None
+        if isinstance(effect, CallUpstream):
+            return await self._upstream(effect.params)
+        if isinstance(effect, StartRead):
+            return self._task(_next_or_end(effect.stream))
+        if isinstance(effect, AwaitRead):
+            return await effect.handle
+        if isinstance(effect, WaitFirst):
+            check: _Task = effect.check
+            done, _ = await asyncio.wait(
+                {effect.read, check.task},
+                timeout=self._remaining(check),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            return "read" if effect.read in done and check.task not in done else "check"
+        if isinstance(effect, CloseStream):
+            await effect.stream.close()
+            return None
+        if isinstance(effect, Audit):
+            await asyncio.to_thread(self._audit, effect.trace)
+            return None
+        raise TypeError(f"unexpected effect {effect!r}")

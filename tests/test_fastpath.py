@@ -1,0 +1,219 @@
+"""The fast decoder (cached head + verified drafts) against greedy generate(), on the tiny guard."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from guardrail.classifiers.local import LocalQwen3Guard
+from guardrail.errors import ConfigurationError, VerdictParseError
+from guardrail.qwen3guard import FIELD_VALUES, GuardInput, GuardMessage
+from guardrail.testing.tinyguard import EXAMPLES, Example
+from guardrail.types import Stage, Verdict
+
+pytestmark = pytest.mark.slow
+
+
+def _label(v: Verdict) -> tuple[object, ...]:
+    return (v.stage, v.level, v.category, v.categories, v.refusal)
+
+
+def _expected(ex: Example) -> tuple[object, ...]:
+    return (ex.stage, ex.level, ex.category, (ex.category,) if ex.category else (), ex.refusal)
+
+
+@pytest.fixture(scope="module")
+def fast(tiny_guard_dir: Path) -> LocalQwen3Guard:
+    guard = LocalQwen3Guard(str(tiny_guard_dir), max_batch_size=8)
+    assert guard.decoding == "fast"
+    return guard
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_guard_dir: Path) -> LocalQwen3Guard:
+    return LocalQwen3Guard(str(tiny_guard_dir), decoding="generate", max_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def fast_verdicts(fast: LocalQwen3Guard) -> list[Verdict]:
+    return fast.classify([ex.guard_input for ex in EXAMPLES])
+
+
+def _fast_stats(guard: LocalQwen3Guard) -> tuple[int, int]:
+    assert guard._fast is not None
+    return guard._fast.stats.inputs, guard._fast.stats.left
+
+
+def _check_probabilities(v: Verdict) -> None:
+    fields = [(v.level_probs, v.level.value), (v.category_probs, v.category or "None")]
+    if v.stage is Stage.RESPONSE:
+        fields.append((v.refusal_probs, "Yes" if v.refusal else "No"))
+    else:
+        assert v.refusal_probs is None
+    for probs, label in fields:
+        assert probs is not None
+        assert sum(probs.values()) == pytest.approx(1.0)
+        assert max(probs, key=lambda k: probs[k]) == getattr(label, "value", label)
+
+
+def test_every_example_matches_generate(
+    fast: LocalQwen3Guard, reference: LocalQwen3Guard, fast_verdicts: list[Verdict]
+) -> None:
+    before = _fast_stats(fast)
+    reference_verdicts = reference.classify([ex.guard_input for ex in EXAMPLES])
+    for ex, got, ref in zip(EXAMPLES, fast_verdicts, reference_verdicts, strict=True):
+        assert _label(got) == _label(ref) == _expected(ex)
+        assert got.raw_text == ref.raw_text == ex.verdict_text
+        _check_probabilities(got)
+        for name in ("level_probs", "category_probs", "refusal_probs"):
+            mine, theirs = getattr(got, name), getattr(ref, name)
+            assert (mine is None) == (theirs is None)
+            if mine is not None:  # top-20 alternatives hold nearly all the mass here
+                assert mine == pytest.approx(theirs, abs=2e-3)
+    assert _fast_stats(fast) == before  # the reference guard did not touch the fast one
+
+
+def test_examples_never_fall_back(tiny_guard_dir: Path) -> None:
+    guard = LocalQwen3Guard(str(tiny_guard_dir))
+    guard.classify([ex.guard_input for ex in EXAMPLES])
+    assert _fast_stats(guard) == (len(EXAMPLES), 0)
+    assert guard._fast is not None
+    # Safe prompts need one pass, others a re-draft per field that differs from the draft.
+    assert guard._fast.stats.passes <= 2 * 4
+
+
+def test_batched_equals_one_by_one(fast: LocalQwen3Guard, fast_verdicts: list[Verdict]) -> None:
+    for ex, batched in zip(EXAMPLES, fast_verdicts, strict=True):
+        (single,) = fast.classify([ex.guard_input])
+        assert single.raw_text == batched.raw_text
+        for name in ("level_probs", "category_probs", "refusal_probs"):
+            mine, theirs = getattr(single, name), getattr(batched, name)
+            assert (mine is None) == (theirs is None)
+            if mine is not None:
+                assert mine == pytest.approx(theirs, abs=1e-4)
+
+
+def _perturbed() -> list[GuardInput]:
+    rng = random.Random(7)
+    words = "the a cat bomb bread poem rain exam vote novel knife street help why".split()
+    out = []
+    for ex in EXAMPLES:
+        context = (
+            GuardMessage("user", "Hello there."),
+            GuardMessage("assistant", "Hi! How can I help?"),
+        )
+        messages = ex.guard_input.messages
+        out.append(GuardInput(context + messages))
+        noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
+        last = messages[-1]
+        out.append(GuardInput((*messages[:-1], GuardMessage(last.role, noisy + " " + last.content))))
+    out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
+    out.append(GuardInput((GuardMessage("user", ""),)))
+    return out
+
+
+def test_unseen_inputs_agree_with_generate(
+    fast: LocalQwen3Guard, reference: LocalQwen3Guard
+) -> None:
+    inputs = _perturbed()
+    for start in range(0, len(inputs), 16):
+        chunk = inputs[start : start + 16]
+        for guard_input in chunk:
+            try:
+                (ref,) = reference.classify([guard_input])
+            except VerdictParseError:
+                continue  # greedy writes no verdict: the fast path falls back and must agree
+            (got,) = fast.classify([guard_input])
+            assert _label(got) == _label(ref)
+            assert got.raw_text == ref.raw_text
+    batched = fast.classify(inputs[:16])
+    for guard_input, got in zip(inputs[:16], batched, strict=True):
+        (single,) = fast.classify([guard_input])
+        assert _label(got) == _label(single)
+
+
+def test_cached_head_equals_full_computation(tiny_guard_dir: Path) -> None:
+    import torch
+
+    guard = LocalQwen3Guard(str(tiny_guard_dir))
+    decoder = guard._fast
+    assert decoder is not None
+    net = guard._net
+    for stage in Stage:
+        chosen = [ex for ex in EXAMPLES if ex.stage is stage][:4]
+        prompts = [list(guard.encode(ex.guard_input).input_ids) for ex in chosen]
+        draft = decoder._grammar.draft(stage, ())
+        with torch.inference_mode():
+            cached = decoder.draft_logits(stage, prompts)
+            decoder.use_head_cache = False
+            uncached = decoder.draft_logits(stage, prompts)
+            decoder.use_head_cache = True
+            for ids, got, plain in zip(prompts, cached, uncached, strict=True):
+                full = torch.tensor([ids + list(draft.ids[:-1])])
+                want = net(input_ids=full).logits[0, len(ids) - 1 :].float()
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(plain, want, atol=1e-4, rtol=1e-4)
+    assert len(decoder._head_ids[Stage.PROMPT]) > 50  # the template head really is cached
+
+
+def test_grammar_comes_from_the_tokenizer(fast: LocalQwen3Guard) -> None:
+    decoder = fast._fast
+    assert decoder is not None
+    grammar = decoder._grammar
+    tokenizer = fast._tokenizer
+    for name, values in FIELD_VALUES.items():
+        assert sorted(grammar.first[name].values()) == sorted(values)
+        for value in values:
+            assert tokenizer.decode(list(grammar.values[name][value])) == " " + value
+    draft = grammar.draft(Stage.RESPONSE, ("Unsafe", "PII"))
+    assert tokenizer.decode(list(draft.ids)) == (
+        "Safety: Unsafe\nCategories: PII\nRefusal: No<|im_end|>"
+    )
+
+
+def test_verdict_longer_than_max_new_tokens_is_generates_business(tiny_guard_dir: Path) -> None:
+    guard = LocalQwen3Guard(str(tiny_guard_dir), max_new_tokens=2)  # "Safety:" and no level
+    with pytest.raises(VerdictParseError):
+        guard.classify([EXAMPLES[3].guard_input])
+
+
+def test_model_leaving_the_grammar_falls_back(tiny_guard_dir: Path) -> None:
+    guard = LocalQwen3Guard(str(tiny_guard_dir))
+    decoder = guard._fast
+    assert decoder is not None
+    # A grammar whose stop token the model never writes: every draft is rejected at the
+    # end, so each input must be decoded by generate() and still get its right verdict.
+    real_stop = decoder._stop_ids
+    decoder._stop_ids = frozenset({-1})
+    try:
+        got = guard.classify([ex.guard_input for ex in EXAMPLES[:6]])
+    finally:
+        decoder._stop_ids = real_stop
+    assert [_label(v) for v in got] == [_expected(ex) for ex in EXAMPLES[:6]]
+    assert _fast_stats(guard) == (6, 6)
+
+
+def test_decoding_option(tiny_guard_dir: Path, reference: LocalQwen3Guard) -> None:
+    assert reference.decoding == "generate"
+    assert "decoding='generate'" in repr(reference)
+    with pytest.raises(ConfigurationError, match="decoding"):
+        LocalQwen3Guard(str(tiny_guard_dir), decoding="beam")  # type: ignore[arg-type]
+
+
+def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
+    import torch
+
+    decoder = fast._fast
+    assert decoder is not None
+    ex = EXAMPLES[0]
+    ids = fast.encode(ex.guard_input).input_ids
+    with torch.inference_mode():
+        (result,) = decoder.decode_batch(
+            [(Stage.PROMPT, ids)], force=[("Controversial", "Unethical Acts")]
+        )
+    assert result is not None
+    assert result.text == "Safety: Controversial\nCategories: Unethical Acts"
+    assert result.passes == 3
