@@ -1,10 +1,12 @@
 """Local guard speed (a) and time over the compute floor (f), on the real 0.6B shape.
 
 The model is a Qwen3ForCausalLM with Qwen3Guard-Gen-0.6B's configuration (hidden
-1024, 16/8 heads, head_dim 128, intermediate 3072, vocab 151936; 28 layers, 4 in
-quick mode) and random weights; the tokenizer and template are the tiny guard's,
-with the policy text padded so the template takes about 300 tokens (prompt stage)
-as the real one does, and 30..300 content tokens per request. Random weights write
+1024, 16/8 heads, head_dim 128, intermediate 3072, vocab 151936; 28 layers) and
+random weights; the tokenizer and template are the tiny guard's, with the policy
+text padded so the template takes about 300 tokens (prompt stage) as the real one
+does, and 30..300 content tokens per request; 16 concurrent requests. Quick mode
+(< 30 s): 2 layers, 30..120 content tokens, 4 concurrent requests, one repetition.
+CPU runs use one torch thread (see ``run``). Random weights write
 no verdict, so each path is forced to do the work of a real ~10-token verdict:
 
 - model card: ``generate()`` one request at a time, exactly 10 new tokens, top
@@ -29,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import Row, row
+from common import Row, row  # type: ignore[import-not-found]
 
 CONCURRENCY = 16
 NEW_TOKENS = 10
@@ -37,10 +39,39 @@ _FILLER = (
     "Unsafe content includes instructions, encouragement or detailed descriptions that "
     "could help someone cause real harm, and content that targets protected groups.\n"
 )
-_WORDS = (
-    "the a of to and in how do I make bread plan trip river mountain letter write code "
-    "function error server cat dog history war peace music guitar lesson exam weather"
-).split()
+_WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "how",
+    "do",
+    "I",
+    "make",
+    "bread",
+    "plan",
+    "trip",
+    "river",
+    "mountain",
+    "letter",
+    "write",
+    "code",
+    "function",
+    "error",
+    "server",
+    "cat",
+    "dog",
+    "history",
+    "war",
+    "peace",
+    "music",
+    "guitar",
+    "lesson",
+    "exam",
+    "weather",
+]
 
 
 def _spread(values: list[float], scale: float = 1.0) -> str:
@@ -56,6 +87,16 @@ def _median_runs(fn: Callable[[], Any], reps: int, warmups: int = 1) -> list[flo
         fn()
         times.append(time.perf_counter() - started)
     return times
+
+
+def _each(fn: Callable[[list[Any]], Any], items: list[Any]) -> Callable[[], None]:
+    """A timed body: ``fn`` on each item alone, one after the other."""
+
+    def body() -> None:
+        for item in items:
+            fn([item])
+
+    return body
 
 
 def _matmul_rate(torch: Any, device: str, dtype: Any) -> float:
@@ -98,7 +139,9 @@ def _guard_dir(path: Path) -> None:
         pad_token_id=pad,
     )
     model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[im_end, pad], pad_token_id=pad)
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        eos_token_id=[im_end, pad], pad_token_id=pad
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path, save_jinja_files=False)
 
@@ -123,16 +166,19 @@ def _big_model(torch: Any, layers: int, device: str, dtype: Any) -> Any:
     return model.to(dtype).eval()
 
 
-def _inputs(guard: Any, stage: str, count: int, rng: random.Random) -> list[Any]:
+def _inputs(
+    guard: Any, stage: str, count: int, rng: random.Random, content: tuple[int, int]
+) -> list[Any]:
     from guardrail.qwen3guard import GuardInput, GuardMessage
 
     out = []
     for _ in range(count):
-        target = rng.randint(30, 300)
+        target = rng.randint(*content)
         words: list[str] = []
         while len(guard._plain_ids(" ".join(words))) < target:
             words.append(rng.choice(_WORDS))
         text = " ".join(words)
+        messages: tuple[GuardMessage, ...]
         if stage == "prompt":
             messages = (GuardMessage("user", text),)
         else:
@@ -150,9 +196,10 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     from guardrail.types import Stage
 
     dtype = getattr(torch, dtype_name)
-    layers = 4 if quick else 28
-    reps = 2 if quick else 5
-    concurrency = 8 if quick else CONCURRENCY
+    layers = 2 if quick else 28
+    reps = 1 if quick else 5
+    concurrency = 4 if quick else CONCURRENCY
+    content = (30, 120) if quick else (30, 300)
     label = f"{device} {dtype_name}, {layers} layers"
     if device == "cpu":
         label += ", 1 thread"
@@ -174,7 +221,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     rows = [row("f", label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
 
     def flops(tokens: int, logits: int) -> float:
-        return 2.0 * (body_params * tokens + head_params * logits)
+        return 2.0 * float(body_params * tokens + head_params * logits)
 
     safe = {"prompt": ("Safe", "None"), "response": ("Safe", "None", "No")}
     unsafe = {"prompt": ("Unsafe", "Violent"), "response": ("Unsafe", "Violent", "No")}
@@ -203,7 +250,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         fast._head(Stage.PROMPT)
         fast._head(Stage.RESPONSE)
     for stage in ("prompt", "response"):
-        encoded = _inputs(guard, stage, concurrency, rng)
+        encoded = _inputs(guard, stage, concurrency, rng, content)
         lengths = [len(e.input_ids) for e in encoded]
         mean_len = statistics.mean(lengths)
         head = len(fast._head_ids[Stage(stage)])
@@ -211,10 +258,10 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         one = encoded[: max(1, reps)]
 
         # --- single-request latency
-        card = _median_runs(lambda: [run_generate([e]) for e in one], reps=1)[0] / len(one)
+        card = _median_runs(_each(run_generate, one), reps=1)[0] / len(one)
         card_runs = [card]
-        fast_safe = _median_runs(lambda: [run_fast([e], safe) for e in one], reps=1 if quick else 3)
-        fast_unsafe = _median_runs(lambda: [run_fast([e], unsafe) for e in one], reps=1)
+        fast_safe = _median_runs(_each(lambda b: run_fast(b, safe), one), reps=1 if quick else 3)
+        fast_unsafe = _median_runs(_each(lambda b: run_fast(b, unsafe), one), reps=1)
         fs = [t / len(one) for t in fast_safe]
         fu = [t / len(one) for t in fast_unsafe]
         case = f"{stage}, {label}"
@@ -249,16 +296,18 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         ]
 
         # --- throughput at CONCURRENCY concurrent requests (through the micro-batcher)
-        def concurrent(fn: Callable[[list[Any]], list[Any]]) -> tuple[float, int]:
+        def concurrent(
+            fn: Callable[[list[Any]], list[Any]], batch_of: list[Any] = encoded
+        ) -> tuple[float, int]:
             batcher: MicroBatcher[Any, Any] = MicroBatcher(fn, max_batch_size=concurrency)
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 started = time.perf_counter()
-                list(pool.map(lambda e: batcher.call([e]), encoded))
+                list(pool.map(batcher.call, [[e] for e in batch_of]))
                 wall = time.perf_counter() - started
             batcher.close()
             return concurrency / wall, batcher.stats.batches
 
-        serial = len(one) / sum(_median_runs(lambda: [run_generate([e]) for e in one], 1, 0))
+        serial = 1 / card  # one request at a time: throughput is the inverse latency
         t_reps = 1 if quick else 3
         gen_tp = [concurrent(run_generate) for _ in range(t_reps)]
         fast_tp = [concurrent(run_fast) for _ in range(t_reps + 1)][1:]  # first one warms up
@@ -302,7 +351,6 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         # --- time over the compute floor
         suffix = [n - head for n in lengths]
         draft = len(fast._grammar.draft(Stage(stage), ()).ids)
-        print(stage, statistics.mean(suffix), draft)
         floor_fast = statistics.mean(flops(s + draft - 1, draft) for s in suffix) / rate
         floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
         rows += [

@@ -29,6 +29,13 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Score:
+    """Score answers with the policy's reward models; the result is one score (or None) each."""
+
+    conversations: Sequence[Conversation]
+
+
+@dataclass(frozen=True)
 class StartCheck:
     """Start a check in the background (streaming); the result is a handle."""
 
@@ -131,6 +138,7 @@ END = object()
 
 Effect = (
     Check
+    | Score
     | StartCheck
     | AwaitCheck
     | CheckDone

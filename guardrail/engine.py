@@ -28,6 +28,7 @@ from guardrail.effects import (
     CloseStream,
     Emit,
     Flow,
+    Score,
     StartCheck,
     StartRead,
     StartUpstream,
@@ -35,6 +36,8 @@ from guardrail.effects import (
 )
 from guardrail.errors import BlockedError, ClassifierError, GuardrailError
 from guardrail.report import GuardReport, StageOutcome
+from guardrail.reward.base import RewardScore
+from guardrail.reward.hybrid import hybrid_score
 from guardrail.types import Action, Decision, RewriteMode, Stage, Verdict
 
 if TYPE_CHECKING:
@@ -64,6 +67,8 @@ class Trace:
     flags: list[str] = field(default_factory=list)
     blocked_stage: Stage | None = None
     responses: list[str] = field(default_factory=list)
+    rewards: list[tuple[int | None, RewardScore, float]] = field(default_factory=list)
+    """(candidate, score, hybrid score) for every scored answer."""
     outcome_errors: dict[int, BaseException] = field(default_factory=dict)
     """The guard exception behind each outcome decided by the failure mode, by position."""
 
@@ -113,19 +118,33 @@ def decide(
     prompt_verdict: Verdict | None = None,
     attempt: int = 0,
     candidates: Sequence[int | None] | None = None,
+    rewards: Sequence[RewardScore | None] | None = None,
 ) -> list[Decision]:
     """Let the policy decide each verdict, or the failure mode decide a guard failure."""
     error: GuardrailError | None = None
+    checked: Sequence[Verdict | None] = [None] * count
     if isinstance(verdicts, GuardrailError):
         error = verdicts
+    elif len(verdicts) != count or any(v.stage is not stage for v in verdicts):
+        error = ClassifierError(f"the guard's verdicts do not fit a {stage.value} check")
+    else:
+        checked = verdicts
+    if error is not None:
         trace.errors.append((stage.value, error))
-        verdicts = [None] * count  # type: ignore[list-item]
     trace.guard_s += elapsed
-    decisions = [
-        guard.decide(stage, verdict, prompt_verdict=prompt_verdict, error=error)
-        for verdict in verdicts
-    ]
-    for k, decision in enumerate(decisions):
+    decisions = []
+    for k, verdict in enumerate(checked):
+        reward = rewards[k] if rewards is not None else None
+        candidate = candidates[k] if candidates is not None else None
+        if reward is not None and verdict is not None:
+            trace.rewards.append((candidate, reward, hybrid_score(verdict, reward.goodness)))
+        decision = guard.decide(
+            stage,
+            verdict,
+            prompt_verdict=prompt_verdict,
+            error=error,
+            reward=reward.goodness if reward is not None else None,
+        )
         if error is not None:
             trace.outcome_errors[len(trace.outcomes)] = error
         trace.outcomes.append(
@@ -134,9 +153,10 @@ def decide(
                 decision=decision,
                 latency_s=elapsed,
                 attempt=attempt,
-                candidate=candidates[k] if candidates is not None else None,
+                candidate=candidate,
             )
         )
+        decisions.append(decision)
     return decisions
 
 
@@ -150,13 +170,24 @@ def check(
     attempt: int = 0,
     candidates: Sequence[int | None] | None = None,
 ) -> Flow[list[Decision]]:
-    """Judge conversations and let the policy decide each; a guard failure is decided too."""
+    """Judge conversations (and score responses) and let the policy decide each.
+
+    A guard failure is decided by the failure mode. A reward failure is audited and
+    leaves the answers unscored (reward conditions then do not match): the reward
+    is a quality signal, the guard is the safety gate.
+    """
     started = time.perf_counter()
     result: Sequence[Verdict] | GuardrailError
     try:
         result = yield Check(stage, conversations)
     except Exception as exc:  # the failure mode decides; never swallowed silently
         result = as_guard_error(exc)
+    rewards: Sequence[RewardScore | None] | None = None
+    if stage is Stage.RESPONSE and guard.rewards is not None:
+        try:
+            rewards = yield Score(conversations)
+        except Exception as exc:
+            trace.errors.append(("reward", exc))
     return decide(
         guard,
         trace,
@@ -167,6 +198,7 @@ def check(
         prompt_verdict=prompt_verdict,
         attempt=attempt,
         candidates=candidates,
+        rewards=rewards,
     )
 
 
@@ -282,18 +314,29 @@ def _second_chance(
     return None
 
 
+@dataclass
+class ResponseResult:
+    """What the response checks decided, per choice position."""
+
+    replacements: dict[int, Any] = field(default_factory=dict)
+    """Position -> ``(text, finish_reason)`` or a regenerated choice."""
+    actions: list[tuple[Action, tuple[str, ...]]] = field(default_factory=list)
+    """Position -> the action taken on that choice and its flags."""
+    block: Decision | None = None
+    """The blocking decision, when every choice ended blocked."""
+
+
 def response_phase(
     guard: Guard,
     trace: Trace,
     params: dict[str, Any],
     completion: ChatCompletion,
     prompt_verdict: Verdict | None,
-) -> Flow[tuple[dict[int, Any], Decision | None]]:
-    """Check every choice and apply the policy; returns replacements and a block decision.
+) -> Flow[ResponseResult]:
+    """Check (and score) every choice and apply the policy to each.
 
-    Replacements map a choice's position to ``(text, finish_reason)`` or to a
-    regenerated choice. The block decision is returned only when every choice
-    ended blocked. Every answer the guard judged is kept for the audit record.
+    Every answer the guard judged is kept for the audit record; the caller applies
+    the per-choice actions to the call's report.
     """
     from guardrail.completions import CONTENT_FILTER
 
@@ -307,26 +350,26 @@ def response_phase(
         prompt_verdict=prompt_verdict,
         candidates=[c.index for c in choices],
     )
-    replacements: dict[int, Any] = {}
+    out = ResponseResult()
     blocked: list[Decision] = []
     for pos, (choice, decision) in enumerate(zip(choices, decisions, strict=True)):
         rewrite = decision.rewrite
         instruction, attempts, accept_refusal = None, 0, True
         if decision.action is Action.REWRITE and rewrite is not None:
             if rewrite.mode is not RewriteMode.REGENERATE:
-                replacements[pos] = (rewrite.text, "stop")
-                trace.took(Action.REWRITE, flags=decision.flags)
+                out.replacements[pos] = (rewrite.text, "stop")
+                out.actions.append((Action.REWRITE, decision.flags))
                 continue
             instruction, attempts = rewrite.text, rewrite.max_attempts
         elif decision.blocked:
             blocked.append(decision)
-            replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
-            trace.took(Action.BLOCK, flags=decision.flags)
+            out.replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
+            out.actions.append((Action.BLOCK, decision.flags))
+            continue
+        elif decision.retry is None:
+            out.actions.append((decision.action, decision.flags))
             continue
         else:
-            trace.took(decision.action, flags=decision.flags)
-            if decision.retry is None:
-                continue
             instruction, attempts = decision.retry.instruction, decision.retry.max_attempts
             accept_refusal = False
         redo = yield from _second_chance(
@@ -340,27 +383,46 @@ def response_phase(
             accept_refusal=accept_refusal,
         )
         if redo is not None:
-            replacements[pos] = redo[0]
-            trace.took(Action.REWRITE, flags=(*decision.flags, *redo[1].flags))
+            out.replacements[pos] = redo[0]
+            out.actions.append((Action.REWRITE, (*decision.flags, *redo[1].flags)))
         elif decision.action is Action.REWRITE:  # regeneration failed: fall back to block
             blocked.append(decision)
-            replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
-            trace.took(Action.BLOCK, flags=decision.flags)
-        # A failed retry keeps the original (flagged) answer.
+            out.replacements[pos] = (guard.block_message(decision), CONTENT_FILTER)
+            out.actions.append((Action.BLOCK, decision.flags))
+        else:  # a failed retry keeps the original (flagged) answer
+            out.actions.append((decision.action, decision.flags))
     if blocked and len(blocked) == len(choices):
-        trace.blocked_stage = Stage.RESPONSE
-        return replacements, blocked[0]
-    return replacements, None
+        out.block = blocked[0]
+    return out
+
+
+def _best_candidate(trace: Trace, completion: ChatCompletion, result: ResponseResult) -> int:
+    """The position of the best candidate: passed untouched first, then by reward.
+
+    Candidates the policy allowed or flagged come before rewritten ones, blocked
+    ones come last; among equals the highest reward (then the lowest index) wins.
+    """
+    first_scores: dict[int | None, float] = {}
+    for candidate, score, _ in trace.rewards:
+        first_scores.setdefault(candidate, score.goodness)
+    tier = {Action.ALLOW: 0, Action.FLAG: 0, Action.REWRITE: 1, Action.BLOCK: 2}
+
+    def rank(pos: int) -> tuple[int, float, int]:
+        reward = first_scores.get(completion.choices[pos].index, float("-inf"))
+        return (-tier[result.actions[pos][0]], reward, -pos)
+
+    return max(range(len(completion.choices)), key=rank)
 
 
 def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[ChatCompletion]:
-    """The whole non-streaming guarded call."""
+    """The whole non-streaming guarded call (with best-of-n when the policy asks for it)."""
     from guardrail.completions import attach_report, blocked_completion, replace_choices
 
-    concurrent = guard.concurrent
+    best_of = guard.best_of_n if int(params.get("n") or 1) == 1 else 1
+    upstream_params = {**params, "n": best_of} if best_of > 1 else params
     try:
-        prompt, params, handle = yield from prompt_phase(
-            guard, trace, params, concurrent=concurrent
+        prompt, upstream_params, handle = yield from prompt_phase(
+            guard, trace, upstream_params, concurrent=guard.concurrent
         )
         if prompt.blocked:
             if guard.raises_on_block:
@@ -380,23 +442,39 @@ def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[
         started = time.perf_counter()
         try:
             completion = yield (
-                AwaitUpstream(handle) if handle is not None else CallUpstream(params)
+                AwaitUpstream(handle) if handle is not None else CallUpstream(upstream_params)
             )
         except Exception as exc:
             trace.errors.append(("upstream", exc))
             raise
         finally:
             trace.upstream_s += time.perf_counter() - started
-        replacements, blocked = yield from response_phase(
-            guard, trace, params, completion, prompt.verdict
+        checked = yield from response_phase(
+            guard, trace, {**upstream_params, "n": 1}, completion, prompt.verdict
         )
-        if blocked is not None and guard.raises_on_block:
-            raise BlockedError(
-                f"response blocked by rule {blocked.rule_id!r}",
-                decision=blocked,
-                report=trace.report(),
+        keep = list(range(len(completion.choices)))
+        if best_of > 1 and completion.choices:
+            keep = [_best_candidate(trace, completion, checked)]
+        for pos in keep:
+            action, flags = checked.actions[pos]
+            trace.took(action, flags=flags)
+        block = checked.block
+        if block is None and all(checked.actions[pos][0] is Action.BLOCK for pos in keep):
+            block = next(  # best-of-n: no candidate passed
+                (o.decision for o in trace.outcomes if o.decision.blocked), None
             )
-        result = replace_choices(completion, replacements)
+        if block is not None:
+            trace.blocked_stage = Stage.RESPONSE
+            if guard.raises_on_block:
+                raise BlockedError(
+                    f"response blocked by rule {block.rule_id!r}",
+                    decision=block,
+                    report=trace.report(),
+                )
+        result = replace_choices(completion, checked.replacements)
+        if best_of > 1:
+            chosen = result.choices[keep[0]].model_copy(update={"index": 0})
+            result = result.model_copy(update={"choices": [chosen]})
         attach_report(result, trace.report())
         return result
     finally:

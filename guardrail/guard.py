@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from guardrail.audit import AuditRecord, AuditSink, StageRecord, sink_from_settings
-from guardrail.audit.record import ErrorEntry, Latency, PolicyRef
+from guardrail.audit.record import ErrorEntry, Latency, PolicyRef, RewardEntry
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.effects import Audit, Flow
 from guardrail.engine import Trace, check, completion_flow, stream_flow
 from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy, evaluate, load_policy
 from guardrail.policy.schema import GuardConfig, StreamingConfig
+from guardrail.reward.base import RewardScore, RewardScorer
+from guardrail.reward.gate import RewardGate
 from guardrail.runners import AsyncRunner, SyncRunner
 from guardrail.streams import AsyncGuardedStream, GuardedStream
 from guardrail.types import Decision, Stage, Verdict
@@ -56,7 +58,8 @@ class Guard:
     or ``None`` for the balanced default. ``classifier`` overrides the guard the
     policy describes (e.g. a shared ``LocalQwen3Guard``, or a scripted fake in
     tests); ``sink`` overrides its audit sink; ``logger`` is the structlog logger
-    used by a ``logger`` audit sink.
+    used by a ``logger`` audit sink; ``scorers`` maps reward model ids of the
+    policy's ``reward`` section to ready scorers (the others are built).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Guard:
         classifier: Classifier | None = None,
         sink: AuditSink | None = None,
         logger: Any = None,
+        scorers: Mapping[str, RewardScorer] | None = None,
         max_workers: int = 32,
     ) -> None:
         if policy is None:
@@ -74,6 +78,8 @@ class Guard:
             policy = load_policy(policy)
         self.policy = policy
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
+        self.rewards = RewardGate(policy.reward, scorers) if policy.reward is not None else None
+        """The policy's reward models, or ``None`` when the policy has no reward section."""
         audit = policy.audit
         self.sink = (
             sink
@@ -100,6 +106,11 @@ class Guard:
         return self.policy.execution.mode == "concurrent"
 
     @property
+    def best_of_n(self) -> int:
+        """Candidates requested per single-answer call (the policy's ``reward.best_of_n``)."""
+        return self.rewards.best_of_n if self.rewards is not None else 1
+
+    @property
     def raises_on_block(self) -> bool:
         """Whether a block raises :class:`~guardrail.errors.BlockedError`."""
         return self.policy.block.behavior == "raise"
@@ -120,9 +131,12 @@ class Guard:
         *,
         prompt_verdict: Verdict | None = None,
         error: BaseException | None = None,
+        reward: float | None = None,
     ) -> Decision:
-        """The policy's decision for one verdict, or for a guard failure."""
-        return evaluate(self.policy, stage, verdict, prompt_verdict=prompt_verdict, error=error)
+        """The policy's decision for one verdict (and its reward), or for a guard failure."""
+        return evaluate(
+            self.policy, stage, verdict, prompt_verdict=prompt_verdict, error=error, reward=reward
+        )
 
     # -- classification ---------------------------------------------------------------
 
@@ -144,6 +158,18 @@ class Guard:
             include_system=self.policy.include_system,
         )
 
+    def score(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        """Score answers with the policy's reward models (``None`` where none applies)."""
+        if self.rewards is None:
+            return [None] * len(conversations)
+        return self.rewards.score([_pair(c) for c in conversations])
+
+    async def ascore(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        """Async twin of :meth:`score`."""
+        if self.rewards is None:
+            return [None] * len(conversations)
+        return await self.rewards.ascore([_pair(c) for c in conversations])
+
     # -- audit ------------------------------------------------------------------------
 
     def audit(self, trace: Trace) -> None:
@@ -159,11 +185,16 @@ class Guard:
             )
             for i, o in enumerate(trace.outcomes)
         ]
-        # Guard failures are recorded with their stage; upstream failures are added here.
+        # Guard failures are recorded with their stage; upstream and reward-model
+        # failures (which no stage decision carries) are added here.
         errors = [
-            ErrorEntry(stage=None, type=type(exc).__name__, message=str(exc))
+            ErrorEntry(
+                stage=Stage.RESPONSE if where == "reward" else None,
+                type=type(exc).__name__,
+                message=f"reward model: {exc}" if where == "reward" else str(exc),
+            )
             for where, exc in trace.errors
-            if where == "upstream"
+            if where in ("upstream", "reward")
         ]
         record = AuditRecord.build(
             policy=self._policy_ref,
@@ -180,6 +211,16 @@ class Guard:
                 total_s=trace.elapsed(),
             ),
             errors=errors,
+            rewards=[
+                RewardEntry(
+                    candidate=candidate or 0,
+                    model=score.model,
+                    score=score.score,
+                    normalized=score.normalized,
+                    hybrid=hybrid,
+                )
+                for candidate, score, hybrid in trace.rewards
+            ],
             prompt=_last_user_text(trace.messages),
             response="\n\n".join(trace.responses) if trace.responses else None,
             content_mode=self.policy.audit.content,
@@ -198,11 +239,16 @@ class Guard:
             timeout_s=self.policy.execution.timeout_s,
             checks=self._check_pool,
             io=self._io_pool,
+            score=self.score,
         )
 
     def _async_runner(self, upstream: Callable[[dict[str, Any]], Any]) -> AsyncRunner:
         return AsyncRunner(
-            self.aclassify, upstream, self.audit, timeout_s=self.policy.execution.timeout_s
+            self.aclassify,
+            upstream,
+            self.audit,
+            timeout_s=self.policy.execution.timeout_s,
+            score=self.ascore,
         )
 
     def _trace(self, params: dict[str, Any], mode: str) -> Trace:
@@ -318,6 +364,12 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _pair(conversation: Conversation) -> tuple[Sequence[Any], str]:
+    messages, response = conversation
+    text = response if isinstance(response, str) else _text(response)
+    return list(messages), text
 
 
 def _no_upstream(params: dict[str, Any]) -> Any:

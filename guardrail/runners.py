@@ -38,14 +38,18 @@ from guardrail.effects import (
     Emit,
     First,
     Flow,
+    Score,
     StartCheck,
     StartRead,
     StartUpstream,
     WaitFirst,
 )
 from guardrail.engine import Trace
-from guardrail.errors import GuardTimeoutError
+from guardrail.errors import ConfigurationError, GuardTimeoutError
+from guardrail.reward.base import RewardScore
 from guardrail.types import Stage, Verdict
+
+Scores = list[RewardScore | None]
 
 T = TypeVar("T")
 
@@ -95,8 +99,10 @@ class SyncRunner:
         timeout_s: float | None,
         checks: concurrent.futures.Executor,
         io: concurrent.futures.Executor,
+        score: Callable[[Sequence[Conversation]], Scores] | None = None,
     ) -> None:
         self._classify = classify
+        self._score = score
         self._upstream = upstream
         self._audit = audit
         self._timeout = timeout_s
@@ -159,7 +165,10 @@ class SyncRunner:
 
     def _start_check(self, effect: Check | StartCheck) -> _Job:
         stage, conversations = effect.stage, effect.conversations
-        job = _Job(lambda: self._classify(stage, conversations))
+        return self._submit(lambda: self._classify(stage, conversations))
+
+    def _submit(self, fn: Callable[[], Any]) -> _Job:
+        job = _Job(fn)
         job.future = self._checks.submit(job)
         return job
 
@@ -191,6 +200,12 @@ class SyncRunner:
     def _perform(self, effect: Effect) -> Any:
         if isinstance(effect, Check):
             return self._await_check(self._start_check(effect), effect.stage.value)
+        if isinstance(effect, Score):
+            score = self._score
+            if score is None:
+                raise ConfigurationError("no reward models are configured")
+            conversations = effect.conversations
+            return self._await_check(self._submit(lambda: score(conversations)), "reward")
         if isinstance(effect, StartCheck):
             return self._start_check(effect)
         if isinstance(effect, AwaitCheck):
@@ -269,8 +284,10 @@ class AsyncRunner:
         audit: Callable[[Trace], None],
         *,
         timeout_s: float | None,
+        score: Callable[[Sequence[Conversation]], Awaitable[Scores]] | None = None,
     ) -> None:
         self._classify = classify
+        self._score = score
         self._upstream = upstream
         self._audit = audit
         self._timeout = timeout_s
@@ -349,6 +366,11 @@ class AsyncRunner:
         if isinstance(effect, Check):
             job = _Task(self._task(self._classify(effect.stage, effect.conversations)))
             return await self._await_check(job, effect.stage.value)
+        if isinstance(effect, Score):
+            if self._score is None:
+                raise ConfigurationError("no reward models are configured")
+            job = _Task(self._task(self._score(effect.conversations)))
+            return await self._await_check(job, "reward")
         if isinstance(effect, StartCheck):
             return _Task(self._task(self._classify(effect.stage, effect.conversations)))
         if isinstance(effect, AwaitCheck):

@@ -111,12 +111,14 @@ def test_lone_caller_does_not_wait() -> None:
 def test_close_is_clean_and_final() -> None:
     batcher: MicroBatcher[int, int] = MicroBatcher(Recorder(delay=0), max_batch_size=4)
     assert batcher.call([1]) == [2]
+    worker = batcher._worker
+    assert worker is not None
     batcher.close()
+    assert not worker.is_alive()
     batcher.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         batcher.call([1])
     assert batcher.call([]) == []
-    assert not any(t.name == "guardrail-batcher" and t.is_alive() for t in threading.enumerate())
 
 
 def test_close_while_requests_wait() -> None:

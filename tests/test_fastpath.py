@@ -97,7 +97,22 @@ def test_batched_equals_one_by_one(fast: LocalQwen3Guard, fast_verdicts: list[Ve
 
 def _perturbed() -> list[GuardInput]:
     rng = random.Random(7)
-    words = "the a cat bomb bread poem rain exam vote novel knife street help why".split()
+    words = [
+        "the",
+        "a",
+        "cat",
+        "bomb",
+        "bread",
+        "poem",
+        "rain",
+        "exam",
+        "vote",
+        "novel",
+        "knife",
+        "street",
+        "help",
+        "why",
+    ]
     out = []
     for ex in EXAMPLES:
         context = (
@@ -108,7 +123,8 @@ def _perturbed() -> list[GuardInput]:
         out.append(GuardInput(context + messages))
         noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
         last = messages[-1]
-        out.append(GuardInput((*messages[:-1], GuardMessage(last.role, noisy + " " + last.content))))
+        noisy_last = GuardMessage(last.role, noisy + " " + last.content)
+        out.append(GuardInput((*messages[:-1], noisy_last)))
     out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
     out.append(GuardInput((GuardMessage("user", ""),)))
     return out

@@ -60,7 +60,15 @@ def verdict(
     )
 
 
+REWARD_SECTION = {"models": [{"id": "rm", "kind": "seqcls", "model": "/unused/reward-model"}]}
+
+
 def policy(*rules: dict[str, Any], **top: Any) -> Policy:
+    uses_reward = any(
+        key in r.get("when", {}) for r in rules for key in ("reward_above", "reward_below")
+    )
+    if uses_reward:
+        top.setdefault("reward", REWARD_SECTION)
     return Policy.model_validate({"version": 1, "name": "test", "rules": list(rules), **top})
 
 
@@ -737,7 +745,8 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         1,
         "zzz",
         "unknown key 'zzz'; expected one of: version, name, description, guard, controversial, "
-        "reasoning, include_system, execution, failure, block, streaming, audit, rules, defaults",
+        "reasoning, include_system, execution, failure, block, streaming, audit, reward, rules, "
+        "defaults",
     ),
     (
         "wrong type",
@@ -1142,7 +1151,7 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         1,
         "foo",
         "unknown key 'foo'; expected one of: version, name, description, guard, controversial, "
-        "reasoning, include_system, execution, failure, block, streaming, audit, rules, "
+        "reasoning, include_system, execution, failure, block, streaming, audit, reward, rules, "
         "defaults (+2 more errors)",
     ),
 ]

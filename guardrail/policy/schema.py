@@ -16,6 +16,7 @@ file, line, column and field path.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -62,6 +63,8 @@ __all__ = [
     "FieldValueError",
     "GuardConfig",
     "Policy",
+    "RewardConfig",
+    "RewardModelConfig",
     "ProbabilityName",
     "Rule",
     "RuleRetry",
@@ -272,6 +275,76 @@ class AuditConfig(_Model):
                 f"only used with content 'truncated' (content is {self.content!r})",
                 "truncate_chars",
             )
+        return self
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class RewardModelConfig(_Model):
+    """One reward model: which family, where it is, and which conversations it scores."""
+
+    id: Label
+    """Name of the model in audit records."""
+    kind: Literal["seqcls", "safe-rlhf", "pair", "remote"]
+    """The family: ``seqcls`` (sequence-classification reward models, chat template),
+    ``safe-rlhf`` (PKU beaver reward/cost score models), ``pair`` (BERT-style
+    (prompt, answer) encoders) or ``remote`` (a reward model served by vLLM)."""
+    model: Text
+    """Hub id or local directory; for ``remote``, the served model name."""
+    revision: Text | None = None
+    """Hub revision to pin (a commit sha is required with ``trust_remote_code``)."""
+    languages: tuple[Text, ...] | None = Field(default=None, min_length=1)
+    """Only score conversations in these languages (``ja``, ``en``, ``zh``...); the first
+    model whose languages match is used, a model without ``languages`` matches any."""
+    mean: Score | None = None
+    """With ``std``: scores are normalised as ``(score - mean) / std`` before rules see them."""
+    std: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    trust_remote_code: StrictBool = False
+    """Run the model repository's own code: a security decision, only with a pinned
+    ``revision`` (a 40-hex commit sha)."""
+    device: Text | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    base_url: Text | None = None
+    """``remote`` only: the vLLM server, e.g. ``http://reward-host:8000``."""
+    api: Literal["pooling", "classify", "score"] = "pooling"
+    """``remote`` only: which vLLM endpoint serves the scores."""
+    api_key_env: EnvName = "GUARDRAIL_REWARD_API_KEY"
+    """``remote`` only: the environment variable holding the server's API key."""
+    timeout_s: Seconds = 30.0
+    """``remote`` only: per request."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardModelConfig:
+        if (self.mean is None) != (self.std is None):
+            raise FieldValueError("mean and std must be given together", "std")
+        if self.trust_remote_code and not (self.revision and _SHA.match(self.revision)):
+            raise FieldValueError(
+                "trust_remote_code needs revision pinned to a 40-hex commit sha", "revision"
+            )
+        if self.kind == "remote" and not self.base_url:
+            raise FieldValueError("a remote reward model needs base_url", "base_url")
+        if self.kind != "remote" and self.base_url is not None:
+            raise FieldValueError("only remote reward models take base_url", "base_url")
+        return self
+
+
+class RewardConfig(_Model):
+    """Optional reward-model gating: a quality score per answer, and best-of-n."""
+
+    models: tuple[RewardModelConfig, ...] = Field(min_length=1)
+    """The reward models, tried in order for each conversation (see ``languages``)."""
+    best_of_n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
+    """Ask the upstream for this many candidates (when the caller asks for one) and
+    return the best-scoring one that passes the safety gate."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> RewardConfig:
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            if model.id in seen:
+                raise FieldValueError(f"duplicate reward model id {model.id!r}", "models", i, "id")
+            seen.add(model.id)
         return self
 
 
@@ -583,6 +656,9 @@ class Policy(_Model):
     """How streamed responses are checked."""
     audit: AuditConfig = AuditConfig()
     """Where decisions are recorded."""
+    reward: RewardConfig | None = None
+    """Optional reward models scoring answers for rules (``reward_above`` /
+    ``reward_below``), best-of-n and the audit's hybrid score."""
     rules: tuple[Rule, ...] = ()
     """The rules, tried in order; the first matching rule of a stage decides."""
     defaults: DefaultsConfig = DefaultsConfig()
@@ -606,6 +682,17 @@ class Policy(_Model):
                     "id",
                 )
             first[rule.id] = i
+            if self.reward is None and (
+                rule.when.reward_above is not None or rule.when.reward_below is not None
+            ):
+                which = "reward_above" if rule.when.reward_above is not None else "reward_below"
+                raise FieldValueError(
+                    "reward conditions need a reward section naming the reward models",
+                    "rules",
+                    i,
+                    "when",
+                    which,
+                )
         return self
 
     def model_post_init(self, context: Any, /) -> None:
