@@ -197,6 +197,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
 
     dtype = getattr(torch, dtype_name)
     layers = 2 if quick else 28
+    bench = "a" if device == "cpu" else "f"  # (f): the same measurements on a GPU
     reps = 1 if quick else 5
     concurrency = 4 if quick else CONCURRENCY
     content = (30, 120) if quick else (30, 300)
@@ -218,7 +219,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     body_params = sum(p.numel() for n, p in guard._net.named_parameters() if "embed" not in n)
     head_params = config.vocab_size * config.hidden_size
     rate = _matmul_rate(torch, device, dtype)
-    rows = [row("f", label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
+    rows = [row(bench, label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
 
     def flops(tokens: int, logits: int) -> float:
         return 2.0 * float(body_params * tokens + head_params * logits)
@@ -266,9 +267,9 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         fu = [t / len(one) for t in fast_unsafe]
         case = f"{stage}, {label}"
         rows += [
-            row("a", case, "model card: latency", card, "s", _spread(card_runs), note),
+            row(bench, case, "model card: latency", card, "s", _spread(card_runs), note),
             row(
-                "a",
+                bench,
                 case,
                 "fast (safe, 1 pass): latency",
                 statistics.median(fs),
@@ -277,7 +278,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 note,
             ),
             row(
-                "a",
+                bench,
                 case,
                 "fast (unsafe, 3 passes): latency",
                 statistics.median(fu),
@@ -286,7 +287,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 note,
             ),
             row(
-                "a",
+                bench,
                 case,
                 "model card / fast (safe)",
                 card / statistics.median(fs),
@@ -318,10 +319,15 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         )
         rows += [
             row(
-                "a", case, "model card (one at a time): throughput", serial, "req/s", note="serial"
+                bench,
+                case,
+                "model card (one at a time): throughput",
+                serial,
+                "req/s",
+                note="serial",
             ),
             row(
-                "a",
+                bench,
                 case,
                 f"batched generate @{concurrency}: throughput",
                 statistics.median(g),
@@ -330,7 +336,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 batches,
             ),
             row(
-                "a",
+                bench,
                 case,
                 f"fast @{concurrency}: throughput",
                 statistics.median(f),
@@ -339,10 +345,18 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 "3 safe : 1 unsafe verdicts",
             ),
             row(
-                "a",
+                bench,
                 case,
                 "fast / model card throughput",
                 statistics.median(f) / serial,
+                "x",
+                note="side by side, same run",
+            ),
+            row(
+                bench,
+                case,
+                "fast / batched generate throughput",
+                statistics.median(f) / statistics.median(g),
                 "x",
                 note="side by side, same run",
             ),
@@ -355,16 +369,16 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
         rows += [
             row(
-                "f",
+                bench,
                 case,
                 "fast floor",
                 floor_fast,
                 "s",
                 note="suffix + draft tokens, LM head at draft positions",
             ),
-            row("f", case, "fast (safe) / its floor", statistics.median(fs) / floor_fast, "x"),
+            row(bench, case, "fast (safe) / its floor", statistics.median(fs) / floor_fast, "x"),
             row(
-                "f",
+                bench,
                 case,
                 f"fast @{concurrency} / its floor",
                 1 / statistics.median(f) / floor_fast,
@@ -372,7 +386,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 note="per request",
             ),
             row(
-                "f",
+                bench,
                 case,
                 "model card / its floor",
                 card / floor_card,
@@ -380,7 +394,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 note=f"all {mean_len:.0f} tokens + {NEW_TOKENS} decode steps",
             ),
             row(
-                "f",
+                bench,
                 case,
                 "model card / fast floor",
                 card / floor_fast,
@@ -392,7 +406,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
 
 
 def run(quick: bool) -> list[Row]:
-    """Benchmark rows for a (latency, throughput) and f (floor); see the module doc."""
+    """Rows for (a), the CPU run (latency, throughput, floor), and (f), the same on a GPU."""
     import torch
 
     # One thread: on a shared 2-core machine, OpenMP spin-waiting makes two threads
@@ -406,5 +420,5 @@ def run(quick: bool) -> list[Row]:
     if torch.cuda.is_available():
         rows += _bench_device(torch, "cuda", "bfloat16", quick)
     else:
-        rows.append(row("a", "cuda bfloat16", "skipped", 0.0, "", note="no CUDA device"))
+        rows.append(row("f", "cuda bfloat16", "skipped", 0.0, "", note="no CUDA device"))
     return rows

@@ -53,7 +53,7 @@ def test_hybrid_score(level: str, refusal: bool, reward: float, expected: float)
     [
         ("こんにちは、元気ですか", "ja"),
         ("東京は日本の首都です", "ja"),
-        ("你好，世界", "zh"),
+        ("你好世界", "zh"),
         ("안녕하세요", "ko"),
         ("Привет, мир", "ru"),
         ("Hello there", "en"),
