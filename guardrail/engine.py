@@ -264,6 +264,16 @@ def prompt_phase(
     return decision, params, handle
 
 
+def raise_if_raising(guard: Guard, trace: Trace, decision: Decision) -> None:
+    """Raise :class:`~guardrail.errors.BlockedError` when the policy's block behaviour is raise."""
+    if guard.raises_on_block:
+        raise BlockedError(
+            f"{decision.stage.value} blocked by rule {decision.rule_id!r}",
+            decision=decision,
+            report=trace.report(),
+        )
+
+
 def _answer_text(message: Any) -> str:
     content = getattr(message, "content", None)
     refusal = getattr(message, "refusal", None)
@@ -425,12 +435,7 @@ def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[
             guard, trace, upstream_params, concurrent=guard.concurrent
         )
         if prompt.blocked:
-            if guard.raises_on_block:
-                raise BlockedError(
-                    f"prompt blocked by rule {prompt.rule_id!r}",
-                    decision=prompt,
-                    report=trace.report(),
-                )
+            raise_if_raising(guard, trace, prompt)
             result = blocked_completion(
                 model=str(params.get("model", "")),
                 message=guard.block_message(prompt),
@@ -465,12 +470,7 @@ def completion_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[
             )
         if block is not None:
             trace.blocked_stage = Stage.RESPONSE
-            if guard.raises_on_block:
-                raise BlockedError(
-                    f"response blocked by rule {block.rule_id!r}",
-                    decision=block,
-                    report=trace.report(),
-                )
+            raise_if_raising(guard, trace, block)
         result = replace_choices(completion, checked.replacements)
         if best_of > 1:
             chosen = result.choices[keep[0]].model_copy(update={"index": 0})
@@ -515,12 +515,7 @@ def stream_flow(guard: Guard, trace: Trace, params: dict[str, Any]) -> Flow[None
             guard, trace, params, concurrent=guard.concurrent
         )
         if prompt.blocked:
-            if guard.raises_on_block:
-                raise BlockedError(
-                    f"prompt blocked by rule {prompt.rule_id!r}",
-                    decision=prompt,
-                    report=trace.report(),
-                )
+            raise_if_raising(guard, trace, prompt)
             indices = range(int(params.get("n") or 1))
             text = guard.block_message(prompt)
             yield Emit(

@@ -35,8 +35,12 @@ class GuardReport(BaseModel):
 
     @property
     def blocked(self) -> bool:
-        """Whether the call (or every choice of it) was blocked."""
-        return self.action is Action.BLOCK
+        """Whether the call was blocked: its prompt, or every choice of its answer.
+
+        A call where only some of several choices were blocked is not blocked (its
+        ``action`` is still ``block``, the strongest action taken on any choice).
+        """
+        return self.blocked_stage is not None
 
     @property
     def flagged(self) -> bool:

@@ -238,6 +238,10 @@ def test_one_unsafe_choice_of_two_is_replaced(llm: FakeLLM, tmp_path: Path) -> N
     assert got.choices[1].message.content == "Blocked by policy."
     assert got.choices[1].finish_reason == "content_filter"
     assert UNSAFE_ANSWER not in got.model_dump_json()
+    report = guardrail.report(got)
+    assert report is not None
+    assert report.action is Action.BLOCK  # the strongest action taken on a choice
+    assert not report.blocked  # but the call itself went through
 
 
 def test_template_rewrite(llm: FakeLLM, tmp_path: Path) -> None:
