@@ -27,45 +27,30 @@ return squashed values: use a current server.
 Transport failures, timeouts and HTTP errors map onto the remote guard's error
 family (:class:`~guardrail.errors.RemoteGuardError` subclasses, messages saying
 "reward server") and share its retry policy: timeouts, connection failures and
-:data:`~guardrail.classifiers.remote.RETRYABLE_STATUS` are retried with jittered
-backoff honouring a short ``Retry-After``; 400 and other client errors are final.
+:data:`~guardrail.http.RETRYABLE_STATUS` are retried with jittered backoff
+honouring a short ``Retry-After``; 400 and other client errors are final. This
+module owns the request bodies and score reading; the HTTP plumbing (pooled
+clients, retry policy, batches) is :mod:`guardrail.http`'s, shared with the guard.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import os
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
-from guardrail.classifiers.remote import (
+from guardrail.errors import ConfigurationError, RemoteGuardError
+from guardrail.http import (
+    HTTPBackend,
+    PooledHTTP,
     RetryWait,
-    _error_snippet,
-    _is_retryable,
-    _public_url,
-    _wait_with_retry_after,
-)
-from guardrail.errors import (
-    ConfigurationError,
-    GuardConnectionError,
-    GuardHTTPError,
-    GuardTimeoutError,
-    RemoteGuardError,
+    arun_batch,
+    parse_base_url,
+    retry_policy,
+    run_batch,
 )
 from guardrail.reward.base import (
     Normalizer,
@@ -131,25 +116,10 @@ def read_score(data: Any, *, api: Api, pooling_task: PoolingTask = "classify") -
     return _single(value)
 
 
-@contextlib.contextmanager
-def _transport_errors(url: str, timeout: float) -> Iterator[None]:
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise GuardTimeoutError(
-            f"reward server {url} did not answer within {timeout:g} s ({type(exc).__name__})",
-            url=url,
-        ) from exc
-    except httpx.TransportError as exc:
-        raise GuardConnectionError(
-            f"could not reach reward server {url}: {type(exc).__name__}: {exc}", url=url
-        ) from exc
-
-
 # ------------------------------------------------------------------- the scorer
 
 
-class RemoteRewardScorer:
+class RemoteRewardScorer(HTTPBackend):
     """A :class:`~guardrail.reward.base.RewardScorer` calling a vLLM pooling server.
 
     ``base_url`` is the server root (``http://host:8000``; a trailing ``/v1`` is
@@ -181,12 +151,7 @@ class RemoteRewardScorer:
         async_http_client: httpx.AsyncClient | None = None,
         retry_wait: RetryWait | None = None,
     ) -> None:
-        try:
-            root = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ConfigurationError(f"invalid base_url: {exc}") from None
-        if root.scheme not in ("http", "https") or not root.host:
-            raise ConfigurationError(f"base_url must be an http(s) URL, got {_public_url(root)!r}")
+        root = parse_base_url(base_url)
         if api not in _PATHS:
             raise ConfigurationError(f"api must be one of {', '.join(_PATHS)}, not {api!r}")
         if pooling_task not in ("classify", "token_classify"):
@@ -201,43 +166,25 @@ class RemoteRewardScorer:
         self.api: Api = api
         self.pooling_task: PoolingTask = pooling_task
         self.kind: ScoreKind = kind
-        self.timeout = timeout
         self.max_concurrency = max_concurrency
         self._normalizer = Normalizer(mean, std)
         path = root.path.rstrip("/")
         path = path[: -len("/v1")] if path.endswith("/v1") else path
-        self._url = root.copy_with(path=path + _PATHS[api])
-        self._public_url = _public_url(self._url)
-        self._api_key = api_key or os.environ.get(api_key_env) or None
-        self._headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        self._injected_client = http_client
-        self._injected_aclient = async_http_client
-        self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
-        self._aclient_loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._limits = httpx.Limits(
-            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        self._http = PooledHTTP(
+            root.copy_with(path=path + _PATHS[api]),
+            server="reward server",
+            timeout=timeout,
+            max_connections=max_concurrency,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            http_client=http_client,
+            async_http_client=async_http_client,
         )
         # the remote guard's policy: same retryable errors, backoff and Retry-After cap
-        policy: dict[str, Any] = {
-            "stop": stop_after_attempt(max_retries + 1),
-            "wait": _wait_with_retry_after(
-                retry_wait or wait_random_exponential(multiplier=0.1, max=2)
-            ),
-            "retry": retry_if_exception(_is_retryable),
-            "reraise": True,
-        }
-        self._retrying = Retrying(**policy)
-        self._aretrying = AsyncRetrying(**policy)
-
-    @property
-    def model_id(self) -> str:
-        """The served model name sent in every request."""
-        return self.model
+        self._retrying, self._aretrying = retry_policy(max_retries, retry_wait)
 
     def __repr__(self) -> str:
-        return f"RemoteRewardScorer(url={self._public_url!r}, model={self.model!r})"
+        return f"RemoteRewardScorer(url={self._http.public_url!r}, model={self.model!r})"
 
     # ------------------------------------------------------------------ shared
 
@@ -246,19 +193,8 @@ class RemoteRewardScorer:
         return build_request(turns, api=self.api, model=self.model, pooling_task=self.pooling_task)
 
     def _read(self, response: httpx.Response) -> float:
-        url = self._public_url
-        if not response.is_success:
-            code = response.status_code
-            # not raise_for_status(): its message shows the full URL, credentials included
-            cause = httpx.HTTPStatusError(
-                f"HTTP {code}", request=response.request, response=response
-            )
-            raise GuardHTTPError(
-                f"reward server {url} answered HTTP {code}: "
-                f"{_error_snippet(response, self._api_key)}",
-                url=url,
-                status_code=code,
-            ) from cause
+        url = self._http.public_url
+        self._http.raise_for_status(response)
         try:
             data = response.json()
         except ValueError as exc:
@@ -284,20 +220,8 @@ class RemoteRewardScorer:
 
     # -------------------------------------------------------------------- sync
 
-    def _sync_client(self) -> httpx.Client:
-        if self._injected_client is not None:
-            return self._injected_client
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(limits=self._limits)
-            return self._client
-
     def _post(self, body: Mapping[str, Any]) -> float:
-        with _transport_errors(self._public_url, self.timeout):
-            response = self._sync_client().post(
-                self._url, json=body, headers=self._headers, timeout=self.timeout
-            )
-        return self._read(response)
+        return self._read(self._http.post(body))
 
     def _score_one(self, body: Mapping[str, Any]) -> RewardScore:
         started = time.perf_counter()
@@ -306,86 +230,19 @@ class RemoteRewardScorer:
     def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """Score every pair, up to ``max_concurrency`` requests at once; scores in order."""
         bodies = [self._body(pair) for pair in pairs]  # malformed input fails before any I/O
-        if len(bodies) <= 1:
-            return [self._score_one(body) for body in bodies]
-        with ThreadPoolExecutor(min(self.max_concurrency, len(bodies)), "guardrail-reward") as pool:
-            futures = [pool.submit(self._score_one, body) for body in bodies]
-            try:
-                return [future.result() for future in futures]
-            finally:
-                for future in futures:
-                    future.cancel()  # after a failure: skip the requests not yet started
-
-    def close(self) -> None:
-        """Close the sync HTTP client created here (an injected one is left open)."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    def __enter__(self) -> RemoteRewardScorer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return run_batch(self._score_one, bodies, self.max_concurrency, "guardrail-reward")
 
     # ------------------------------------------------------------------- async
 
-    def _async_client(self) -> httpx.AsyncClient:
-        if self._injected_aclient is not None:
-            return self._injected_aclient
-        # pooled connections belong to the loop that opened them
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aclient_loop is not loop:
-            self._aclient = httpx.AsyncClient(limits=self._limits)
-            self._aclient_loop = loop
-        return self._aclient
-
     async def _apost(self, body: Mapping[str, Any]) -> float:
-        with _transport_errors(self._public_url, self.timeout):
-            response = await self._async_client().post(
-                self._url, json=body, headers=self._headers, timeout=self.timeout
-            )
-        return self._read(response)
+        return self._read(await self._http.apost(body))
+
+    async def _ascore_one(self, body: Mapping[str, Any]) -> RewardScore:
+        started = time.perf_counter()
+        value: float = await self._aretrying.copy()(self._apost, body)
+        return self._result(value, started)
 
     async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """Async twin of :meth:`score`: concurrent requests bounded by ``max_concurrency``."""
         bodies = [self._body(pair) for pair in pairs]
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-
-        async def one(body: Mapping[str, Any]) -> RewardScore:
-            async with semaphore:
-                started = time.perf_counter()
-                value: float = await self._aretrying.copy()(self._apost, body)
-                return self._result(value, started)
-
-        tasks = [asyncio.ensure_future(one(body)) for body in bodies]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for task in tasks:
-                task.cancel()  # no-op for finished tasks
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def aclose(self) -> None:
-        """Close the HTTP clients created here, async and sync (injected ones stay open)."""
-        client, self._aclient, self._aclient_loop = self._aclient, None, None
-        if client is not None:
-            await client.aclose()
-        self.close()
-
-    async def __aenter__(self) -> RemoteRewardScorer:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        return await arun_batch(self._ascore_one, bodies, self.max_concurrency)
