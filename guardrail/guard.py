@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guardrail.audit import AuditRecord, AuditSink, StageRecord, sink_from_settings
+from guardrail.audit import AuditRecord, AuditSink, NullSink, StageRecord, sink_from_settings
 from guardrail.audit.record import ErrorEntry, Latency, PolicyRef, RewardEntry
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.effects import Audit, Flow
@@ -174,6 +174,8 @@ class Guard:
 
     def audit(self, trace: Trace) -> None:
         """Write the audit record of one guarded call or check."""
+        if isinstance(self.sink, NullSink):  # nothing is kept: skip building the record
+            return
         stages = [
             StageRecord.from_decision(
                 o.decision,

@@ -340,3 +340,21 @@ def test_an_upstream_error_mid_stream_is_audited(server: LoopbackServer, tmp_pat
         list(wrapped.chat.completions.create(model="m", messages=ask(), stream=True))
     (record,) = records(tmp_path)
     assert any("overloaded" in e.message for e in record.errors)
+
+
+def test_a_null_sink_builds_no_audit_record(
+    llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guardrail.audit import AuditRecord, NullSink
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an audit record was built for a null sink")
+
+    monkeypatch.setattr(AuditRecord, "build", refuse)
+    guard = Guard(policy_none(), classifier=ScriptedClassifier(), sink=NullSink())
+    wrapped = guardrail.wrap(openai.OpenAI(base_url=llm_server.base_url, api_key="k"), guard=guard)
+    assert wrapped.chat.completions.create(model="m", messages=ask()).choices[0].message.content
+
+
+def policy_none() -> Any:
+    return load_policy_text("version: 1\nname: t\naudit: {sink: none}\n")
