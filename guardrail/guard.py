@@ -26,7 +26,7 @@ from guardrail.policy import Policy, evaluate, load_policy
 from guardrail.policy.schema import GuardConfig, StreamingConfig
 from guardrail.reward.base import RewardScore, RewardScorer
 from guardrail.reward.gate import RewardGate
-from guardrail.runners import AsyncRunner, SyncRunner
+from guardrail.runners import AsyncRunner, CheckPace, SyncRunner
 from guardrail.streams import AsyncGuardedStream, GuardedStream
 from guardrail.types import Decision, Stage, Verdict
 
@@ -97,6 +97,7 @@ class Guard:
         self._io_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="guardrail-io"
         )
+        self._pace = CheckPace()  # shared by this guard's sync calls
 
     # -- settings the engine reads ----------------------------------------------------
 
@@ -242,6 +243,7 @@ class Guard:
             checks=self._check_pool,
             io=self._io_pool,
             score=self.score,
+            pace=self._pace,
         )
 
     def _async_runner(self, upstream: Callable[[dict[str, Any]], Any]) -> AsyncRunner:

@@ -33,6 +33,7 @@ What the guard sees of a conversation
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -419,49 +420,12 @@ def parse_verdict(
     :class:`~guardrail.errors.VerdictParseError`, so it can never read as Safe.
     """
     stage = Stage(stage)
-    lines = [_clean_line(raw) for raw in _strip_think(text).splitlines()]
-    lines = [ln for ln in lines if ln and not _NOISE_LINE.match(ln)]
-    if not lines:
-        raise VerdictParseError("empty guard output", text=text)
-    first = _FIELD_LINE.match(lines[0])
-    if first is None or first.group(1).lower() != "safety":
-        raise VerdictParseError("guard output does not start with a 'Safety:' line", text=text)
-    level = _LEVELS.get(_clean_value(first.group(2)).lower())
-    if level is None:
-        raise VerdictParseError(f"unknown safety level {first.group(2)!r}", text=text)
-
-    categories: list[Category] = []
-    refusal: bool | None = None
-    seen: set[str] = set()
-    for line in lines[1:]:
-        match = _FIELD_LINE.match(line)
-        if match is None:
-            continue  # extra trailing text is tolerated; the verdict lines decide
-        name = match.group(1).lower()
-        name = "categories" if name == "category" else name
-        if name in seen or name == "safety":
-            continue
-        seen.add(name)
-        value = _clean_value(match.group(2))
-        if name == "categories":
-            for item in (_clean_value(v) for v in value.split(",")):
-                if not item or item.lower() == "none":
-                    continue
-                category = _CATEGORIES.get(item.lower())
-                if category is None:
-                    raise VerdictParseError(f"unknown category {item!r}", text=text)
-                if category not in categories:
-                    categories.append(category)
-        elif stage is Stage.RESPONSE:
-            parsed = _REFUSALS.get(value.lower())
-            if parsed is None:
-                raise VerdictParseError(f"unknown refusal value {value!r}", text=text)
-            refusal = parsed
+    level, categories, refusal = _parse_fields(text, stage)
     return Verdict(
         stage=stage,
         level=level,
         category=categories[0] if categories else None,
-        categories=tuple(categories),
+        categories=categories,
         refusal=refusal if stage is Stage.RESPONSE else None,
         level_probs=level_probs,
         category_probs=category_probs,
@@ -501,6 +465,50 @@ FIELD_VALUES: dict[str, tuple[str, ...]] = {
     "categories": (*(c.value for c in Category), "None"),
     "refusal": ("Yes", "No"),
 }
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_fields(text: str, stage: Stage) -> tuple[SafetyLevel, tuple[Category, ...], bool | None]:
+    # Guards repeat a handful of distinct outputs: parse each text once.
+    lines = [_clean_line(raw) for raw in _strip_think(text).splitlines()]
+    lines = [ln for ln in lines if ln and not _NOISE_LINE.match(ln)]
+    if not lines:
+        raise VerdictParseError("empty guard output", text=text)
+    first = _FIELD_LINE.match(lines[0])
+    if first is None or first.group(1).lower() != "safety":
+        raise VerdictParseError("guard output does not start with a 'Safety:' line", text=text)
+    level = _LEVELS.get(_clean_value(first.group(2)).lower())
+    if level is None:
+        raise VerdictParseError(f"unknown safety level {first.group(2)!r}", text=text)
+
+    categories: list[Category] = []
+    refusal: bool | None = None
+    seen: set[str] = set()
+    for line in lines[1:]:
+        match = _FIELD_LINE.match(line)
+        if match is None:
+            continue  # extra trailing text is tolerated; the verdict lines decide
+        name = match.group(1).lower()
+        name = "categories" if name == "category" else name
+        if name in seen or name == "safety":
+            continue
+        seen.add(name)
+        value = _clean_value(match.group(2))
+        if name == "categories":
+            for item in (_clean_value(v) for v in value.split(",")):
+                if not item or item.lower() == "none":
+                    continue
+                category = _CATEGORIES.get(item.lower())
+                if category is None:
+                    raise VerdictParseError(f"unknown category {item!r}", text=text)
+                if category not in categories:
+                    categories.append(category)
+        elif stage is Stage.RESPONSE:
+            parsed = _REFUSALS.get(value.lower())
+            if parsed is None:
+                raise VerdictParseError(f"unknown refusal value {value!r}", text=text)
+            refusal = parsed
+    return level, tuple(categories), refusal
 
 
 def match_field_value(token: str, values: Sequence[str]) -> str | None:

@@ -3,6 +3,12 @@
 :class:`SyncRunner` performs effects with threads: upstream calls and stream
 reads on one pool, guard checks on another (so abandoned upstream calls can never
 starve the guard), each check's deadline counted from when it starts running.
+A thread handoff costs about as much as a check by an instant classifier (a
+rule, a cache hit, a scripted fake), so the sync runner avoids the handoffs it
+can: checks of a guard whose recent checks were all near-instant run on the
+caller's thread (:class:`CheckPace`), and an upstream call or stream read is
+started on a worker only when the flow next waits on something else; when the
+flow waits for that call or read first, it runs on the caller's thread.
 :class:`AsyncRunner` performs them with tasks and never blocks the event loop
 (audit writes run in a worker thread).
 
@@ -56,6 +62,12 @@ T = TypeVar("T")
 QUEUE_LIMIT_S = 60.0
 """How long a check may wait for a free guard worker before it counts as timed out."""
 
+INLINE_BELOW_S = 0.0005
+"""Checks faster than this (about a thread handoff) may run on the caller's thread."""
+
+INLINE_AFTER = 16
+"""Consecutive checks under :data:`INLINE_BELOW_S` before checks run inline."""
+
 
 def _timeout_error(what: str, timeout: float) -> GuardTimeoutError:
     return GuardTimeoutError(f"{what} check exceeded its {timeout:g}s deadline")
@@ -64,8 +76,31 @@ def _timeout_error(what: str, timeout: float) -> GuardTimeoutError:
 # ------------------------------------------------------------------------------ sync
 
 
+class CheckPace:
+    """How fast one guard's recent checks were: decides whether sync checks run inline.
+
+    After :data:`INLINE_AFTER` consecutive checks under :data:`INLINE_BELOW_S`, the
+    sync runner runs checks on the caller's thread; the first slower check sends
+    them back to the worker pool, where deadlines are enforced while they run. An
+    inline check that overruns its deadline still fails as timed out (its verdict
+    is discarded) once it returns.
+    """
+
+    def __init__(self) -> None:
+        self._streak = 0  # races between threads can only lose a count: harmless
+
+    @property
+    def inline(self) -> bool:
+        """Whether checks may run on the caller's thread."""
+        return self._streak >= INLINE_AFTER
+
+    def record(self, seconds: float) -> None:
+        """Note how long a check took."""
+        self._streak = self._streak + 1 if seconds < INLINE_BELOW_S else 0
+
+
 class _Job:
-    """A check submitted to a pool; remembers when it started running."""
+    """A check submitted to a pool (or run inline); remembers when it started running."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.started = threading.Event()
@@ -77,6 +112,32 @@ class _Job:
         self.t0 = time.perf_counter()
         self.started.set()
         return self._fn()
+
+    def run_here(self, timeout: float | None, what: str) -> _Job:
+        """Run on the caller's thread; an overrun of ``timeout`` becomes a timeout error."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            result = self()
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            if timeout is not None and time.perf_counter() - self.t0 > timeout:
+                future.set_exception(_timeout_error(what, timeout))
+            else:
+                future.set_result(result)
+        self.future = future
+        return self
+
+
+class _Deferred:
+    """An upstream call or stream read, started only once the flow waits on something else."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn = fn
+        self.args = args
+        self.future: concurrent.futures.Future[Any] | None = None
+        self.settled = False
+        """Run inline or dropped: nothing is left to start or cancel."""
 
 
 def _close_result(future: concurrent.futures.Future[Any]) -> None:
@@ -100,6 +161,7 @@ class SyncRunner:
         checks: concurrent.futures.Executor,
         io: concurrent.futures.Executor,
         score: Callable[[Sequence[Conversation]], Scores] | None = None,
+        pace: CheckPace | None = None,
     ) -> None:
         self._classify = classify
         self._score = score
@@ -108,6 +170,8 @@ class SyncRunner:
         self._timeout = timeout_s
         self._checks = checks
         self._io = io
+        self._pace = pace if pace is not None else CheckPace()
+        self._pending: list[_Deferred] = []
 
     def run(self, flow: Flow[T]) -> T:
         """Drive a flow that emits nothing to completion and return its result."""
@@ -163,14 +227,69 @@ class SyncRunner:
                 except Exception as exc:
                     error = exc
 
-    def _start_check(self, effect: Check | StartCheck) -> _Job:
-        stage, conversations = effect.stage, effect.conversations
-        return self._submit(lambda: self._classify(stage, conversations))
+    def _timed(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        started = time.perf_counter()
+        try:
+            return self._classify(stage, conversations)
+        finally:
+            self._pace.record(time.perf_counter() - started)
 
-    def _submit(self, fn: Callable[[], Any]) -> _Job:
-        job = _Job(fn)
+    def _check_here(self, effect: Check) -> list[Verdict]:
+        """Run a check on the caller's thread; an overrun of the deadline is a timeout."""
+        started = time.perf_counter()
+        verdicts = self._timed(effect.stage, effect.conversations)
+        if self._timeout is not None and time.perf_counter() - started > self._timeout:
+            raise _timeout_error(effect.stage.value, self._timeout)
+        return verdicts
+
+    def _start_check(self, effect: Check | StartCheck, what: str) -> _Job:
+        stage, conversations = effect.stage, effect.conversations
+        job = _Job(lambda: self._timed(stage, conversations))
+        if self._pace.inline:
+            return job.run_here(self._timeout, what)
+        return self._submit_job(job)
+
+    def _submit_job(self, job: _Job) -> _Job:
+        self._launch()  # the caller is about to wait: start deferred calls first
         job.future = self._checks.submit(job)
         return job
+
+    def _launch(self) -> None:
+        """Start every deferred upstream call or read on a worker."""
+        for deferred in self._pending:
+            deferred.future = self._io.submit(deferred.fn, *deferred.args)
+        self._pending.clear()
+
+    def _defer(self, fn: Callable[..., Any], *args: Any) -> _Deferred:
+        deferred = _Deferred(fn, *args)
+        self._pending.append(deferred)
+        return deferred
+
+    def _settle(self, handle: Any) -> Any:
+        """The result of an upstream call or read; one not started yet runs inline."""
+        if not isinstance(handle, _Deferred):
+            return handle.result()
+        if handle.future is not None:
+            return handle.future.result()
+        self._pending.remove(handle)
+        handle.settled = True
+        self._launch()
+        return handle.fn(*handle.args)
+
+    def _cancel(self, handle: Any) -> None:
+        if isinstance(handle, _Deferred):
+            if handle.future is None:  # never started: nothing to abandon
+                if not handle.settled:
+                    self._pending.remove(handle)
+                    handle.settled = True
+                return
+            handle = handle.future
+        elif isinstance(handle, _Job):
+            handle = handle.future
+        # A running thread cannot be interrupted: its answer is abandoned, never
+        # returned, and a stream it opens is closed.
+        if handle is not None and not handle.cancel():
+            handle.add_done_callback(_close_result)
 
     def _remaining(self, job: _Job) -> float | None:
         """Seconds left before the job's deadline (waiting for it to start if queued)."""
@@ -189,48 +308,54 @@ class SyncRunner:
         except concurrent.futures.TimeoutError:
             raise _timeout_error(what, self._timeout or 0.0) from None
 
-    def _wait_first(self, read: concurrent.futures.Future[Any], job: _Job) -> First:
+    def _wait_first(self, read: _Deferred, job: _Job) -> First:
         assert job.future is not None
+        if job.future.done():
+            return "check"
+        self._launch()
+        assert read.future is not None
         remaining = self._remaining(job)
         done, _ = concurrent.futures.wait(
-            [job.future, read], timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED
+            [job.future, read.future],
+            timeout=remaining,
+            return_when=concurrent.futures.FIRST_COMPLETED,
         )
-        return "read" if read in done and job.future not in done else "check"
+        return "read" if read.future in done and job.future not in done else "check"
 
     def _perform(self, effect: Effect) -> Any:
         if isinstance(effect, Check):
-            return self._await_check(self._start_check(effect), effect.stage.value)
+            if self._pace.inline:
+                return self._check_here(effect)
+            what = effect.stage.value
+            return self._await_check(self._start_check(effect, what), what)
         if isinstance(effect, Score):
             score = self._score
             if score is None:
                 raise ConfigurationError("no reward models are configured")
             conversations = effect.conversations
-            return self._await_check(self._submit(lambda: score(conversations)), "reward")
+            return self._await_check(self._submit_job(_Job(lambda: score(conversations))), "reward")
         if isinstance(effect, StartCheck):
-            return self._start_check(effect)
+            return self._start_check(effect, "streamed")
         if isinstance(effect, AwaitCheck):
+            if not effect.handle.future.done():
+                self._launch()
             return self._await_check(effect.handle, "streamed")
         if isinstance(effect, CheckDone):
             return effect.handle.future.done()
         if isinstance(effect, StartUpstream):
-            return self._io.submit(self._upstream, effect.params)
-        if isinstance(effect, AwaitUpstream):
-            return effect.handle.result()
+            return self._defer(self._upstream, effect.params)
+        if isinstance(effect, AwaitUpstream | AwaitRead):
+            return self._settle(effect.handle)
         if isinstance(effect, CancelUpstream):
-            handle = effect.handle.future if isinstance(effect.handle, _Job) else effect.handle
-            # A running thread cannot be interrupted: its answer is abandoned, never
-            # returned, and a stream it opens is closed.
-            if handle is not None and not handle.cancel():
-                handle.add_done_callback(_close_result)
+            self._cancel(effect.handle)
             return None
-        if isinstance(effect, CallUpstream):
-            return self._upstream(effect.params)
         if isinstance(effect, StartRead):
-            return self._io.submit(next, effect.stream, END)
-        if isinstance(effect, AwaitRead):
-            return effect.handle.result()
+            return self._defer(next, effect.stream, END)
         if isinstance(effect, WaitFirst):
             return self._wait_first(effect.read, effect.check)
+        self._launch()  # everything below blocks
+        if isinstance(effect, CallUpstream):
+            return self._upstream(effect.params)
         if isinstance(effect, CloseStream):
             effect.stream.close()
             return None
