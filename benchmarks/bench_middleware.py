@@ -1,8 +1,8 @@
 """(b) middleware overhead, (c) latency hiding, (d) streaming: the guard flow around the LLM.
 
-All three use the real ``openai`` client against a loopback upstream, with a
-scripted in-process guard so that only the SDK's own work (or its scheduling of
-the guard's delay) is measured.
+All three use the real ``openai`` client against a loopback upstream served from
+another process, with a scripted in-process guard so that only the SDK's own
+work (or its scheduling of the guard's delay) is measured.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 from common import Row, iqr, median, percentile, row
-from fakellm import fake_llm
+from upstream import upstream_process
 
 import guardrail
 from guardrail.audit import JsonlSink, NullSink
@@ -43,15 +43,15 @@ def overhead(quick: bool) -> list[Row]:
     """Wrapped vs raw client, interleaved call by call, with an instant guard."""
     n, warm = (300, 50) if quick else (3000, 200)
     rows: list[Row] = []
-    with fake_llm(lambda m, i: ANSWER) as llm, tempfile.TemporaryDirectory() as tmp:
-        raw = openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0)
+    with upstream_process(ANSWER) as url, tempfile.TemporaryDirectory() as tmp:
+        raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
         for label, sink in (
             ("audit to JSONL", JsonlSink(Path(tmp) / "audit.jsonl")),
             ("no audit sink", NullSink()),
         ):
             guard = guardrail.Guard(_policy(), classifier=ScriptedClassifier(), sink=sink)
             wrapped = guardrail.wrap(
-                openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0), guard=guard
+                openai.OpenAI(base_url=url, api_key="k", max_retries=0), guard=guard
             )
             raw_t: list[float] = []
             diff: list[float] = []
@@ -85,14 +85,12 @@ def latency_hiding(quick: bool) -> list[Row]:
     reps = 3 if quick else 10
     ideal = max(UPSTREAM_S, GUARD_S) + GUARD_S
     rows: list[Row] = []
-    with fake_llm(lambda m, i: ANSWER, delay_s=UPSTREAM_S) as llm:
+    with upstream_process(ANSWER, delay_s=UPSTREAM_S) as url:
         guard = guardrail.Guard(
             _policy(), classifier=ScriptedClassifier(delay_s=GUARD_S), sink=NullSink()
         )
-        client = guardrail.wrap(openai.OpenAI(base_url=llm.base_url, api_key="k"), guard=guard)
-        aclient = guardrail.wrap(
-            openai.AsyncOpenAI(base_url=llm.base_url, api_key="k"), guard=guard
-        )
+        client = guardrail.wrap(openai.OpenAI(base_url=url, api_key="k"), guard=guard)
+        aclient = guardrail.wrap(openai.AsyncOpenAI(base_url=url, api_key="k"), guard=guard)
         client.chat.completions.create(model="m", messages=MESSAGES)  # warm-up
         sync_t = []
         for _ in range(reps):
@@ -145,12 +143,12 @@ def streaming(quick: bool) -> list[Row]:
     """Check-before-release streaming: time to first released token and total time."""
     reps = 3 if quick else 10
     policy = _policy("streaming: {release: check_before_release, chunk_chars: 120}\n")
-    with fake_llm(lambda m, i: STREAM_TEXT, chunk_delay_s=CHUNK_DELAY_S) as llm:
-        raw = openai.OpenAI(base_url=llm.base_url, api_key="k")
+    with upstream_process(STREAM_TEXT, chunk_delay_s=CHUNK_DELAY_S) as url:
+        raw = openai.OpenAI(base_url=url, api_key="k")
         guard = guardrail.Guard(
             policy, classifier=ScriptedClassifier(delay_s=CHECK_S), sink=NullSink()
         )
-        wrapped = guardrail.wrap(openai.OpenAI(base_url=llm.base_url, api_key="k"), guard=guard)
+        wrapped = guardrail.wrap(openai.OpenAI(base_url=url, api_key="k"), guard=guard)
         _stream(raw)
         _stream(wrapped)
         raw_runs = []

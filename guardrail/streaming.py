@@ -7,11 +7,13 @@ caller), or releases them at once and only stops the stream when a check fails
 
 Every channel a chunk can carry counts: ``content``, ``refusal``, reasoning
 (``reasoning_content`` / ``reasoning``) and tool-call names and arguments. New
-text is cut into checks at a sentence end once a quarter of ``chunk_chars`` has
-accumulated, or at ``chunk_chars`` regardless. Each check judges an assistant
-message holding its new text plus up to ``context_chars`` of the text before it
-(and the tool calls so far), so an answer is never judged only in fragments;
-when the upstream ends, one final check judges each choice's whole message.
+text is cut into checks after a chunk holding a sentence end once a quarter of
+``chunk_chars`` has accumulated, or at ``chunk_chars`` regardless. Each check
+judges an assistant message holding its new text plus up to ``context_chars`` of
+the text before it (and the tool calls so far), so an answer is never judged
+only in fragments;
+one final check judges each choice's whole message, started as soon as the
+choice's ``finish_reason`` arrives (or when the upstream ends without one).
 Chunks that end a choice (``finish_reason``) are held until that final check
 passes, so a failing final check can still end the stream with
 ``finish_reason="content_filter"``.
@@ -28,7 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026]['\")\]]?\s*$|\n\s*$")
+# A sentence ends inside a delta too ("dog. The"): upstreams split text anywhere.
+_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026]['\")\]]?(?:\s|$)|\n")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class _Choice:
     queued_content: int = 0
     queued_reasoning: int = 0
     passed: int = 0  # `length` up to which checks passed
+    final_queued: bool = False  # a final check covering `queued` has started
     final_passed: bool = False
     finish_released: bool = False
 
@@ -175,11 +179,17 @@ class StreamState:
                 slot = choice.tools.setdefault(k, ["", ""])
                 slot[0] += name
                 slot[1] += arguments
-            choice.length += len(visible) + len(reasoning)
-            choice.length += sum(len(n) + len(a) for _, n, a in tools)
+            grown = len(visible) + len(reasoning) + sum(len(n) + len(a) for _, n, a in tools)
+            if grown and choice.final_queued:  # text after the choice's end: judge again
+                choice.final_queued = choice.final_passed = False
+            choice.length += grown
             ends[index] = choice.length
             if raw.finish_reason is not None:
                 finishes.append(index)
+                # The choice is complete: its final check need not wait for the stream's end.
+                choice.final_queued = True
+                step.checks.append(self._segment(index, final=True))
+                continue
             pending = choice.length - choice.queued
             at_sentence_end = bool(visible) and _SENTENCE_END.search(visible) is not None
             if pending >= self.chunk_chars or (pending >= self.min_chars and at_sentence_end):
@@ -189,15 +199,20 @@ class StreamState:
         return step
 
     def finish(self) -> list[SegmentCheck]:
-        """The upstream ended: one final check per choice over its whole message."""
+        """The upstream ended: a final check over the whole message of each choice not yet
+        finally checked."""
         self.finished = True
-        return [self._segment(index, final=True) for index in self.indices]
+        return [
+            self._segment(index, final=True)
+            for index in self.indices
+            if not self._choices[index].final_queued
+        ]
 
     def passed(self, check: SegmentCheck) -> list[Any]:
         """A check passed (report one choice's checks in order); returns releasable chunks."""
         choice = self._choices[check.index]
         choice.passed = max(choice.passed, check.end)
-        if check.final:
+        if check.final and check.end == choice.length:  # nothing arrived after it
             choice.final_passed = True
         return self._releasable()
 

@@ -66,15 +66,27 @@ def test_each_check_carries_context_from_before() -> None:
     assert second.text == "defghijkl"  # 3 chars of context + the new text
 
 
-def test_finish_chunk_waits_for_the_final_check() -> None:
+def test_finish_chunk_starts_the_final_check_and_waits_for_it() -> None:
     state = StreamState(chunk_chars=100)
     state.feed(chunk("short answer"))
-    assert state.feed(chunk(None, finish="stop")).release == []
-    (final,) = state.finish()
+    step = state.feed(chunk(None, finish="stop"))
+    assert step.release == []
+    (final,) = step.checks  # started with the finish, not at the stream's end
     assert (final.final, final.text) == (True, "short answer")
+    assert state.finish() == []
     released = state.passed(final)
     assert texts(released) == ["short answer", None]
     assert released[-1].choices[0].finish_reason == "stop"
+
+
+def test_text_after_a_finish_is_judged_again_before_release() -> None:
+    state = StreamState(chunk_chars=100)
+    (first,) = state.feed(chunk("fine", finish="stop")).checks
+    assert state.feed(chunk(" late text")).checks == []
+    assert state.passed(first) == []  # the late text is unchecked: nothing goes out
+    (again,) = state.finish()
+    assert (again.final, again.text) == (True, "fine late text")
+    assert texts(state.passed(again)) == ["fine", " late text"]
 
 
 def test_release_before_check_mode_still_holds_the_finish() -> None:
@@ -82,8 +94,9 @@ def test_release_before_check_mode_still_holds_the_finish() -> None:
     step = state.feed(chunk("unchecked text"))
     assert texts(step.release) == ["unchecked text"]
     assert len(step.checks) == 1
-    assert state.feed(chunk(None, finish="stop")).release == []
-    (final,) = state.finish()
+    step = state.feed(chunk(None, finish="stop"))
+    assert step.release == []
+    (final,) = step.checks
     assert state.passed(final)[0].choices[0].finish_reason == "stop"
 
 
