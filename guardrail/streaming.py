@@ -199,8 +199,7 @@ class StreamState:
         return step
 
     def finish(self) -> list[SegmentCheck]:
-        """The upstream ended: a final check over the whole message of each choice not yet
-        finally checked."""
+        """The upstream ended: final checks of the choices whose finish never arrived."""
         self.finished = True
         return [
             self._segment(index, final=True)
