@@ -16,6 +16,7 @@ are guarded: other generation APIs of the client (``responses``, legacy
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from guardrail.policy import Policy
 
 ClientT = TypeVar("ClientT")
+ProxyT = TypeVar("ProxyT", bound="_Proxy")
 
 # Attributes that would hand out model output without going through the guard.
 _UNGUARDED = ("with_raw_response", "with_streaming_response", "stream")
@@ -59,6 +61,14 @@ class _Proxy:
 
     def __repr__(self) -> str:
         return f"<guarded {self._wrapped!r}>"
+
+    def _child(self, name: str, inner: Any, make: Callable[[Any, Guard], ProxyT]) -> ProxyT:
+        # Wrappers of the client's (stable) sub-resources are built once, not per call.
+        cached = self.__dict__.get(name)
+        if cached is None or cached._wrapped is not inner:
+            cached = make(inner, self._guard)
+            object.__setattr__(self, name, cached)
+        return cast("ProxyT", cached)
 
 
 class _GuardedCompletions(_Proxy):
@@ -98,11 +108,14 @@ class _GuardedChat(_Proxy):
 
     @property
     def completions(self) -> _GuardedCompletions:
-        inner = self._wrapped.completions
-        # openai decorates create(); unwrap to see whether it is a coroutine function.
-        is_async = inspect.iscoroutinefunction(inspect.unwrap(inner.create))
-        cls = _AsyncGuardedCompletions if is_async else _GuardedCompletions
-        return cls(inner, self._guard)
+        return self._child("_completions", self._wrapped.completions, _completions)
+
+
+def _completions(inner: Any, guard: Guard) -> _GuardedCompletions:
+    # openai decorates create(); unwrap to see whether it is a coroutine function.
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(inner.create))
+    cls = _AsyncGuardedCompletions if is_async else _GuardedCompletions
+    return cls(inner, guard)
 
 
 class _GuardedBeta(_Proxy):
@@ -122,11 +135,11 @@ class _GuardedClient(_Proxy):
 
     @property
     def chat(self) -> _GuardedChat:
-        return _GuardedChat(self._wrapped.chat, self._guard)
+        return self._child("_chat", self._wrapped.chat, _GuardedChat)
 
     @property
     def beta(self) -> _GuardedBeta:
-        return _GuardedBeta(self._wrapped.beta, self._guard)
+        return self._child("_beta", self._wrapped.beta, _GuardedBeta)
 
     def with_options(self, **options: Any) -> Any:
         """A wrapped copy of the client with other options (same guard)."""
