@@ -16,8 +16,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guardrail.audit import AuditRecord, AuditSink, NullSink, StageRecord, sink_from_settings
-from guardrail.audit.record import ErrorEntry, Latency, PolicyRef, RewardEntry
+from guardrail.audit import (
+    AuditRecord,
+    AuditSink,
+    NullSink,
+    json_writer,
+    record_dict,
+    sink_from_settings,
+    stage_dict,
+)
+from guardrail.audit.record import PolicyRef
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.effects import Audit, Flow
 from guardrail.engine import Trace, check, completion_flow, stream_flow
@@ -175,31 +183,35 @@ class Guard:
 
     def audit(self, trace: Trace) -> None:
         """Write the audit record of one guarded call or check."""
-        if isinstance(self.sink, NullSink):  # nothing is kept: skip building the record
+        sink = self.sink
+        if isinstance(sink, NullSink):  # nothing is kept: skip building the record
             return
+        content = self.policy.audit.content
+        # The record is built as its plain JSON dict, without pydantic models: sinks with
+        # a write_json (the built-in ones) take the dict; others get it validated as a record.
         stages = [
-            StageRecord.from_decision(
+            stage_dict(
                 o.decision,
                 latency_s=o.latency_s,
                 error=trace.outcome_errors.get(i),
                 attempt=o.attempt + 1,
                 candidate=o.candidate,
-                raw_text=True,
+                raw_text=content == "full",
             )
             for i, o in enumerate(trace.outcomes)
         ]
         # Guard failures are recorded with their stage; upstream and reward-model
         # failures (which no stage decision carries) are added here.
         errors = [
-            ErrorEntry(
-                stage=Stage.RESPONSE if where == "reward" else None,
-                type=type(exc).__name__,
-                message=f"reward model: {exc}" if where == "reward" else str(exc),
-            )
+            {
+                "stage": Stage.RESPONSE.value if where == "reward" else None,
+                "type": type(exc).__name__,
+                "message": f"reward model: {exc}" if where == "reward" else str(exc),
+            }
             for where, exc in trace.errors
             if where in ("upstream", "reward")
         ]
-        record = AuditRecord.build(
+        data = record_dict(
             policy=self._policy_ref,
             stages=stages,
             mode=trace.mode,
@@ -208,29 +220,33 @@ class Guard:
             final_action=trace.action,
             flags=trace.flags,
             blocked_stage=trace.blocked_stage,
-            latency=Latency(
-                guard_s=trace.guard_s,
-                upstream_s=trace.upstream_s if trace.mode != "check" else None,
-                total_s=trace.elapsed(),
-            ),
+            latency={
+                "guard_s": trace.guard_s,
+                "upstream_s": trace.upstream_s if trace.mode != "check" else None,
+                "total_s": trace.elapsed(),
+            },
             errors=errors,
             rewards=[
-                RewardEntry(
-                    candidate=candidate or 0,
-                    model=score.model,
-                    score=score.score,
-                    normalized=score.normalized,
-                    hybrid=hybrid,
-                )
+                {
+                    "candidate": candidate or 0,
+                    "model": score.model,
+                    "score": score.score,
+                    "normalized": score.normalized,
+                    "hybrid": hybrid,
+                }
                 for candidate, score, hybrid in trace.rewards
             ],
             prompt=_last_user_text(trace.messages),
             response="\n\n".join(trace.responses) if trace.responses else None,
-            content_mode=self.policy.audit.content,
+            content_mode=content,
             truncate_chars=self.policy.audit.truncate_chars,
             request_id=trace.request_id,
         )
-        self.sink.write(record)
+        write_json = json_writer(sink)
+        if write_json is not None:
+            write_json(data)
+        else:
+            sink.write(AuditRecord.model_validate(data))
 
     # -- runners ----------------------------------------------------------------------
 

@@ -19,29 +19,42 @@ import structlog
 from structlog.testing import capture_logs
 
 from guardrail.audit import (
+    CONTENT_MODES,
     GENESIS_HASH,
     AuditFileError,
     AuditRecord,
     AuditSink,
+    ErrorEntry,
     JsonlSink,
+    Latency,
     LoggerSink,
     NullSink,
+    PolicyRef,
     RecordFilter,
+    RewardEntry,
     StageRecord,
     StdoutSink,
     StreamSink,
+    canonical_json,
     content_view,
     filter_records,
+    json_writer,
     read_records,
+    record_dict,
     record_hash,
     sink_from_settings,
+    stage_dict,
     summarize,
     verify_chain,
     verify_file,
 )
 from guardrail.audit.chain import HashChain
+from guardrail.engine import Trace
 from guardrail.errors import AuditError, ConfigurationError, GuardTimeoutError
+from guardrail.guard import Guard
+from guardrail.policy import Policy
 from guardrail.qwen3guard import combine_verdicts
+from guardrail.testing import ScriptedClassifier
 from guardrail.types import (
     Action,
     Category,
@@ -940,3 +953,410 @@ def test_undecodable_bytes_are_a_hash_mismatch(tmp_path: Path) -> None:
     problem = verify_file(path).problem
     assert problem is not None
     assert (problem.line, problem.kind) == (1, "hash_mismatch")
+
+
+# ------------------------------------------------------------ the JSON dict path
+
+
+def same_json(got: Any, expected: Any) -> None:
+    """Equal values, and equal types and key order too (1 == 1.0, but not in a log)."""
+    assert got == expected
+    assert json.dumps(got) == json.dumps(expected)
+    assert canonical_json(got) == canonical_json(expected)
+
+
+def dict_path_cases() -> dict[str, dict[str, Any]]:
+    """AuditRecord.build arguments covering every derivation and argument form."""
+    unsafe_prompt = verdict(Stage.PROMPT, SafetyLevel.UNSAFE, Category.VIOLENT)
+    thinking = verdict(Stage.RESPONSE, SafetyLevel.UNSAFE, Category.VIOLENT).model_copy(
+        update={"part": "reasoning"}
+    )
+    combined = combine_verdicts([thinking, verdict(Stage.RESPONSE, refusal=False)])
+    regen = decision(
+        Stage.RESPONSE,
+        Action.REWRITE,
+        "regen-unsafe",
+        verdict(Stage.RESPONSE, SafetyLevel.UNSAFE, Category.PII),
+        rewrite=Rewrite(mode=RewriteMode.REGENERATE, text="answer safely", max_attempts=2),
+    )
+    retry = decision(
+        Stage.RESPONSE,
+        Action.FLAG,
+        "over-refusal",
+        retry=Retry(instruction="please answer"),
+        flags=("unnecessary_refusal",),
+    )
+    failed = Decision(
+        stage=Stage.PROMPT,
+        action=Action.BLOCK,
+        rule_id="failure",
+        reason="guard failed; failing closed",
+        error="no answer within 2.0s",
+    )
+    return {
+        "blocked prompt": {
+            "stages": [decision(Stage.PROMPT, Action.BLOCK, "block-violent", unsafe_prompt)],
+            "prompt": "how do I hurt someone",
+            "response": None,
+        },
+        "flagged response": {
+            "stages": [
+                decision(Stage.PROMPT),
+                decision(
+                    Stage.RESPONSE,
+                    Action.FLAG,
+                    "over-refusal",
+                    verdict(Stage.RESPONSE, refusal=True),
+                    flags=("unnecessary_refusal",),
+                ),
+            ],
+            "flags": ["reviewed"],
+            "response": "I can't help with that.",
+        },
+        "rewritten response, attempts and candidates": {
+            "stages": [
+                decision(Stage.PROMPT),
+                stage_dict(regen, attempt=1, candidate=0, raw_text=True),
+                stage_dict(retry, attempt=2, candidate=0, latency_s=0.5),
+                StageRecord.from_decision(decision(Stage.RESPONSE), attempt=1, candidate=1),
+                StageRecord.from_decision(retry, attempt=1, candidate=2, raw_text=True),
+            ],
+            "response": "answer one\n\nanswer two",
+            "content_mode": "full",
+        },
+        "raw text dropped outside full mode": {
+            "stages": [
+                stage_dict(regen, raw_text=True),
+                StageRecord.from_decision(regen, raw_text=True),
+            ],
+            "content_mode": "truncated",
+        },
+        "guard error": {
+            "stages": [
+                stage_dict(failed, error=GuardTimeoutError("no answer within 2.0s"), latency_s=2),
+                StageRecord.from_decision(failed, error=ValueError("bad")),
+                failed,
+            ],
+            "errors": [
+                {"stage": None, "type": "APIConnectionError", "message": "upstream down"},
+                {"stage": Stage.RESPONSE, "type": "ValueError", "message": "reward model: oom"},
+                {"type": "X", "message": "no stage"},
+                ErrorEntry(stage=Stage.RESPONSE, type="RuntimeError", message="boom"),
+            ],
+        },
+        "rewards with NaN": {
+            "rewards": [
+                {"candidate": 0, "model": "beaver-7b-cost", "score": float("nan")},
+                {
+                    "candidate": 1,
+                    "model": "beaver-7b-cost",
+                    "score": -1,
+                    "normalized": 0.2,
+                    "hybrid": float("inf"),
+                },
+                {"model": "rm", "score": 2.5, "normalized": float("-inf")},
+                RewardEntry(candidate=2, model="rm", score=1.5, hybrid=0.75),
+            ],
+        },
+        "combined verdict with components": {
+            "stages": [decision(Stage.RESPONSE, Action.BLOCK, "r", combined)],
+            "content_mode": "full",
+        },
+        "explicit fields": {
+            "policy": PolicyRef(name="strict", version="7", hash="sha256:00"),
+            "stages": [decision(Stage.PROMPT, Action.BLOCK, "block", unsafe_prompt)],
+            "final_action": "rewrite",
+            "blocked_stage": "response",
+            "mode": "streaming",
+            "model": "gpt-4o",
+            "guard_model": "remote-guard",
+            "latency": Latency(guard_s=0.5, upstream_s=1e-05, total_s=3.0),
+        },
+        "enum arguments and a latency mapping with ints": {
+            "stages": [decision(Stage.PROMPT), decision(Stage.RESPONSE, Action.BLOCK)],
+            "final_action": Action.BLOCK,
+            "blocked_stage": Stage.RESPONSE,
+            "latency": {"guard_s": 1, "total_s": 2},
+        },
+        "naive time": {"time": datetime(2026, 1, 1, 10, 0, 0, 999999)},
+        "offset time": {
+            "time": datetime(2026, 1, 1, 11, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
+        },
+        "policy mapping with defaults": {"policy": {"name": "bare"}},
+        "nothing checked": {"stages": []},
+    }
+
+
+@pytest.mark.parametrize("case", list(dict_path_cases()))
+def test_record_dict_is_the_built_records_json(case: str) -> None:
+    kw: dict[str, Any] = {
+        "policy": POLICY,
+        "model": "gpt-4o-mini",
+        "prompt": "what is the capital of France?",
+        "response": "Paris.",
+        "time": T0,
+        "request_id": "req0001",
+        **dict_path_cases()[case],
+    }
+    same_json(record_dict(**kw), AuditRecord.build(**kw).to_json_dict())
+
+
+@pytest.mark.parametrize("mode", CONTENT_MODES)
+def test_record_dict_content_modes(mode: str) -> None:
+    kw: dict[str, Any] = {
+        "policy": POLICY,
+        "stages": [decision(Stage.PROMPT), decision(Stage.RESPONSE)],
+        "prompt": "héllo wörld ✓ " * 30,
+        "response": "Paris ✓",
+        "content_mode": mode,
+        "truncate_chars": 9,
+        "time": T0,
+        "request_id": "req0001",
+    }
+    data = record_dict(**kw)
+    same_json(data, AuditRecord.build(**kw).to_json_dict())
+    assert data["content"]["mode"] == mode
+    assert data["content"]["prompt"] == content_view(kw["prompt"], mode, 9)
+
+
+def test_record_dict_defaults_and_checks() -> None:
+    data = record_dict(policy=POLICY, stages=[decision(Stage.PROMPT)])
+    int(data["request_id"], 16)
+    assert len(data["request_id"]) == 32
+    assert data["time"].endswith("Z")
+    assert AuditRecord.model_validate(data).to_json_dict() == data
+    with pytest.raises(ConfigurationError):
+        record_dict(policy=POLICY, content_mode="everything")
+    with pytest.raises(ValueError, match="'final'"):
+        record_dict(policy=POLICY, final_action="final")
+    # build validates what record_dict takes on trust.
+    with pytest.raises(ValueError, match="extra"):
+        AuditRecord.build(policy=POLICY, latency={"guard_s": 1.0, "totl_s": 2.0})
+    with pytest.raises(ValueError, match="greater than or equal"):
+        AuditRecord.build(policy=POLICY, stages=[stage_dict(decision(Stage.PROMPT), attempt=0)])
+    with pytest.raises(ValueError, match="decision"):
+        AuditRecord.build(policy=POLICY, stages=[{"stage": "prompt"}])
+
+
+def test_stage_dict_is_the_stage_records_json() -> None:
+    failed = Decision(stage=Stage.RESPONSE, action=Action.BLOCK, rule_id="failure", error="down")
+    combined = combine_verdicts(
+        [
+            verdict(Stage.RESPONSE, SafetyLevel.UNSAFE).model_copy(update={"part": "reasoning"}),
+            verdict(Stage.RESPONSE, refusal=False),
+        ]
+    )
+    cases: list[tuple[Decision, dict[str, Any]]] = [
+        (decision(Stage.PROMPT), {}),
+        (decision(Stage.PROMPT), {"raw_text": True, "latency_s": 1}),
+        (decision(Stage.RESPONSE), {"verdict": combined, "attempt": 3, "candidate": 2}),
+        (failed, {}),
+        (failed, {"error": GuardTimeoutError("late"), "latency_s": 2.0}),
+        (failed, {"error": "plain message"}),
+    ]
+    for d, kw in cases:
+        same_json(stage_dict(d, **kw), StageRecord.from_decision(d, **kw).model_dump(mode="json"))
+
+
+def test_a_line_of_the_previous_release_is_reproduced(tmp_path: Path) -> None:
+    # The chain heads of this log as the release before the dict path wrote it: the
+    # canonical serialisation and the line format are unchanged, byte for byte.
+    # (Regenerate only for a deliberate change of the record layout.)
+    expected = [
+        "f1334821b3b401a51d64aec44cc816b022510913eb961dcf8354a2bebc7c79ad",
+        "1cf7bf47a44685a0ee3a2677dd76213b3dec527c2c2167555d2f568ff0ace2a7",
+        "9a6374ea2e2030e8568c53a2707ac15884aa2a9747f30807770c7ac25e9b3fbe",
+    ]
+    records = [
+        allow_record(0),
+        block_record(1),
+        flag_record(2, flags=["reviewed"], content_mode="full", prompt="héllo ✓"),
+    ]
+    lines = write_log(tmp_path / "records.jsonl", records)
+    assert [json.loads(x)["hash"] for x in lines] == expected
+    with JsonlSink(tmp_path / "dicts.jsonl") as sink:
+        for r in records:
+            sink.write_json(r.to_json_dict())
+    assert (tmp_path / "dicts.jsonl").read_text(encoding="utf-8") == "".join(lines)
+    assert verify_chain(lines).ok
+
+
+def test_canonical_json_is_the_documented_serialisation() -> None:
+    data = flag_record(1, content_mode="full", prompt="héllo ✓\u2028\x00").to_json_dict()
+    assert canonical_json(data) == json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    cyclic: dict[str, Any] = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(AuditError, match="not serialisable"):
+        canonical_json(cyclic)
+    with pytest.raises(AuditError, match="not serialisable"):
+        canonical_json({"when": T0})
+
+
+def test_seal_leaves_the_dict_alone() -> None:
+    data = allow_record().to_json_dict()
+    before = json.dumps(data)
+    sealed = HashChain().seal(data)
+    assert json.dumps(data) == before
+    assert json.loads(sealed.line)["prev_hash"] == GENESIS_HASH
+
+
+class RecordingSink:
+    """A custom sink: only what the AuditSink protocol promises."""
+
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    def write(self, record: AuditRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+class DictSink(RecordingSink):
+    """A custom sink that opts in to being given JSON dicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dicts: list[dict[str, Any]] = []
+
+    def write_json(self, data: dict[str, Any]) -> None:
+        self.dicts.append(data)
+
+
+class OverridingSink(JsonlSink):
+    """A built-in sink whose subclass overrides write: it is given records."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.records: list[AuditRecord] = []
+
+    def write(self, record: AuditRecord) -> None:
+        self.records.append(record)
+        super().write(record)
+
+
+def test_json_writer_only_for_sinks_whose_write_is_write_json(tmp_path: Path) -> None:
+    jsonl = JsonlSink(tmp_path / "a.jsonl")
+    for sink in (jsonl, StdoutSink(), StreamSink(FlakyStream()), LoggerSink(), NullSink()):
+        assert json_writer(sink) == sink.write_json
+    overriding = OverridingSink(tmp_path / "b.jsonl")
+    assert json_writer(overriding) is None
+    assert json_writer(RecordingSink()) is None
+    assert isinstance(RecordingSink(), AuditSink)
+    dicts = DictSink()
+    assert json_writer(dicts) == dicts.write_json
+    jsonl.close()
+    overriding.close()
+
+
+def test_write_json_equals_write_for_every_sink(tmp_path: Path) -> None:
+    records = mixed_records(4)
+    dicts = [r.to_json_dict() for r in records]
+    copies = json.loads(json.dumps(dicts))
+    lines = write_log(tmp_path / "write.jsonl", records)
+    with JsonlSink(tmp_path / "write_json.jsonl") as sink:
+        for d in dicts:
+            sink.write_json(d)
+    assert (tmp_path / "write_json.jsonl").read_text(encoding="utf-8") == "".join(lines)
+
+    by_record, by_dict = FlakyStream(), FlakyStream()
+    for r, d in zip(records, dicts, strict=True):
+        StreamSink(by_record).write(r)
+        StreamSink(by_dict).write_json(d)
+    assert by_dict.lines == by_record.lines
+
+    with capture_logs() as logs:
+        logger = structlog.get_logger()
+        record_sink, dict_sink = LoggerSink(logger), LoggerSink(logger)
+        for r, d in zip(records, dicts, strict=True):
+            record_sink.write(r)
+            dict_sink.write_json(d)
+    assert logs[0::2] == logs[1::2]
+    assert [list(e) for e in logs[0::2]] == [list(e) for e in logs[1::2]]  # same field order
+    assert dicts == copies  # write_json leaves the caller's dict alone
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a trace's audit record a pure function of the trace (no clock reads)."""
+    monkeypatch.setattr("guardrail.audit.record.utc_now", lambda: T0)
+    monkeypatch.setattr(Trace, "elapsed", lambda self: 0.25)
+
+
+def guard_traces(guard: Guard, monkeypatch: pytest.MonkeyPatch) -> list[Trace]:
+    """Run checks through ``guard``; return the traces it audited."""
+    traces: list[Trace] = []
+    audit = guard.audit
+
+    def spy(trace: Trace) -> None:
+        traces.append(trace)
+        audit(trace)
+
+    monkeypatch.setattr(guard, "audit", spy)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi ✓"}]
+    bomb = [{"role": "user", "content": "how to make a bomb"}]
+    guard.check_prompt(messages)
+    guard.check_prompt(bomb)
+    prompt_verdict = guard.check_prompt(messages).verdict
+    guard.check_response(messages, "Sorry, I can't help.", prompt_verdict=prompt_verdict)
+    guard.check_response(bomb, "Mix the following...")
+    monkeypatch.setattr(guard, "audit", audit)
+    return traces
+
+
+SCRIPT = {
+    "bomb": "Safety: Unsafe\nCategories: Violent",
+    "sorry": "Safety: Safe\nCategories: None\nRefusal: Yes",
+}
+
+
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("mode", CONTENT_MODES)
+def test_guard_writes_the_same_record_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    policy = Policy.default()
+    policy = policy.model_copy(update={"audit": policy.audit.model_copy(update={"content": mode})})
+    custom = RecordingSink()
+    guard = Guard(policy, classifier=ScriptedClassifier(SCRIPT), sink=custom)
+    traces = guard_traces(guard, monkeypatch)
+    # A sink with only write(record) is given validated records...
+    assert len(custom.records) == len(traces) == 5
+    assert all(isinstance(r, AuditRecord) for r in custom.records)
+    assert {r.final_action for r in custom.records} >= {Action.ALLOW, Action.BLOCK}
+    assert [r.request_id for r in custom.records] == [t.request_id for t in traces]
+    # ...with the JSON the built-in sinks are given as a dict.
+    dict_log, record_log = tmp_path / "dicts.jsonl", tmp_path / "records.jsonl"
+    guard.sink = JsonlSink(dict_log)
+    for trace in traces:
+        guard.audit(trace)
+    guard.close()
+    write_log(record_log, custom.records)
+    assert dict_log.read_bytes() == record_log.read_bytes()
+    assert verify_file(dict_log).count == 5
+    # A subclass of a built-in sink that overrides write is given records too.
+    overriding = OverridingSink(tmp_path / "overriding.jsonl")
+    guard.sink = overriding
+    for trace in traces:
+        guard.audit(trace)
+    overriding.close()
+    assert overriding.records == custom.records
+    assert (tmp_path / "overriding.jsonl").read_bytes() == record_log.read_bytes()
+    # A custom sink with write_json is given the dicts.
+    guard.sink = dicts = DictSink()
+    for trace in traces:
+        guard.audit(trace)
+    assert dicts.records == []
+    assert dicts.dicts == [r.to_json_dict() for r in custom.records]
+
+
+def test_guard_with_a_null_sink_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(**kw: Any) -> Any:
+        raise AssertionError("built a record for a NullSink")
+
+    monkeypatch.setattr("guardrail.guard.record_dict", fail)
+    guard = Guard(Policy.default(), classifier=ScriptedClassifier(), sink=NullSink())
+    assert guard.check_prompt([{"role": "user", "content": "hi"}]).action is Action.ALLOW

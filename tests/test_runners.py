@@ -182,4 +182,3 @@ def test_streams_behave_the_same_with_inline_checks(tmp_path: Path, warmed: bool
     assert "BOOM" not in released
     assert cut[-1].choices[0].finish_reason == "content_filter"
     assert (guard_model.threads[-1] == here) is warmed
-

@@ -5,6 +5,11 @@ The engine builds a record and hands it to a sink::
     record = AuditRecord.build(policy=..., stages=[prompt_decision, response_decision], ...)
     sink.write(record)  # raises AuditError if it was not written
 
+or, skipping the model (what the engine does for the built-in sinks)::
+
+    data = record_dict(policy=..., stages=[prompt_decision, response_decision], ...)
+    sink.write_json(data)  # data == AuditRecord.build(...).to_json_dict()
+
 - :mod:`~guardrail.audit.record`: the record model and :func:`content_view`;
 - :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`;
 - :mod:`~guardrail.audit.sinks`: JSONL file, stdout, app logger and null sinks;
@@ -49,6 +54,8 @@ from guardrail.audit.record import (
     StageRecord,
     VerdictSummary,
     content_view,
+    record_dict,
+    stage_dict,
 )
 from guardrail.audit.sinks import (
     AUDIT_EVENT,
@@ -58,6 +65,7 @@ from guardrail.audit.sinks import (
     NullSink,
     StdoutSink,
     StreamSink,
+    json_writer,
     sink_from_settings,
 )
 
@@ -94,10 +102,13 @@ __all__ = [
     "canonical_json",
     "content_view",
     "filter_records",
+    "json_writer",
     "read_records",
+    "record_dict",
     "record_hash",
     "record_line",
     "sink_from_settings",
+    "stage_dict",
     "summarize",
     "verify_chain",
     "verify_file",

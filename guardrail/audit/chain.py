@@ -42,16 +42,32 @@ _ENCODER = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
 )
 
+try:  # CPython: call the C encoder JSONEncoder.encode would use, built once.
+    from _json import encode_basestring as _c_encode_string
+    from _json import make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover - other interpreters: JSONEncoder.encode
+    _C_ENCODE: Any = None
+else:
+    # The same arguments JSONEncoder.iterencode passes for _ENCODER's options (so the
+    # output is byte-identical), except that it skips the check for circular
+    # references (its id() bookkeeping costs ~10% of an encode): a cycle ends in
+    # RecursionError instead, reported like any other unserialisable value.
+    _C_ENCODE = _c_make_encoder(
+        None, _ENCODER.default, _c_encode_string, None, ":", ",", True, False, False
+    )
+
 
 def canonical_json(data: Mapping[str, Any]) -> str:
     """The one serialisation hashes are computed over.
 
     Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
-    exactly (NaN, infinities, non-JSON types).
+    exactly (NaN, infinities, non-JSON types, circular references).
     """
     try:
+        if _C_ENCODE is not None and type(data) is dict:
+            return "".join(_C_ENCODE(data, 0))
         return _ENCODER.encode(data)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
 
 
@@ -60,16 +76,21 @@ def _with_hash(body_json: str, digest: str) -> str:
     return f'{body_json[:-1]},"hash":"{digest}"}}'
 
 
+def _body(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a record's JSON dict without its ``hash`` field."""
+    body = dict(data)
+    body.pop("hash", None)
+    return body
+
+
 def record_line(data: Mapping[str, Any]) -> str:
     """The line a sealed record is written as (its chain fields as they are)."""
-    body = {k: v for k, v in data.items() if k != "hash"}
-    return _with_hash(canonical_json(body), str(data.get("hash", "")))
+    return _with_hash(canonical_json(_body(data)), str(data.get("hash", "")))
 
 
 def record_hash(data: Mapping[str, Any]) -> str:
     """SHA-256 hex of a record's canonical JSON without its ``hash`` field."""
-    body = {k: v for k, v in data.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(_body(data)).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,12 +116,16 @@ class HashChain:
         self.head = head
 
     def seal(self, data: Mapping[str, Any]) -> SealedRecord:
-        """Chain a record's JSON dict (from ``AuditRecord.to_json_dict()``) after the head."""
-        body = {k: v for k, v in data.items() if k != "hash"}
-        body["prev_hash"] = self.head
+        """Chain a record's JSON dict (``record_dict(...)``, ``AuditRecord.to_json_dict()``).
+
+        ``data`` is not modified: the line is encoded from a copy with ``prev_hash`` set.
+        """
+        head = self.head
+        body = _body(data)
+        body["prev_hash"] = head
         encoded = canonical_json(body)
         digest = hashlib.sha256(encoded.encode("utf-8")).hexdigest()
-        return SealedRecord(line=_with_hash(encoded, digest), prev_hash=self.head, hash=digest)
+        return SealedRecord(line=_with_hash(encoded, digest), prev_hash=head, hash=digest)
 
     def advance(self, sealed: SealedRecord) -> None:
         """Make a written record the new head."""

@@ -1,6 +1,9 @@
 """Where audit records go: a JSONL file, stdout, the app's own logger, or nowhere.
 
-Every sink has ``write(record)`` and ``close()``. A write either lands whole or
+Every sink has ``write(record)`` and ``close()``. The built-in sinks also have
+``write_json(data)``, which writes a record's plain JSON dict
+(:func:`~guardrail.audit.record.record_dict`) without building the model; the
+engine uses it when :func:`json_writer` finds it. A write either lands whole or
 raises :class:`~guardrail.errors.AuditError`: a safety layer never drops an
 audit record silently, and the engine decides what a failed write means for
 the call. A failed write never advances the hash chain, so the next record
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
@@ -52,7 +56,15 @@ _S = TypeVar("_S", bound="_Sink")
 
 
 class _Sink:
-    """Context-manager support shared by the sinks."""
+    """What the built-in sinks share: ``write`` by way of ``write_json``, context management."""
+
+    def write(self, record: AuditRecord) -> None:
+        """Write one record; raise :class:`~guardrail.errors.AuditError` if it was not written."""
+        self.write_json(record.to_json_dict())
+
+    def write_json(self, data: dict[str, Any]) -> None:
+        """Write one record given as its JSON dict (``record_dict(...)``), unmodified."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release the sink's resources (nothing to release by default)."""
@@ -69,10 +81,29 @@ class _Sink:
         self.close()
 
 
+def json_writer(sink: AuditSink) -> Callable[[dict[str, Any]], None] | None:
+    """The sink's ``write_json``, to hand it a record as its JSON dict; ``None`` if none.
+
+    Built-in sinks have one; so do their subclasses, unless they override ``write``
+    (such a subclass is given records, as it expects). Other sinks opt in by
+    defining ``write_json(data)``; the :class:`AuditSink` protocol itself only
+    promises ``write(record)``.
+    """
+    if isinstance(sink, _Sink):
+        if type(sink).write in (_Sink.write, NullSink.write):
+            return sink.write_json
+        return None
+    write_json = getattr(sink, "write_json", None)
+    return write_json if callable(write_json) else None
+
+
 class NullSink(_Sink):
     """Discards every record (``audit: {sink: none}``)."""
 
     def write(self, record: AuditRecord) -> None:
+        """Do nothing (not even serialise the record)."""
+
+    def write_json(self, data: dict[str, Any]) -> None:
         """Do nothing."""
 
 
@@ -117,25 +148,28 @@ class JsonlSink(_Sink):
         """The hash of the last record written through this sink (or found in the file)."""
         return self._chain.head
 
-    def write(self, record: AuditRecord) -> None:
+    def write_json(self, data: dict[str, Any]) -> None:
         """Append one record; raises ``AuditError`` if it is not in the file afterwards."""
-        data = record.to_json_dict()
         with self._lock:
-            if self._fd < 0:
+            fd = self._fd
+            if fd < 0:
                 raise AuditError(f"{self.path}: audit sink is closed")
-            with self._file_lock():
+            _lock_file(fd)  # not _FileLock: this is the hot path
+            try:
                 end = self._sync()
                 sealed = self._chain.seal(data)
                 payload = (sealed.line + "\n").encode("utf-8")
                 try:
-                    _write_all(self._fd, payload)
+                    _write_all(fd, payload)
                     if self.fsync:
-                        os.fsync(self._fd)
+                        os.fsync(fd)
                 except OSError as exc:
                     self._rollback(end)
                     raise AuditError(f"{self.path}: audit record not written: {exc}") from exc
                 self._chain.advance(sealed)
                 self._end = end + len(payload)
+            finally:
+                _unlock_file(fd)
 
     def close(self) -> None:
         """Close the file; later writes raise ``AuditError``."""
@@ -174,22 +208,31 @@ class _FileLock:
         self._fd = fd
 
     def __enter__(self) -> None:
-        if fcntl is not None and self._fd >= 0:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise AuditError(f"cannot lock audit log: {exc}") from exc
+        _lock_file(self._fd)
 
     def __exit__(self, *exc_info: object) -> None:
-        if fcntl is not None and self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        _unlock_file(self._fd)
+
+
+def _lock_file(fd: int) -> None:
+    if fcntl is not None and fd >= 0:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise AuditError(f"cannot lock audit log: {exc}") from exc
+
+
+def _unlock_file(fd: int) -> None:
+    if fcntl is not None and fd >= 0:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _write_all(fd: int, payload: bytes) -> None:
-    view = memoryview(payload)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    written = os.write(fd, payload)
+    if written < len(payload):  # a short write (rare): write the rest
+        view = memoryview(payload)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _tail_hash(fd: int, end: int, path: Path) -> str:
@@ -257,9 +300,8 @@ class StreamSink(_Sink):
         """The hash of the last record written."""
         return self._chain.head
 
-    def write(self, record: AuditRecord) -> None:
+    def write_json(self, data: dict[str, Any]) -> None:
         """Write and flush one line; raises ``AuditError`` if the stream fails."""
-        data = record.to_json_dict()
         with self._lock:
             sealed = self._chain.seal(data)
             stream = self._stream if self._stream is not None else sys.stdout
@@ -294,9 +336,8 @@ class LoggerSink(_Sink):
         self._lock = threading.Lock()
         self._chain = HashChain()
 
-    def write(self, record: AuditRecord) -> None:
+    def write_json(self, data: dict[str, Any]) -> None:
         """Log one record; raises ``AuditError`` if the logger fails."""
-        data = record.to_json_dict()
         with self._lock:
             if self._logger is None:
                 import structlog
@@ -304,10 +345,9 @@ class LoggerSink(_Sink):
                 # Bind once: calls through the lazy proxy cost ~10 us more each.
                 self._logger = structlog.get_logger(AUDIT_EVENT).bind()
             sealed: SealedRecord = self._chain.seal(data)
-            data["prev_hash"] = sealed.prev_hash
-            data["hash"] = sealed.hash
+            fields = {**data, "prev_hash": sealed.prev_hash, "hash": sealed.hash}
             try:
-                self._logger.info(AUDIT_EVENT, **data)
+                self._logger.info(AUDIT_EVENT, **fields)
             except Exception as exc:
                 raise AuditError(f"audit record not logged: {exc!r}") from exc
             self._chain.advance(sealed)
