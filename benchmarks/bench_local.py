@@ -1,23 +1,37 @@
-"""Local guard speed (a) and time over the compute floor (f), on the real 0.6B shape.
+"""Local guard speed and time over the compute floor, on the real 0.6B shape.
 
-The model is a Qwen3ForCausalLM with Qwen3Guard-Gen-0.6B's configuration (hidden
-1024, 16/8 heads, head_dim 128, intermediate 3072, vocab 151936; 28 layers) and
-random weights; the tokenizer and template are the tiny guard's, with the policy
-text padded so the template takes about 300 tokens (prompt stage) as the real one
-does, and 30..300 content tokens per request; 16 concurrent requests. Quick mode
-(< 30 s): 2 layers, 30..120 content tokens, 4 concurrent requests, one repetition.
-CPU runs use one torch thread (see ``run``). Random weights write
-no verdict, so each path is forced to do the work of a real ~10-token verdict:
+Bench (a) runs on the CPU (fp32, one torch thread, see ``run``); bench (f) repeats
+the same measurements in bf16 on a GPU when there is one. The model is a
+Qwen3ForCausalLM with Qwen3Guard-Gen-0.6B's configuration (hidden 1024, 16/8 heads,
+head_dim 128, intermediate 3072, vocab 151936; 28 layers) and random weights; the
+tokenizer and template are the tiny guard's, with the policy text padded so the
+template takes about 300 tokens as the real one does, and 30..300 content tokens per
+request. Random weights write no verdict, so each path is forced to do the work of a
+real ~10-token verdict:
 
 - model card: ``generate()`` one request at a time, exactly 10 new tokens, top
   log-probabilities at every step;
 - batched generate: the same, with concurrent requests grouped by the micro-batcher;
 - fast path: the cached template head plus drafted verdicts, forced to a ``Safe``
   verdict (one pass) or an ``Unsafe`` one (three passes: level and category re-drafted);
-  throughput uses 3 safe : 1 unsafe.
+  throughput uses 3 safe : 1 unsafe, batched by the micro-batcher and split by length.
 
-Floor (bench f): 2 x parameters x tokens computed (the LM head only where logits are
-read), divided by the fp32/bf16 matmul rate measured in the same run.
+Per stage (prompt, response) it measures:
+
+- latency of a single request: model card and fast path (safe, unsafe), the mean
+  over a few requests, each timed alone after a one-request warm-up;
+- throughput at 16 concurrent requests: the model card serves them one at a time
+  (the inverse of its latency), batched generate and the fast path through the
+  micro-batcher;
+- the fast path's time over its compute floor: 2 x parameters x tokens computed (the
+  suffix and the draft; the LM head only where logits are read), divided by the
+  matmul rate measured in the same run (attention and memory traffic are not in it).
+
+Full mode (``--full``, about 14 minutes on 2 cores): 28 layers, 16 concurrent
+requests, latency over 3 requests (fast safe: 2 repetitions, unsafe: 1), throughput
+from 1 batched-generate run and 2 fast runs (the latency runs warmed up the fast
+path). Quick mode (about 35 s): 2 layers, 30..120 content tokens, 4 concurrent
+requests, one request and one repetition of everything.
 """
 
 from __future__ import annotations
@@ -198,7 +212,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     dtype = getattr(torch, dtype_name)
     layers = 2 if quick else 28
     bench = "a" if device == "cpu" else "f"  # (f): the same measurements on a GPU
-    reps = 1 if quick else 5
+    requests = 1 if quick else 3  # timed one after the other for the latency
     concurrency = 4 if quick else CONCURRENCY
     content = (30, 120) if quick else (30, 300)
     label = f"{device} {dtype_name}, {layers} layers"
@@ -256,13 +270,16 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         mean_len = statistics.mean(lengths)
         head = len(fast._head_ids[Stage(stage)])
         note = f"{mean_len:.0f} prompt tokens on average ({head} cached head)"
-        one = encoded[: max(1, reps)]
+        one = encoded[:requests]
 
-        # --- single-request latency
-        card = _median_runs(_each(run_generate, one), reps=1)[0] / len(one)
-        card_runs = [card]
-        fast_safe = _median_runs(_each(lambda b: run_fast(b, safe), one), reps=1 if quick else 3)
-        fast_unsafe = _median_runs(_each(lambda b: run_fast(b, unsafe), one), reps=1)
+        # --- single-request latency (warm-ups: one request; unsafe follows safe: none)
+        first = encoded[:1]
+        run_generate(first)
+        card_runs = [_median_runs(_each(run_generate, [e]), 1, warmups=0)[0] for e in one]
+        card = statistics.mean(card_runs)
+        run_fast(first, safe)
+        fast_safe = _median_runs(_each(lambda b: run_fast(b, safe), one), 1 if quick else 2, 0)
+        fast_unsafe = _median_runs(_each(lambda b: run_fast(b, unsafe), one), 1, warmups=0)
         fs = [t / len(one) for t in fast_safe]
         fu = [t / len(one) for t in fast_unsafe]
         case = f"{stage}, {label}"
@@ -309,9 +326,10 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
             return concurrency / wall, batcher.stats.batches
 
         serial = 1 / card  # one request at a time: throughput is the inverse latency
-        t_reps = 1 if quick else 3
-        gen_tp = [concurrent(run_generate) for _ in range(t_reps)]
-        fast_tp = [concurrent(run_fast) for _ in range(t_reps + 1)][1:]  # first one warms up
+        # Full mode: the latency runs warmed the fast path up; batched generate is slow.
+        fast_reps, fast_warmups = (1, 1) if quick else (2, 0)
+        gen_tp = [concurrent(run_generate)]
+        fast_tp = [concurrent(run_fast) for _ in range(fast_warmups + fast_reps)][fast_warmups:]
         g = [t for t, _ in gen_tp]
         f = [t for t, _ in fast_tp]
         batches = (

@@ -77,10 +77,11 @@ def test_every_example_matches_generate(
 
 def test_examples_never_fall_back(tiny_guard_dir: Path) -> None:
     guard = LocalQwen3Guard(str(tiny_guard_dir))
+    assert guard._fast is not None
+    guard._fast.pass_overhead_tokens = 1e9  # one first pass per stage: no length groups
     guard.classify([ex.guard_input for ex in EXAMPLES])
     assert _fast_stats(guard) == (len(EXAMPLES), 0)
-    assert guard._fast is not None
-    # Safe prompts need one pass, others a re-draft per field that differs from the draft.
+    # Per batch, a first pass per stage, then one merged pass per re-drafted field.
     assert guard._fast.stats.passes <= 2 * 4
 
 
@@ -233,3 +234,99 @@ def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
     assert result is not None
     assert result.text == "Safety: Controversial\nCategories: Unethical Acts"
     assert result.passes == 3
+
+
+def _groups_cost(lengths: list[int], groups: list[list[int]], overhead: float) -> float:
+    return sum(overhead + len(g) * max(lengths[k] for k in g) for g in groups)
+
+
+def test_length_groups_cover_every_row_once_in_length_order() -> None:
+    import itertools
+
+    from guardrail.classifiers.fastpath import length_groups
+
+    rng = random.Random(3)
+    for _ in range(300):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 9))]
+        overhead = rng.choice([0, 1, 16, 24, 100, 1e9])
+        groups = length_groups(lengths, overhead)
+        flat = [k for g in groups for k in g]
+        assert sorted(flat) == list(range(len(lengths)))  # every row exactly once
+        assert all(groups)
+        assert [lengths[k] for k in flat] == sorted(lengths)  # runs of the length order
+        for a, b in itertools.pairwise(groups):  # equal lengths are never split
+            assert lengths[a[-1]] < lengths[b[0]]
+        # optimal: no split of the sorted rows is cheaper
+        order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+        best = min(
+            _groups_cost(
+                lengths,
+                [order[i:j] for i, j in itertools.pairwise((0, *cuts, len(order)))],
+                overhead,
+            )
+            for n in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), n)
+        )
+        assert _groups_cost(lengths, groups, overhead) == pytest.approx(best)
+
+
+def test_length_groups_degenerate_cases() -> None:
+    from guardrail.classifiers.fastpath import length_groups
+
+    assert length_groups([], 16) == []
+    assert length_groups([7], 0) == [[0]]
+    assert length_groups([5, 5, 5], 0) == [[0, 1, 2]]  # nothing to gain: one pass
+    assert length_groups([30, 10, 20], 0) == [[1], [2], [0]]  # free passes: no padding
+    assert length_groups([30, 10, 20], 1e9) == [[1, 2, 0]]  # costly passes: one
+    assert length_groups([300, 40, 50, 45], 24) == [[1, 3, 2], [0]]
+
+
+def test_length_groups_give_the_same_results(fast: LocalQwen3Guard) -> None:
+    import torch
+
+    decoder = fast._fast
+    assert decoder is not None
+    inputs = [ex.guard_input for ex in EXAMPLES] + _perturbed()
+    rng = random.Random(5)
+    rng.shuffle(inputs)
+    batch = [(g.stage, fast.encode(g).input_ids) for g in inputs[:24]]
+    # Forced verdicts re-draft rows of several groups and both stages in merged passes.
+    forced = [
+        ("Unsafe", "Violent", "Yes")[: 2 if stage is Stage.PROMPT else 3]
+        if k % 3
+        else ("Safe", "None", "No")[: 2 if stage is Stage.PROMPT else 3]
+        for k, (stage, _) in enumerate(batch)
+    ]
+    runs = {}
+    saved = decoder.pass_overhead_tokens
+    try:
+        for overhead in (0, 24, 1e9):
+            decoder.pass_overhead_tokens = overhead
+            before = decoder.stats.passes
+            with torch.inference_mode():
+                plain = decoder.decode_batch(batch)
+                made = decoder.decode_batch(batch, force=forced)
+            runs[overhead] = (plain, made, decoder.stats.passes - before)
+    finally:
+        decoder.pass_overhead_tokens = saved
+    assert runs[0][2] > runs[1e9][2]  # the rows really were split
+    for overhead in (0, 24):
+        for got, want in zip(runs[overhead][:2], runs[1e9][:2], strict=True):
+            for mine, theirs in zip(got, want, strict=True):
+                assert (mine is None) == (theirs is None)
+                if mine is not None and theirs is not None:
+                    assert (mine.text, mine.length, mine.passes) == (
+                        theirs.text,
+                        theirs.length,
+                        theirs.passes,
+                    )
+                    for name in ("level", "category", "refusal"):
+                        a, b = getattr(mine.probs, name), getattr(theirs.probs, name)
+                        assert (a is None) == (b is None)
+                        if a is not None:
+                            assert a == pytest.approx(b, abs=1e-4)
+    (_, made, _) = runs[0]
+    assert all(r is not None for r in made)
+    assert [r.text.split("\n")[0] for r in made if r is not None] == [
+        "Safety: " + f[0] for f in forced
+    ]

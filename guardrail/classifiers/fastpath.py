@@ -26,6 +26,15 @@ invents a verdict. Each field's probabilities come from the next-token distribut
 at its value position, restricted to the first tokens of the field's valid values
 and renormalised.
 
+Batches are cut to size: a pass right-pads every row to its longest suffix, so each
+stage's rows are sorted by length and split into groups that minimise the estimated
+cost (see :func:`length_groups` and ``FastDecoder.pass_overhead_tokens``). The
+groups' passes run one after the other, but each round of passes shares one LM-head
+product (the vocabulary-sized matrix is read once per round, not once per row or
+group), and the rows a round re-drafts are merged into a single pass whatever their
+group or stage (their caches right-padded to a common length, the pads masked).
+Grouping changes which rows share a pass, never a row's tokens or its verdict.
+
 torch and transformers are imported lazily, with the model.
 """
 
@@ -39,7 +48,7 @@ from typing import Any
 from guardrail.qwen3guard import FIELD_VALUES, FieldProbabilities
 from guardrail.types import Stage
 
-__all__ = ["FastDecoder", "FastResult", "FastStats", "VerdictGrammar"]
+__all__ = ["FastDecoder", "FastResult", "FastStats", "VerdictGrammar", "length_groups"]
 
 _HEADERS = {"safety": "Safety:", "categories": "\nCategories:", "refusal": "\nRefusal:"}
 _DEFAULTS = {"safety": "Safe", "categories": "None", "refusal": "No"}
@@ -125,6 +134,34 @@ class VerdictGrammar:
         return _Draft((*ids, self.stop_id), slots, tuple(values))
 
 
+def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
+    """Indices of ``lengths`` split into groups of similar length, shortest first.
+
+    A pass pads every row to its longest one, so a group costs about
+    ``overhead + rows * longest`` token computations; the groups returned minimise
+    the sum of that over groups (a dynamic programme over the rows sorted by length:
+    optimal groups are runs of that order). Each index appears exactly once; rows
+    of equal length, and ties in cost, stay together.
+    """
+    order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+    sizes = [lengths[k] for k in order]
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j rows
+    cut = [0] * (len(order) + 1)  # where the last group of the first j rows begins
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            if i and sizes[i - 1] == sizes[i]:
+                continue  # never split rows of equal length
+            cost = best[i] + overhead + (j - i) * sizes[j - 1]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = len(order)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
 @dataclass
 class _Row:
     index: int
@@ -135,6 +172,31 @@ class _Row:
     start: int = -1
     """Draft tokens before this one are verified; -1 before the first pass."""
     passes: int = 0
+    offset: int = 0
+    """Head tokens shared from the stage's cached head (the suffix follows them)."""
+
+
+@dataclass
+class _Pass:
+    """Rows decoded together: their cache and its attention mask (one row each)."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: Any
+    first: bool = True
+    """The next pass is the first: it feeds the suffixes too."""
+
+
+_PASS_OVERHEAD_TOKENS = {"cpu": 24, "cuda": 512}
+"""Default ``FastDecoder.pass_overhead_tokens`` by device type (others: ``cuda``'s).
+
+On a CPU a forward pass is compute-bound from a few dozen tokens on: a padding token
+costs as much as a real one, while one more pass costs little: re-reading the body's
+weights and the Python overhead of its layers (the LM head is shared by every pass
+of a round), worth a couple of dozen tokens.
+On a GPU a small batch is memory-bound: a pass of a few hundred tokens costs about
+as much as one of a few dozen, so padding is nearly free and splitting rarely pays.
+"""
 
 
 class FastDecoder:
@@ -169,6 +231,13 @@ class FastDecoder:
         self._device = device
         self.use_head_cache = True
         """Tests switch this off to compare with the uncached computation."""
+        kind = getattr(device, "type", str(device).split(":")[0])
+        self.pass_overhead_tokens: float = _PASS_OVERHEAD_TOKENS.get(kind, 512)
+        """What one more forward pass costs, in tokens of padding: the batch-splitting knob.
+
+        0 gives each distinct suffix length its own pass; a huge value keeps each
+        stage's rows in one pass (the results are the same either way).
+        """
         self.stats = FastStats()
         """What the decoder has done so far."""
 
@@ -186,11 +255,15 @@ class FastDecoder:
         values, so random-weight models run the same passes a real verdict needs.
         """
         results: list[FastResult | None] = [None] * len(batch)
-        for stage in Stage:  # the stages have different heads: one group each
+        passes = []
+        for stage in Stage:  # the stages have different heads: separate passes
             members = [k for k, (s, _) in enumerate(batch) if s is stage]
-            if members:
-                rows = [self._row(k, stage, batch[k][1]) for k in members]
-                self._run(rows, results, force)
+            lengths = [len(batch[k][1]) for k in members]
+            for group in length_groups(lengths, self.pass_overhead_tokens):
+                rows = [self._row(members[j], stage, batch[members[j]][1]) for j in group]
+                passes.append(self._start(stage, rows))
+        if passes:
+            self._run(passes, results, force)
         self.stats.inputs += len(batch)
         self.stats.left += sum(r is None for r in results)
         return results
@@ -198,8 +271,7 @@ class FastDecoder:
     def draft_logits(self, stage: Stage, prompts: Sequence[Sequence[int]]) -> list[Any]:
         """Logits predicting each token of the default draft, one pass, batched (for tests)."""
         rows = [self._row(k, stage, ids) for k, ids in enumerate(prompts)]
-        cache, mask, length = self._start(stage, rows)
-        hidden = self._pass(rows, cache, mask, length, first=True)
+        hidden = self._pass(self._start(stage, rows))
         out = []
         for k, row in enumerate(rows):
             at = [len(row.suffix) - 1 + q for q in range(len(row.draft.ids))]
@@ -223,7 +295,7 @@ class FastDecoder:
             self._head_cache[stage] = cached
         return cached
 
-    def _start(self, stage: Stage, rows: list[_Row]) -> tuple[Any, Any, int]:
+    def _start(self, stage: Stage, rows: list[_Row]) -> _Pass:
         """A cache holding the head shared by ``rows``; cuts their suffixes to match."""
         import torch
         from transformers import DynamicCache
@@ -246,86 +318,132 @@ class FastDecoder:
             cache = DynamicCache(ddp_cache_data=layers, config=config)
         for row in rows:
             row.suffix = row.suffix[length:]
+            row.offset = length
         mask = torch.ones((len(rows), length), dtype=torch.long, device=self._device)
-        return cache, mask, length
+        return _Pass(rows, cache, mask)
 
-    def _pass(self, rows: list[_Row], cache: Any, mask: Any, offset: int, first: bool) -> Any:
+    def _pass(self, group: _Pass) -> Any:
         """Feed each row its unverified draft (the suffix too on the first pass)."""
         import torch
 
         feeds, starts = [], []
-        for row in rows:
-            if first:
+        for row in group.rows:
+            if group.first:
                 feeds.append(row.suffix + list(row.draft.ids[:-1]))
-                starts.append(offset)
+                starts.append(row.offset)
             else:  # the token at ``start`` is verified but not yet in the cache
                 feeds.append(list(row.draft.ids[row.start : -1]))
-                starts.append(offset + len(row.suffix) + row.start)
+                starts.append(row.offset + len(row.suffix) + row.start)
         width = max(len(f) for f in feeds)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        new_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = torch.zeros((len(feeds), width), dtype=torch.long)
+        new_mask = torch.zeros((len(feeds), width), dtype=torch.long)
         for k, feed in enumerate(feeds):  # right padding: pads follow, so nothing attends to them
             ids[k, : len(feed)] = torch.tensor(feed)
             new_mask[k, : len(feed)] = 1
         positions = torch.tensor(starts)[:, None] + torch.arange(width)[None, :]
-        full_mask = torch.cat([mask, new_mask.to(self._device)], dim=1)
+        full_mask = torch.cat([group.mask, new_mask.to(self._device)], dim=1)
         out = self._body(
             input_ids=ids.to(self._device),
             attention_mask=full_mask,
             position_ids=positions.to(self._device),
-            past_key_values=cache,
+            past_key_values=group.cache,
             use_cache=True,
         )
         return out.last_hidden_state
 
     def _run(
         self,
-        rows: list[_Row],
+        groups: list[_Pass],
         results: list[FastResult | None],
         force: Sequence[Sequence[str]] | None,
     ) -> None:
+        """Decode ``groups`` in rounds: a pass per group, then one LM head for all rows."""
         import torch
 
         grammar = self._grammar
-        cache, mask, offset = self._start(rows[0].stage, rows)
-        first = True
-        while rows:
-            hidden = self._pass(rows, cache, mask, offset, first)
-            self.stats.passes += 1
-            fed_width = hidden.shape[1]
-            keep, valid_counts = [], []
-            for k, row in enumerate(rows):
-                row.passes += 1
-                begin = max(row.start, -1) + 1  # first draft token this pass predicts
-                base = len(row.suffix) - 1 if first else -row.start - 1
-                at = list(range(begin, len(row.draft.ids)))
-                logits = self._lm_head(hidden[k, [base + q for q in at]]).float()
-                best = logits.argmax(dim=-1).tolist()
-                target = grammar.draft(row.stage, force[row.index]) if force is not None else None
-                verdict, mismatch = self._verify(row, at, logits, best, target)
-                fed_before = 0 if first else row.start
-                if verdict == "done":
-                    text = self._decode(list(row.draft.ids[:-1]))
-                    probs = FieldProbabilities(**{_PROB_NAMES[n]: p for n, p in row.probs.items()})
-                    results[row.index] = FastResult(text, probs, len(row.draft.ids) - 1, row.passes)
-                elif verdict == "redraft" and row.passes < self.max_passes:
-                    # Verified tokens keep their cache entries; rejected ones are masked out.
-                    valid = (len(row.suffix) if first else 0) + mismatch - fed_before
-                    valid_counts.append(valid)
-                    row.start = mismatch
-                    keep.append(k)
-                # any other outcome: greedy leaves the grammar; the caller runs generate()
-            if not keep:
-                return
-            new_cols = torch.zeros((len(keep), fed_width), dtype=torch.long, device=self._device)
-            for j, valid in enumerate(valid_counts):
-                new_cols[j, :valid] = 1
-            index = torch.tensor(keep, device=self._device)
-            mask = torch.cat([mask[index], new_cols], dim=1)
-            if len(keep) < len(rows):
-                cache.batch_select_indices(index)
-            rows = [rows[k] for k in keep]
-            first = False
+        while groups:
+            picked, spans, widths = [], [], []
+            for group in groups:
+                hidden = self._pass(group)
+                self.stats.passes += 1
+                widths.append(hidden.shape[1])
+                take_row, take_col = [], []
+                for k, row in enumerate(group.rows):
+                    row.passes += 1
+                    begin = row.start + 1  # first draft token this pass predicts
+                    base = len(row.suffix) - 1 if group.first else -row.start - 1
+                    at = list(range(begin, len(row.draft.ids)))
+                    take_row += [k] * len(at)
+                    take_col += [base + q for q in at]
+                    spans.append(at)
+                picked.append(hidden[take_row, take_col])
+                del hidden
+            # One LM-head product per round: its weight is read once, not once per row.
+            logits = self._lm_head(torch.cat(picked)).float()
+            best = logits.argmax(dim=-1).tolist()
+            cursor = 0
+            survivors = []
+            spans_iter = iter(spans)
+            for group, fed_width in zip(groups, widths, strict=True):
+                keep, valid_counts = [], []
+                for k, row in enumerate(group.rows):
+                    at = next(spans_iter)
+                    here = slice(cursor, cursor + len(at))
+                    cursor += len(at)
+                    target = None
+                    if force is not None:
+                        target = grammar.draft(row.stage, force[row.index])
+                    verdict, mismatch = self._verify(row, at, logits[here], best[here], target)
+                    fed_before = 0 if group.first else row.start
+                    if verdict == "done":
+                        text = self._decode(list(row.draft.ids[:-1]))
+                        probs = FieldProbabilities(
+                            **{_PROB_NAMES[n]: p for n, p in row.probs.items()}
+                        )
+                        length = len(row.draft.ids) - 1
+                        results[row.index] = FastResult(text, probs, length, row.passes)
+                    elif verdict == "redraft" and row.passes < self.max_passes:
+                        # Verified tokens keep their cache entries; rejected ones are masked out.
+                        valid = (len(row.suffix) if group.first else 0) + mismatch - fed_before
+                        valid_counts.append(valid)
+                        row.start = mismatch
+                        keep.append(k)
+                    # any other outcome: greedy leaves the grammar; the caller runs generate()
+                if keep:
+                    survivors.append(self._select(group, keep, valid_counts, fed_width))
+            groups = [self._merge(survivors)] if survivors else []
+
+    def _select(self, group: _Pass, keep: list[int], valid: list[int], width: int) -> _Pass:
+        """Rows ``keep`` of ``group`` after a pass ``width`` wide, ``valid`` tokens of it kept."""
+        import torch
+
+        new_cols = torch.zeros((len(keep), width), dtype=torch.long, device=self._device)
+        for j, count in enumerate(valid):
+            new_cols[j, :count] = 1
+        index = torch.tensor(keep, device=self._device)
+        mask = torch.cat([group.mask[index], new_cols], dim=1)
+        if len(keep) < len(group.rows):
+            group.cache.batch_select_indices(index)
+        return _Pass([group.rows[k] for k in keep], group.cache, mask, first=False)
+
+    def _merge(self, groups: list[_Pass]) -> _Pass:
+        """One group of all rows: caches right-padded to a common length, the pads masked."""
+        if len(groups) == 1:
+            return groups[0]
+        import torch
+        from torch.nn.functional import pad
+        from transformers import DynamicCache
+
+        total = max(g.mask.shape[1] for g in groups)
+        layers = []
+        for n in range(len(groups[0].cache.layers)):
+            parts = [g.cache.layers[n] for g in groups]
+            keys = [pad(p.keys, (0, 0, 0, total - p.keys.shape[2])) for p in parts]
+            values = [pad(p.values, (0, 0, 0, total - p.values.shape[2])) for p in parts]
+            layers.append((torch.cat(keys), torch.cat(values)))
+        mask = torch.cat([pad(g.mask, (0, total - g.mask.shape[1])) for g in groups])
+        cache = DynamicCache(ddp_cache_data=layers, config=self._net.config)
+        return _Pass([row for g in groups for row in g.rows], cache, mask, first=False)
 
     def _verify(
         self,
