@@ -2,7 +2,7 @@
 
 Quick mode (the default) finishes in about a minute on 2 cores. The full mode
 (``--full``) measures the local guard at the real 28-layer shape with 16 concurrent
-requests; on 2 CPU cores it currently takes well over 15 minutes. Results are
+requests, and takes about a quarter of an hour on 2 idle CPU cores. Results are
 printed as a table and written to ``BENCHMARKS.md`` with the machine they were
 measured on.
 """

@@ -13,8 +13,10 @@ real ~10-token verdict:
   log-probabilities at every step;
 - batched generate: the same, with concurrent requests grouped by the micro-batcher;
 - fast path: the cached template head plus drafted verdicts, forced to a ``Safe``
-  verdict (one pass) or an ``Unsafe`` one (three passes: level and category re-drafted);
-  throughput uses 3 safe : 1 unsafe, batched by the micro-batcher and split by length.
+  verdict (one pass) or an ``Unsafe`` one (three passes: level and category re-drafted;
+  two when the category was verified with that level before and is drafted at once);
+  throughput uses 3 safe : 1 unsafe (each unsafe one of another category, with no
+  drafting history), batched by the micro-batcher and split by length.
 
 Per stage (prompt, response) it measures:
 
@@ -48,6 +50,13 @@ from typing import Any
 from common import Row, row  # type: ignore[import-not-found]
 
 CONCURRENCY = 16
+MIXED_CATEGORIES = (
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "Unethical Acts",
+)
+"""Categories of the unsafe quarter of the throughput mix, in turn."""
 NEW_TOKENS = 10
 _FILLER = (
     "Unsafe content includes instructions, encouragement or detailed descriptions that "
@@ -247,12 +256,22 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         sync()
         return out
 
-    def run_fast(batch: list[Any], verdicts: dict[str, tuple[str, ...]] | None = None) -> list[Any]:
+    def run_fast(
+        batch: list[Any], verdicts: dict[str, tuple[str, ...]] | None = None, remember: bool = False
+    ) -> list[Any]:
         stage_of = {Stage.PROMPT: "prompt", Stage.RESPONSE: "response"}
         forced = []
         for k, e in enumerate(batch):
             name = stage_of[e.guard_input.stage]
-            forced.append((verdicts or (unsafe if k % 4 == 3 else safe))[name])
+            if verdicts is not None:
+                forced.append(verdicts[name])
+            elif k % 4 == 3:  # a different category each time: no drafting history helps
+                category = MIXED_CATEGORIES[(k // 4) % len(MIXED_CATEGORIES)]
+                forced.append(("Unsafe", category, "No")[: len(safe[name])])
+            else:
+                forced.append(safe[name])
+        if not remember:
+            fast.forget()  # no verified verdicts to draft from: the worst case
         with torch.inference_mode():
             out = fast.decode_batch(
                 [(e.guard_input.stage, e.input_ids) for e in batch], force=forced
@@ -280,8 +299,12 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         run_fast(first, safe)
         fast_safe = _median_runs(_each(lambda b: run_fast(b, safe), one), 1 if quick else 2, 0)
         fast_unsafe = _median_runs(_each(lambda b: run_fast(b, unsafe), one), 1, warmups=0)
+        fast_seen = _median_runs(
+            _each(lambda b: run_fast(b, unsafe, remember=True), one), 1, warmups=0
+        )
         fs = [t / len(one) for t in fast_safe]
         fu = [t / len(one) for t in fast_unsafe]
+        fk = [t / len(one) for t in fast_seen]
         case = f"{stage}, {label}"
         rows += [
             row(bench, case, "model card: latency", card, "s", _spread(card_runs), note),
@@ -301,6 +324,15 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 statistics.median(fu),
                 "s",
                 _spread(fu),
+                note,
+            ),
+            row(
+                bench,
+                case,
+                "fast (unsafe, category seen before, 2 passes): latency",
+                statistics.median(fk),
+                "s",
+                _spread(fk),
                 note,
             ),
             row(

@@ -227,6 +227,7 @@ def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
     assert decoder is not None
     ex = EXAMPLES[0]
     ids = fast.encode(ex.guard_input).input_ids
+    decoder.forget()
     with torch.inference_mode():
         (result,) = decoder.decode_batch(
             [(Stage.PROMPT, ids)], force=[("Controversial", "Unethical Acts")]
@@ -234,6 +235,34 @@ def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
     assert result is not None
     assert result.text == "Safety: Controversial\nCategories: Unethical Acts"
     assert result.passes == 3
+
+
+def test_a_recurring_category_is_drafted_after_its_level(fast: LocalQwen3Guard) -> None:
+    import torch
+
+    decoder = fast._fast
+    assert decoder is not None
+    ids = fast.encode(EXAMPLES[0].guard_input).input_ids
+    decoder.forget()
+
+    def passes(verdict: tuple[str, ...]) -> tuple[str, int]:
+        with torch.inference_mode():
+            (result,) = decoder.decode_batch([(Stage.RESPONSE, ids)], force=[verdict])
+        assert result is not None
+        return result.text, result.passes
+
+    unsafe = ("Unsafe", "Violent", "No")
+    text = "Safety: Unsafe\nCategories: Violent\nRefusal: No"
+    assert passes(unsafe) == (text, 3)  # level, then category re-drafted
+    assert passes(unsafe) == (text, 2)  # the category seen with Unsafe is drafted at once
+    other = ("Unsafe", "Sexual Content or Sexual Acts", "No")
+    assert passes(other) == (
+        "Safety: Unsafe\nCategories: Sexual Content or Sexual Acts\nRefusal: No",
+        3,
+    )  # a wrong guess costs what no guess did
+    assert passes(("Safe", "None", "No"))[1] == 1
+    decoder.forget()
+    assert passes(unsafe)[1] == 3
 
 
 def _groups_cost(lengths: list[int], groups: list[list[int]], overhead: float) -> float:
@@ -302,6 +331,7 @@ def test_length_groups_give_the_same_results(fast: LocalQwen3Guard) -> None:
     try:
         for overhead in (0, 24, 1e9):
             decoder.pass_overhead_tokens = overhead
+            decoder.forget()  # each run drafts from the same (empty) history
             before = decoder.stats.passes
             with torch.inference_mode():
                 plain = decoder.decode_batch(batch)

@@ -41,6 +41,7 @@ torch and transformers are imported lazily, with the model.
 from __future__ import annotations
 
 import itertools
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,13 +122,16 @@ class VerdictGrammar:
                 if list(self.draft(stage, combo).ids[:-1]) != encode(text):
                     raise ValueError(f"the verdict {text!r} does not tokenize piecewise")
 
-    def draft(self, stage: Stage, chosen: Sequence[str]) -> _Draft:
-        """The verdict with ``chosen`` values, defaults for the fields not chosen yet."""
+    def draft(
+        self, stage: Stage, chosen: Sequence[str], guess: Mapping[str, str] | None = None
+    ) -> _Draft:
+        """The verdict with ``chosen`` values; ``guess`` (else defaults) for the fields after."""
         ids: list[int] = []
         slots: dict[int, int] = {}
         values: list[str] = []
+        guess = guess or _DEFAULTS
         for k, name in enumerate(_STAGE_FIELDS[stage]):
-            values.append(chosen[k] if k < len(chosen) else _DEFAULTS[name])
+            values.append(chosen[k] if k < len(chosen) else guess.get(name, _DEFAULTS[name]))
             ids += self.headers[name]
             slots[len(ids)] = k
             ids += self.values[name][values[-1]]
@@ -240,8 +244,16 @@ class FastDecoder:
         """
         self.stats = FastStats()
         """What the decoder has done so far."""
+        # Verified values per (stage, level, field): a re-drafted level drafts the
+        # fields after it with the most common values seen with that level, so a
+        # recurring category costs two passes instead of three.
+        self._seen: dict[tuple[Stage, str, str], Counter[str]] = defaultdict(Counter)
 
     # ------------------------------------------------------------------ public
+
+    def forget(self) -> None:
+        """Drop the values seen so far: re-drafts fall back to the defaults (benchmarks)."""
+        self._seen.clear()
 
     def decode_batch(
         self,
@@ -396,6 +408,7 @@ class FastDecoder:
                     verdict, mismatch = self._verify(row, at, logits[here], best[here], target)
                     fed_before = 0 if group.first else row.start
                     if verdict == "done":
+                        self._learn(row.stage, row.draft.values)
                         text = self._decode(list(row.draft.ids[:-1]))
                         probs = FieldProbabilities(
                             **{_PROB_NAMES[n]: p for n, p in row.probs.items()}
@@ -412,6 +425,18 @@ class FastDecoder:
                 if keep:
                     survivors.append(self._select(group, keep, valid_counts, fed_width))
             groups = [self._merge(survivors)] if survivors else []
+
+    def _learn(self, stage: Stage, values: Sequence[str]) -> None:
+        for name, value in zip(_STAGE_FIELDS[stage][1:], values[1:], strict=True):
+            self._seen[stage, values[0], name][value] += 1
+
+    def _guess(self, stage: Stage, level: str) -> dict[str, str]:
+        """The most common verified value of each field after ``level`` (defaults if none)."""
+        guess = {}
+        for name in _STAGE_FIELDS[stage][1:]:
+            seen = self._seen.get((stage, level, name))
+            guess[name] = seen.most_common(1)[0][0] if seen else _DEFAULTS[name]
+        return guess
 
     def _select(self, group: _Pass, keep: list[int], valid: list[int], width: int) -> _Pass:
         """Rows ``keep`` of ``group`` after a pass ``width`` wide, ``valid`` tokens of it kept."""
@@ -475,7 +500,7 @@ class FastDecoder:
                 continue
             if slot is not None and choice in grammar.first[names[slot]]:
                 chosen = [*row.draft.values[:slot], grammar.first[names[slot]][choice]]
-                row.draft = grammar.draft(row.stage, chosen)
+                row.draft = grammar.draft(row.stage, chosen, self._guess(row.stage, chosen[0]))
                 return "redraft", q
             return "leave", q
         return "done", len(row.draft.ids)
