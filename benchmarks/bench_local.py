@@ -21,19 +21,20 @@ real ~10-token verdict:
 Per stage (prompt, response) it measures:
 
 - latency of a single request: model card and fast path (safe, unsafe), the mean
-  over a few requests, each timed alone after a one-request warm-up;
+  over a few requests, each timed alone after a one-request warm-up, the paths
+  taking turns request by request (the speed-up is the median of per-request ratios);
 - throughput at 16 concurrent requests: the model card serves them one at a time
-  (the inverse of its latency), batched generate and the fast path through the
-  micro-batcher;
+  (the inverse of its mean latency over them, estimated from the latency requests'
+  time over floor), batched generate and the fast path through the micro-batcher;
 - the fast path's time over its compute floor: 2 x parameters x tokens computed (the
   suffix and the draft; the LM head only where logits are read), divided by the
   matmul rate measured in the same run (attention and memory traffic are not in it).
 
-Full mode (``--full``, about 14 minutes on 2 cores): 28 layers, 16 concurrent
-requests, latency over 3 requests (fast safe: 2 repetitions, unsafe: 1), throughput
-from 1 batched-generate run and 2 fast runs (the latency runs warmed up the fast
-path). Quick mode (about 35 s): 2 layers, 30..120 content tokens, 4 concurrent
-requests, one request and one repetition of everything.
+Full mode (``--full``, about 14 minutes on 2 idle cores): 28 layers, 16 concurrent
+requests, latency over 3 requests (each timed once on every path, the paths taking
+turns), throughput from one batched-generate run and one fast run (the latency runs
+warmed up both). Quick mode (about 35 s): 2 layers, 30..120 content tokens, 4
+concurrent requests, one request and one repetition of everything.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ _WORDS = [
 
 def _spread(values: list[float], scale: float = 1.0) -> str:
     return f"min {min(values) * scale:.3g} / max {max(values) * scale:.3g}"
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values)
 
 
 def _median_runs(fn: Callable[[], Any], reps: int, warmups: int = 1) -> list[float]:
@@ -291,46 +302,33 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         note = f"{mean_len:.0f} prompt tokens on average ({head} cached head)"
         one = encoded[:requests]
 
-        # --- single-request latency (warm-ups: one request; unsafe follows safe: none)
+        # --- single-request latency. The paths take turns request by request, so a slow
+        # spell of a shared machine hits them alike; ratios are taken per request.
         first = encoded[:1]
-        run_generate(first)
-        card_runs = [_median_runs(_each(run_generate, [e]), 1, warmups=0)[0] for e in one]
-        card = statistics.mean(card_runs)
+        run_generate(first)  # warm-ups
         run_fast(first, safe)
-        fast_safe = _median_runs(_each(lambda b: run_fast(b, safe), one), 1 if quick else 2, 0)
-        fast_unsafe = _median_runs(_each(lambda b: run_fast(b, unsafe), one), 1, warmups=0)
-        fast_seen = _median_runs(
-            _each(lambda b: run_fast(b, unsafe, remember=True), one), 1, warmups=0
-        )
-        fs = [t / len(one) for t in fast_safe]
-        fu = [t / len(one) for t in fast_unsafe]
-        fk = [t / len(one) for t in fast_seen]
+        card_runs: list[float] = []
+        fs: list[float] = []
+        fu: list[float] = []
+        fk: list[float] = []
+        for e in one:
+            card_runs.append(_timed(lambda e=e: run_generate([e])))
+            fs.append(_timed(lambda e=e: run_fast([e], safe)))
+            fu.append(_timed(lambda e=e: run_fast([e], unsafe)))
+            fk.append(_timed(lambda e=e: run_fast([e], unsafe, remember=True)))
+        speedups = [c / f for c, f in zip(card_runs, fs, strict=True)]
         case = f"{stage}, {label}"
         rows += [
-            row(bench, case, "model card: latency", card, "s", _spread(card_runs), note),
             row(
-                bench,
-                case,
-                "fast (safe, 1 pass): latency",
-                statistics.median(fs),
-                "s",
-                _spread(fs),
-                note,
+                bench, case, "model card: latency", _mean(card_runs), "s", _spread(card_runs), note
             ),
-            row(
-                bench,
-                case,
-                "fast (unsafe, 3 passes): latency",
-                statistics.median(fu),
-                "s",
-                _spread(fu),
-                note,
-            ),
+            row(bench, case, "fast (safe, 1 pass): latency", _mean(fs), "s", _spread(fs), note),
+            row(bench, case, "fast (unsafe, 3 passes): latency", _mean(fu), "s", _spread(fu), note),
             row(
                 bench,
                 case,
                 "fast (unsafe, category seen before, 2 passes): latency",
-                statistics.median(fk),
+                _mean(fk),
                 "s",
                 _spread(fk),
                 note,
@@ -339,10 +337,27 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 bench,
                 case,
                 "model card / fast (safe)",
-                card / statistics.median(fs),
+                statistics.median(speedups),
                 "x",
-                note="side by side, same run",
+                _spread(speedups),
+                f"median over {len(one)} requests, each timed on both paths in turn",
             ),
+        ]
+
+        # --- time over the compute floor (the best matmul rate seen so far: a low reading
+        # of a busy moment would flatter the ratios)
+        rate = max(rate, _matmul_rate(torch, device, dtype))
+        draft = len(fast._grammar.draft(Stage(stage), ()).ids)
+
+        def fast_floor(n: int, head: int = head, draft: int = draft, rate: float = rate) -> float:
+            return flops(n - head + draft - 1, draft) / rate
+
+        floor_fast = statistics.mean(fast_floor(n) for n in lengths)
+        floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
+        over_floor = [t / fast_floor(len(e.input_ids)) for t, e in zip(fs, one, strict=True)]
+        card_over = [
+            t / (flops(len(e.input_ids) + NEW_TOKENS - 1, NEW_TOKENS) / rate)
+            for t, e in zip(card_runs, one, strict=True)
         ]
 
         # --- throughput at CONCURRENCY concurrent requests (through the micro-batcher)
@@ -357,9 +372,11 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
             batcher.close()
             return concurrency / wall, batcher.stats.batches
 
-        serial = 1 / card  # one request at a time: throughput is the inverse latency
+        # One request at a time over these requests: the inverse of their mean latency,
+        # from the latency requests' time over floor (they are a subset, of other lengths).
+        serial = 1 / (statistics.median(card_over) * floor_card)
         # Full mode: the latency runs warmed the fast path up; batched generate is slow.
-        fast_reps, fast_warmups = (1, 1) if quick else (2, 0)
+        fast_reps, fast_warmups = (1, 1) if quick else (1, 0)
         gen_tp = [concurrent(run_generate)]
         fast_tp = [concurrent(run_fast) for _ in range(fast_warmups + fast_reps)][fast_warmups:]
         g = [t for t, _ in gen_tp]
@@ -374,7 +391,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 "model card (one at a time): throughput",
                 serial,
                 "req/s",
-                note="serial",
+                note="estimated: latency requests' time over floor x these requests' floor",
             ),
             row(
                 bench,
@@ -412,11 +429,6 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
             ),
         ]
 
-        # --- time over the compute floor
-        suffix = [n - head for n in lengths]
-        draft = len(fast._grammar.draft(Stage(stage), ()).ids)
-        floor_fast = statistics.mean(flops(s + draft - 1, draft) for s in suffix) / rate
-        floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
         rows += [
             row(
                 bench,
@@ -426,7 +438,15 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 "s",
                 note="suffix + draft tokens, LM head at draft positions",
             ),
-            row(bench, case, "fast (safe) / its floor", statistics.median(fs) / floor_fast, "x"),
+            row(
+                bench,
+                case,
+                "fast (safe) / its floor",
+                statistics.median(over_floor),
+                "x",
+                _spread(over_floor),
+                "per request, the latency requests",
+            ),
             row(
                 bench,
                 case,
@@ -439,19 +459,22 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
                 bench,
                 case,
                 "model card / its floor",
-                card / floor_card,
+                statistics.median(card_over),
                 "x",
-                note=f"all {mean_len:.0f} tokens + {NEW_TOKENS} decode steps",
+                _spread(card_over),
+                f"all prompt tokens + {NEW_TOKENS} decode steps, the latency requests",
             ),
             row(
                 bench,
                 case,
                 "model card / fast floor",
-                card / floor_fast,
+                statistics.median(card_over) * floor_card / floor_fast,
                 "x",
                 note="what the fast path's floor saves",
             ),
         ]
+    # The best reading of the run (each stage's floors used the best one up to then).
+    rows[0] = row(bench, label, "matmul rate", rate / 1e9, "GFLOP/s", note="best of 3 readings")
     return rows
 
 

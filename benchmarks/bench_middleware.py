@@ -41,7 +41,7 @@ def _policy(extra: str = "") -> Any:
 
 def overhead(quick: bool) -> list[Row]:
     """Wrapped vs raw client, interleaved call by call, with an instant guard."""
-    n, warm = (300, 50) if quick else (3000, 200)
+    n, warm = (300, 50) if quick else (1500, 100)
     rows: list[Row] = []
     with upstream_process(ANSWER) as url, tempfile.TemporaryDirectory() as tmp:
         raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
@@ -82,7 +82,7 @@ UPSTREAM_S, GUARD_S = 0.3, 0.1
 
 def latency_hiding(quick: bool) -> list[Row]:
     """Upstream 300 ms, guard 100 ms per check: guarded latency over the ideal 400 ms."""
-    reps = 3 if quick else 10
+    reps = 3 if quick else 6
     ideal = max(UPSTREAM_S, GUARD_S) + GUARD_S
     rows: list[Row] = []
     with upstream_process(ANSWER, delay_s=UPSTREAM_S) as url:
@@ -141,7 +141,7 @@ def _stream(client: Any) -> tuple[float, float]:
 
 def streaming(quick: bool) -> list[Row]:
     """Check-before-release streaming: time to first released token and total time."""
-    reps = 3 if quick else 10
+    reps = 3 if quick else 6
     policy = _policy("streaming: {release: check_before_release, chunk_chars: 120}\n")
     with upstream_process(STREAM_TEXT, chunk_delay_s=CHUNK_DELAY_S) as url:
         raw = openai.OpenAI(base_url=url, api_key="k")
