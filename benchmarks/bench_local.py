@@ -26,14 +26,16 @@ Per stage (prompt, response) it measures:
 - throughput at 16 concurrent requests: the model card serves them one at a time
   (the inverse of its mean latency over them, estimated from the latency requests'
   time over floor), batched generate and the fast path through the micro-batcher;
-- the fast path's time over its compute floor: 2 x parameters x tokens computed (the
-  suffix and the draft; the LM head only where logits are read), divided by the
-  matmul rate measured in the same run (attention and memory traffic are not in it).
+- the fast path's time over its compute floor: the FLOPs of the tokens it computes
+  (the suffix and the draft) - 2 x parameters per token, the LM head only where
+  logits are read, and causal attention to every earlier position - divided by the
+  best matmul rate measured in the same run (memory traffic is not in it). The model
+  card's floor counts every prompt token and its decode steps the same way.
 
 Full mode (``--full``, about 14 minutes on 2 idle cores): 28 layers, 16 concurrent
 requests, latency over 3 requests (each timed once on every path, the paths taking
 turns), throughput from one batched-generate run and one fast run (the latency runs
-warmed up both). Quick mode (about 35 s): 2 layers, 30..120 content tokens, 4
+warmed up both). Quick mode (about 30 s): 2 layers, 30..120 content tokens, 4
 concurrent requests, one request and one repetition of everything.
 """
 
@@ -255,8 +257,16 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     rate = _matmul_rate(torch, device, dtype)
     rows = [row(bench, label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
 
-    def flops(tokens: int, logits: int) -> float:
-        return 2.0 * float(body_params * tokens + head_params * logits)
+    # Attention: each token at position p scores and mixes p + 1 keys in every layer
+    # (QK and AV products: 4 x heads x head_dim FLOPs per key), the causal minimum.
+    attn_per_key = 4.0 * config.num_attention_heads * config.head_dim * config.num_hidden_layers
+
+    def flops(first: int, end: int, logits: int) -> float:
+        """Tokens at positions [first, end) computed, the LM head at ``logits`` of them."""
+        keys = (end * (end + 1) - first * (first + 1)) / 2  # sum of p + 1 over the positions
+        return 2.0 * float(body_params * (end - first) + head_params * logits) + (
+            attn_per_key * keys
+        )
 
     safe = {"prompt": ("Safe", "None"), "response": ("Safe", "None", "No")}
     unsafe = {"prompt": ("Unsafe", "Violent"), "response": ("Unsafe", "Violent", "No")}
@@ -350,13 +360,15 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         draft = len(fast._grammar.draft(Stage(stage), ()).ids)
 
         def fast_floor(n: int, head: int = head, draft: int = draft, rate: float = rate) -> float:
-            return flops(n - head + draft - 1, draft) / rate
+            return flops(head, n + draft - 1, draft) / rate
 
         floor_fast = statistics.mean(fast_floor(n) for n in lengths)
-        floor_card = statistics.mean(flops(n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
+        floor_card = (
+            statistics.mean(flops(0, n + NEW_TOKENS - 1, NEW_TOKENS) for n in lengths) / rate
+        )
         over_floor = [t / fast_floor(len(e.input_ids)) for t, e in zip(fs, one, strict=True)]
         card_over = [
-            t / (flops(len(e.input_ids) + NEW_TOKENS - 1, NEW_TOKENS) / rate)
+            t / (flops(0, len(e.input_ids) + NEW_TOKENS - 1, NEW_TOKENS) / rate)
             for t, e in zip(card_runs, one, strict=True)
         ]
 
@@ -375,10 +387,9 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         # One request at a time over these requests: the inverse of their mean latency,
         # from the latency requests' time over floor (they are a subset, of other lengths).
         serial = 1 / (statistics.median(card_over) * floor_card)
-        # Full mode: the latency runs warmed the fast path up; batched generate is slow.
-        fast_reps, fast_warmups = (1, 1) if quick else (1, 0)
+        # One run each: the latency runs warmed both paths up, and generate is slow.
         gen_tp = [concurrent(run_generate)]
-        fast_tp = [concurrent(run_fast) for _ in range(fast_warmups + fast_reps)][fast_warmups:]
+        fast_tp = [concurrent(run_fast)]
         g = [t for t, _ in gen_tp]
         f = [t for t, _ in fast_tp]
         batches = (

@@ -82,7 +82,7 @@ UPSTREAM_S, GUARD_S = 0.3, 0.1
 
 def latency_hiding(quick: bool) -> list[Row]:
     """Upstream 300 ms, guard 100 ms per check: guarded latency over the ideal 400 ms."""
-    reps = 3 if quick else 6
+    reps = 2 if quick else 6
     ideal = max(UPSTREAM_S, GUARD_S) + GUARD_S
     rows: list[Row] = []
     with upstream_process(ANSWER, delay_s=UPSTREAM_S) as url:

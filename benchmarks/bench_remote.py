@@ -55,7 +55,7 @@ async def _guarded(url: str, n: int) -> float:
 
 def run(quick: bool) -> list[Row]:
     """Classifications per second, each side measured three times, alternating; medians."""
-    n = 200 if quick else 1000
+    n = 150 if quick else 1000
     with fixed_json_server(json.dumps(VERDICT).encode()) as url:
         asyncio.run(_bare(url, 100))  # warm-up
         asyncio.run(_guarded(url, 100))
