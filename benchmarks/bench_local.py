@@ -33,7 +33,7 @@ Per stage (prompt, response) it measures:
   card's floor counts every prompt token and its decode steps the same way.
 
 Full mode (``--full``, about 14 minutes on 2 idle cores): 28 layers, 16 concurrent
-requests, latency over 3 requests (each timed once on every path, the paths taking
+requests, latency over 2 requests (each timed once on every path, the paths taking
 turns), throughput from one batched-generate run and one fast run (the latency runs
 warmed up both). Quick mode (about 30 s): 2 layers, 30..120 content tokens, 4
 concurrent requests, one request and one repetition of everything.
@@ -234,7 +234,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     dtype = getattr(torch, dtype_name)
     layers = 2 if quick else 28
     bench = "a" if device == "cpu" else "f"  # (f): the same measurements on a GPU
-    requests = 1 if quick else 3  # timed one after the other for the latency
+    requests = 1 if quick else 2  # timed one after the other for the latency
     concurrency = 4 if quick else CONCURRENCY
     content = (30, 120) if quick else (30, 300)
     label = f"{device} {dtype_name}, {layers} layers"
