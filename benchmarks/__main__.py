@@ -2,7 +2,7 @@
 
 Quick mode (the default) finishes in about a minute on 2 cores. The full mode
 (``--full``) measures the local guard at the real 28-layer shape with 16 concurrent
-requests, and takes about a quarter of an hour on 2 idle CPU cores. Results are
+requests, and takes about 13 minutes on 2 idle CPU cores. Results are
 printed as a table and written to ``BENCHMARKS.md`` with the machine they were
 measured on.
 """
@@ -49,16 +49,16 @@ TARGETS: dict[tuple[str, str, str], tuple[Callable[[float], bool], str]] = {
 # Why a target can be missed, from profiling; printed only for benchmarks that missed one.
 WHY = {
     "a": (
-        "On a CPU every path is compute-bound, so a speed-up is bounded by the ratio of "
-        "tokens computed. The fast path skips the cached template head and the decode "
-        "steps, but must compute the content and the ~100 template tokens after it (they "
-        "attend to the content), and it already runs close to its floor: the model card "
-        "computes only about 2x its tokens at 28 layers, so the 3x latency and 5x "
-        "throughput targets are out of reach here. They assume decode steps that cost far "
-        "more than their FLOPs, as on a GPU, where each of the model card's ~10 sequential "
-        "steps is latency-bound; (f) measures that when a GPU is present. Quick mode runs 2 "
-        "layers, where the 151936-row LM head (read at every draft position) dominates a "
-        "pass and per-pass overheads weigh more, so its floor ratio is worse than at 28."
+        "On a CPU every path is compute-bound, so a speed-up is bounded by the ratio of the "
+        "FLOPs computed ('model card / fast floor': about 3x for this length mix at 28 "
+        "layers, less for long content). The fast path skips the cached template head and "
+        "the decode steps but must compute the content and the ~100 template tokens after "
+        "it (they attend to the content), and it runs within about 1.5x of its floor, so "
+        "little is left to gain here. The 5x throughput target needs the model card's "
+        "decode steps to cost far more than their FLOPs, as on a GPU, where each of its ~10 "
+        "sequential steps is latency-bound; (f) measures that when a GPU is present. Quick "
+        "mode runs 2 layers: the 151936-row LM head (read at every draft position) "
+        "dominates a pass and per-pass overheads weigh more, so its ratios are worse."
     ),
     "b": (
         "Instant checks run on the caller's thread and the upstream call too, so no thread "

@@ -21,7 +21,8 @@ real ~10-token verdict:
 Per stage (prompt, response) it measures:
 
 - latency of a single request: model card and fast path (safe, unsafe), the mean
-  over a few requests, each timed alone after a one-request warm-up, the paths
+  over a few requests at evenly spaced quantiles of the content length (the
+  speed-up depends on it), each timed alone after a one-request warm-up, the paths
   taking turns request by request (the speed-up is the median of per-request ratios);
 - throughput at 16 concurrent requests: the model card serves them one at a time
   (the inverse of its mean latency over them, estimated from the latency requests'
@@ -32,7 +33,7 @@ Per stage (prompt, response) it measures:
   best matmul rate measured in the same run (memory traffic is not in it). The model
   card's floor counts every prompt token and its decode steps the same way.
 
-Full mode (``--full``, about 14 minutes on 2 idle cores): 28 layers, 16 concurrent
+Full mode (``--full``, about 13 minutes on 2 idle cores): 28 layers, 16 concurrent
 requests, latency over 2 requests (each timed once on every path, the paths taking
 turns), throughput from one batched-generate run and one fast run (the latency runs
 warmed up both). Quick mode (about 30 s): 2 layers, 30..120 content tokens, 4
@@ -310,7 +311,11 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         mean_len = statistics.mean(lengths)
         head = len(fast._head_ids[Stage(stage)])
         note = f"{mean_len:.0f} prompt tokens on average ({head} cached head)"
-        one = encoded[:requests]
+        # Latency requests spread over the length range (the speed-up depends on it):
+        # the ones at evenly spaced quantiles of the content length.
+        by_length = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
+        picks = [round((i + 1) / (requests + 1) * (len(encoded) - 1)) for i in range(requests)]
+        one = [encoded[by_length[q]] for q in picks]
 
         # --- single-request latency. The paths take turns request by request, so a slow
         # spell of a shared machine hits them alike; ratios are taken per request.
