@@ -36,7 +36,7 @@ Per stage (prompt, response) it measures:
 Full mode (``--full``, about 13 minutes on 2 idle cores): 28 layers, 16 concurrent
 requests, latency over 2 requests (each timed once on every path, the paths taking
 turns), throughput from one batched-generate run and one fast run (the latency runs
-warmed up both). Quick mode (about 30 s): 2 layers, 30..120 content tokens, 4
+warmed up both). Quick mode (about 30 s): 2 layers, 30..90 content tokens, 4
 concurrent requests, one request and one repetition of everything.
 """
 
@@ -237,7 +237,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     bench = "a" if device == "cpu" else "f"  # (f): the same measurements on a GPU
     requests = 1 if quick else 2  # timed one after the other for the latency
     concurrency = 4 if quick else CONCURRENCY
-    content = (30, 120) if quick else (30, 300)
+    content = (30, 90) if quick else (30, 300)
     label = f"{device} {dtype_name}, {layers} layers"
     if device == "cpu":
         label += ", 1 thread"

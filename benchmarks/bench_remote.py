@@ -55,10 +55,10 @@ async def _guarded(url: str, n: int) -> float:
 
 def run(quick: bool) -> list[Row]:
     """Classifications per second, each side measured three times, alternating; medians."""
-    n = 150 if quick else 1000
+    n = 100 if quick else 1000
     with fixed_json_server(json.dumps(VERDICT).encode()) as url:
-        asyncio.run(_bare(url, 100))  # warm-up
-        asyncio.run(_guarded(url, 100))
+        asyncio.run(_bare(url, 50 if quick else 100))  # warm-up
+        asyncio.run(_guarded(url, 50 if quick else 100))
         bare, guarded = [], []
         for _ in range(3):
             bare.append(asyncio.run(_bare(url, n)))
