@@ -23,6 +23,8 @@ from guardrail.errors import (
     ModelLoadError,
     PolicyError,
     RemoteGuardError,
+    RemoteGuardTimeoutError,
+    UnguardedAccessError,
     VerdictParseError,
 )
 from guardrail.qwen3guard import DEFAULT_MODEL, GuardInput, guard_inputs, parse_verdict
@@ -93,10 +95,12 @@ __all__ = [
     "PolicyError",
     "ReasoningMode",
     "RemoteGuardError",
+    "RemoteGuardTimeoutError",
     "RemoteQwen3Guard",
     "SafetyLevel",
     "Stage",
     "StageOutcome",
+    "UnguardedAccessError",
     "Verdict",
     "VerdictParseError",
     "__version__",

@@ -10,8 +10,10 @@ The hierarchy::
     ├── ClassifierError               the guard could not produce a verdict
     │   ├── ModelLoadError            a checkpoint could not be found or loaded
     │   ├── VerdictParseError         the guard's output is not a verdict
+    │   ├── GuardTimeoutError         no verdict (or reward score) within its deadline
     │   └── RemoteGuardError          a guard server failed
-    │       ├── GuardTimeoutError     no answer within the timeout
+    │       ├── RemoteGuardTimeoutError  the server did not answer in time
+    │       │                            (also a GuardTimeoutError)
     │       ├── GuardConnectionError  the server could not be reached
     │       └── GuardHTTPError        the server answered with an error status
     ├── PolicyError                   a policy file or object is invalid
@@ -92,8 +94,12 @@ class RemoteGuardError(ClassifierError):
         super().__init__(message)
 
 
-class GuardTimeoutError(RemoteGuardError):
-    """The guard server did not answer within the timeout."""
+class GuardTimeoutError(ClassifierError):
+    """No verdict (or reward score) arrived within its deadline, local or remote."""
+
+
+class RemoteGuardTimeoutError(GuardTimeoutError, RemoteGuardError):
+    """A guard or reward server did not answer within the request timeout."""
 
 
 class GuardConnectionError(RemoteGuardError):

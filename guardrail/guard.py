@@ -30,33 +30,13 @@ from guardrail.classifiers.base import Classifier, Conversation, amoderate_many,
 from guardrail.effects import Audit, Flow
 from guardrail.engine import Trace, check, completion_flow, stream_flow
 from guardrail.errors import ConfigurationError
+from guardrail.parts import build_classifier, build_reward_gate
 from guardrail.policy import Policy, evaluate, load_policy
-from guardrail.policy.schema import GuardConfig, StreamingConfig
+from guardrail.policy.schema import StreamingConfig
 from guardrail.reward.base import RewardScore, RewardScorer
-from guardrail.reward.gate import RewardGate
 from guardrail.runners import AsyncRunner, CheckPace, SyncRunner
 from guardrail.streams import AsyncGuardedStream, GuardedStream
 from guardrail.types import Decision, Stage, Verdict
-
-
-def build_classifier(settings: GuardConfig) -> Classifier:
-    """The guard backend a policy's ``guard`` section describes (loads a local model)."""
-    if settings.backend == "remote":
-        from guardrail.classifiers.remote import RemoteQwen3Guard
-
-        # The schema guarantees a base_url for the remote backend.
-        return RemoteQwen3Guard(
-            str(settings.base_url),
-            model=settings.model,
-            api_key_env=settings.api_key_env,
-            timeout=settings.timeout_s,
-            max_retries=settings.max_retries,
-        )
-    from guardrail.classifiers.local import LocalQwen3Guard
-
-    return LocalQwen3Guard(
-        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
-    )
 
 
 class Guard:
@@ -86,7 +66,9 @@ class Guard:
             policy = load_policy(policy)
         self.policy = policy
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
-        self.rewards = RewardGate(policy.reward, scorers) if policy.reward is not None else None
+        self.rewards = (
+            build_reward_gate(policy.reward, scorers) if policy.reward is not None else None
+        )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
         audit = policy.audit
         self.sink = (

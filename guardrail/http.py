@@ -46,7 +46,7 @@ from guardrail.errors import (
     ConfigurationError,
     GuardConnectionError,
     GuardHTTPError,
-    GuardTimeoutError,
+    RemoteGuardTimeoutError,
 )
 
 __all__ = [
@@ -147,7 +147,7 @@ def transport_errors(server: str, url: str, timeout: float) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise GuardTimeoutError(
+        raise RemoteGuardTimeoutError(
             f"{server} {url} did not answer within {timeout:g} s ({type(exc).__name__})",
             url=url,
         ) from exc
@@ -164,7 +164,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Timeouts, connection failures and :data:`RETRYABLE_STATUS` are worth retrying."""
     if isinstance(exc, GuardHTTPError):
         return exc.status_code in RETRYABLE_STATUS
-    return isinstance(exc, (GuardTimeoutError, GuardConnectionError))
+    return isinstance(exc, (RemoteGuardTimeoutError, GuardConnectionError))
 
 
 def _retry_after_s(exc: BaseException | None) -> float:
@@ -214,7 +214,7 @@ class PooledHTTP:
     ``api_key`` (else the ``api_key_env`` environment variable, if named) is sent as
     a bearer token and shown nowhere (not in ``repr``, masked in error snippets);
     ``public_url`` is the URL without credentials or query, for messages.
-    Transport failures raise :class:`GuardTimeoutError` /
+    Transport failures raise :class:`RemoteGuardTimeoutError` /
     :class:`GuardConnectionError` naming ``server`` (e.g. ``"guard server"``).
     Injected clients are used as they are and never closed here; otherwise one
     client per flavour, holding up to ``max_connections``, is created on first use

@@ -11,35 +11,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from guardrail.errors import ConfigurationError
 from guardrail.reward.base import RewardPair, RewardScore, RewardScorer
 from guardrail.reward.language import detect_language
 
-if TYPE_CHECKING:
-    from guardrail.policy.schema import RewardConfig, RewardModelConfig
+
+class RouteConfig(Protocol):
+    """What the gate reads of one reward model entry (a policy's ``reward.models[i]``)."""
+
+    @property
+    def id(self) -> str:
+        """The model's id, as in audit records."""
+        ...
+
+    @property
+    def languages(self) -> tuple[str, ...] | None:
+        """The languages it scores; ``None`` for any."""
+        ...
 
 
-def build_from_config(config: RewardModelConfig) -> RewardScorer:
-    """The scorer one ``reward.models`` entry of a policy describes (loads the model)."""
-    from guardrail.reward import build_scorer
+class GateConfig(Protocol):
+    """What the gate reads of a policy's ``reward`` section."""
 
-    options: dict[str, Any] = {"mean": config.mean, "std": config.std}
-    if config.kind == "remote":
-        options.update(
-            base_url=config.base_url,
-            api=config.api,
-            api_key_env=config.api_key_env,
-            timeout=config.timeout_s,
-        )
-    else:
-        options.update(
-            revision=config.revision,
-            device=config.device,
-            dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code,
-        )
-    return build_scorer(config.kind, config.model, **options)
+    @property
+    def models(self) -> Sequence[RouteConfig]:
+        """The reward models, tried in order."""
+        ...
+
+    @property
+    def best_of_n(self) -> int:
+        """Candidates to request per call."""
+        ...
 
 
 def _text(messages: Sequence[Any], answer: str) -> str:
@@ -57,18 +61,17 @@ def _text(messages: Sequence[Any], answer: str) -> str:
 class RewardGate:
     """Routes answers to the policy's reward models and scores them.
 
-    ``scorers`` maps model ids to ready scorers (to share loaded models, or to use
-    fakes in tests); models missing from it are built from the policy.
+    ``config`` is the policy's ``reward`` section; ``scorers`` maps each of its model
+    ids to a ready scorer (:func:`guardrail.parts.build_reward_gate` builds the ones
+    a caller does not give).
     """
 
-    def __init__(
-        self, config: RewardConfig, scorers: Mapping[str, RewardScorer] | None = None
-    ) -> None:
+    def __init__(self, config: GateConfig, scorers: Mapping[str, RewardScorer]) -> None:
+        missing = [m.id for m in config.models if m.id not in scorers]
+        if missing:
+            raise ConfigurationError(f"no scorer for reward model(s) {', '.join(missing)}")
         self.config = config
-        given = dict(scorers or {})
-        self.scorers: dict[str, RewardScorer] = {
-            m.id: given[m.id] if m.id in given else build_from_config(m) for m in config.models
-        }
+        self.scorers: dict[str, RewardScorer] = {m.id: scorers[m.id] for m in config.models}
 
     @property
     def best_of_n(self) -> int:

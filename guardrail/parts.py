@@ -1,0 +1,73 @@
+"""The parts a policy describes, built: the guard backend and the reward gate.
+
+This is the one place that turns a policy's ``guard`` and ``reward`` sections into
+live objects (loading local models, opening HTTP pools); the classifiers and
+scorers themselves know nothing of policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from guardrail.classifiers.base import Classifier
+from guardrail.policy.schema import GuardConfig, RewardConfig, RewardModelConfig
+from guardrail.reward.base import RewardScorer
+from guardrail.reward.gate import RewardGate
+
+
+def build_classifier(settings: GuardConfig) -> Classifier:
+    """The guard backend a policy's ``guard`` section describes (loads a local model)."""
+    if settings.backend == "remote":
+        from guardrail.classifiers.remote import RemoteQwen3Guard
+
+        # The schema guarantees a base_url for the remote backend.
+        return RemoteQwen3Guard(
+            str(settings.base_url),
+            model=settings.model,
+            api_key_env=settings.api_key_env,
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+    from guardrail.classifiers.local import LocalQwen3Guard
+
+    return LocalQwen3Guard(
+        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+    )
+
+
+def build_scorer(config: RewardModelConfig) -> RewardScorer:
+    """The scorer one ``reward.models`` entry of a policy describes (loads the model)."""
+    from guardrail.reward import build_scorer as build
+
+    options: dict[str, Any] = {"mean": config.mean, "std": config.std}
+    if config.kind == "remote":
+        options.update(
+            base_url=config.base_url,
+            api=config.api,
+            api_key_env=config.api_key_env,
+            timeout=config.timeout_s,
+        )
+    else:
+        options.update(
+            revision=config.revision,
+            device=config.device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+        )
+    return build(config.kind, config.model, **options)
+
+
+def build_reward_gate(
+    config: RewardConfig, scorers: Mapping[str, RewardScorer] | None = None
+) -> RewardGate:
+    """The reward gate of a policy's ``reward`` section.
+
+    ``scorers`` maps model ids to ready scorers (to share loaded models, or fakes in
+    tests); the models missing from it are built.
+    """
+    built = dict(scorers or {})
+    for model in config.models:
+        if model.id not in built:
+            built[model.id] = build_scorer(model)
+    return RewardGate(config, built)
