@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from guardrail.chat import as_mapping
 from guardrail.errors import InputError, VerdictParseError
 from guardrail.types import (
     Category,
@@ -111,22 +112,6 @@ class _Normalised:
     """The last answer's thinking was inside its content (so it reaches the caller)."""
 
 
-def _as_mapping(message: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(message, Mapping):
-        return message
-    dump = getattr(message, "model_dump", None)
-    if callable(dump):
-        try:  # parsed messages hold user types that pydantic warns about when dumping
-            data = dump(warnings=False)
-        except TypeError:
-            data = dump()
-        if isinstance(data, Mapping):
-            return data
-    raise InputError(
-        f"expected a message dict or pydantic object, got {type(message).__name__}", where=where
-    )
-
-
 _TEXT_PART_KEYS = {
     "text": "text",
     "input_text": "text",
@@ -143,7 +128,7 @@ def _content_text(content: Any, where: str, skipped: list[str]) -> str:
     if isinstance(content, Iterable) and not isinstance(content, (bytes, Mapping)):
         texts: list[str] = []
         for j, raw_part in enumerate(content):
-            part = _as_mapping(raw_part, f"{where}[{j}]")
+            part = as_mapping(raw_part, f"{where}[{j}]")
             kind = str(part.get("type", ""))
             key = _TEXT_PART_KEYS.get(kind)
             if key is not None:
@@ -186,9 +171,9 @@ def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     if legacy:
         calls = [*calls, {"function": legacy}]
     for k, raw_call in enumerate(calls):
-        call = _as_mapping(raw_call, f"{where}.tool_calls[{k}]")
+        call = as_mapping(raw_call, f"{where}.tool_calls[{k}]")
         function = call.get("function") or {}
-        function = _as_mapping(function, f"{where}.tool_calls[{k}].function")
+        function = as_mapping(function, f"{where}.tool_calls[{k}].function")
         name = function.get("name") or "?"
         arguments = function.get("arguments") or ""
         lines.append(f"Tool call: {name}({arguments})")
@@ -200,7 +185,7 @@ def _normalise(messages: Sequence[Any] | Iterable[Any], *, include_system: bool)
     items = list(messages)
     for i, raw in enumerate(items):
         where = f"messages[{i}]"
-        message = _as_mapping(raw, where)
+        message = as_mapping(raw, where)
         role = message.get("role")
         text = _content_text(message.get("content"), f"{where}.content", out.skipped)
         out.last_reasoning = None

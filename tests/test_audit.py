@@ -49,7 +49,7 @@ from guardrail.audit import (
     verify_file,
 )
 from guardrail.audit.chain import HashChain
-from guardrail.engine import Trace
+from guardrail.flow import Trace
 from guardrail.errors import AuditError, ConfigurationError, GuardTimeoutError
 from guardrail.guard import Guard
 from guardrail.policy import Policy
@@ -1357,6 +1357,6 @@ def test_guard_with_a_null_sink_builds_nothing(monkeypatch: pytest.MonkeyPatch) 
     def fail(**kw: Any) -> Any:
         raise AssertionError("built a record for a NullSink")
 
-    monkeypatch.setattr("guardrail.guard.record_dict", fail)
+    monkeypatch.setattr("guardrail.flow.trace.record_dict", fail)
     guard = Guard(Policy.default(), classifier=ScriptedClassifier(), sink=NullSink())
     assert guard.check_prompt([{"role": "user", "content": "hi"}]).action is Action.ALLOW

@@ -19,7 +19,7 @@ from guardrail import Action, BlockedError, Guard
 from guardrail.audit import read_records
 from guardrail.policy import load_policy_text
 from guardrail.qwen3guard import GuardInput
-from guardrail.runners import INLINE_AFTER, CheckPace
+from guardrail.flow.sync_driver import INLINE_AFTER, CheckPace
 from guardrail.testing import ScriptedClassifier
 from guardrail.types import Verdict
 

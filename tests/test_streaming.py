@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletionChunk
 import guardrail
 from guardrail import Guard
 from guardrail.policy import load_policy_text
-from guardrail.streaming import SegmentCheck, StreamState
+from guardrail.flow.buffer import SegmentCheck, StreamState
 from guardrail.testing import ScriptedClassifier
 
 

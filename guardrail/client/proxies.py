@@ -1,4 +1,4 @@
-"""``wrap()``: put a Guard in front of an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client.
+"""``wrap()`` and its proxies: a Guard in front of an ``openai.OpenAI`` or ``AsyncOpenAI``.
 
 The wrapper is a thin proxy: ``chat.completions.create`` (and ``parse``) go
 through the guard, keep their signature and return the same types
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from guardrail.client.calls import acomplete, complete
 from guardrail.errors import ConfigurationError, UnguardedAccessError
 
 if TYPE_CHECKING:
@@ -79,25 +80,25 @@ class _GuardedCompletions(_Proxy):
 
     def create(self, **params: Any) -> Any:
         """Guarded ``chat.completions.create``: same parameters, same return types."""
-        return self._guard._complete(self._wrapped.create, params)
+        return complete(self._guard, self._wrapped.create, params)
 
     def parse(self, **params: Any) -> Any:
         """Guarded ``chat.completions.parse`` (structured outputs)."""
         if params.get("stream"):
             raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return self._guard._complete(self._wrapped.parse, params)
+        return complete(self._guard, self._wrapped.parse, params)
 
 
 class _AsyncGuardedCompletions(_GuardedCompletions):
     async def create(self, **params: Any) -> Any:
         """Guarded async ``chat.completions.create``."""
-        return await self._guard._acomplete(self._wrapped.create, params)
+        return await acomplete(self._guard, self._wrapped.create, params)
 
     async def parse(self, **params: Any) -> Any:
         """Guarded async ``chat.completions.parse``."""
         if params.get("stream"):
             raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return await self._guard._acomplete(self._wrapped.parse, params)
+        return await acomplete(self._guard, self._wrapped.parse, params)
 
 
 class _GuardedChat(_Proxy):

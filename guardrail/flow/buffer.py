@@ -1,4 +1,4 @@
-"""Streaming moderation, sans I/O: feed upstream chunks, learn what to check and what to release.
+"""The stream buffer, sans I/O: feed upstream chunks, learn what to check and what to release.
 
 :class:`StreamState` holds upstream chunks back until everything they carry has
 been checked (``check_before_release``: no unchecked text ever reaches the
@@ -18,7 +18,7 @@ Chunks that end a choice (``finish_reason``) are held until that final check
 passes, so a failing final check can still end the stream with
 ``finish_reason="content_filter"``.
 
-The state object never blocks: the sync and async runners drive it, checking
+The state object never blocks: :mod:`guardrail.flow.stream` drives it, checking
 chunk N while chunk N+1 arrives.
 """
 
@@ -29,6 +29,8 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from guardrail.chat import delta_parts
 
 # A sentence ends inside a delta too ("dog. The"): upstreams split text anywhere.
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026]['\")\]]?(?:\s|$)|\n")
@@ -88,23 +90,6 @@ class StreamStep:
 
     release: list[Any] = field(default_factory=list)
     checks: list[SegmentCheck] = field(default_factory=list)
-
-
-def _delta_parts(delta: Any) -> tuple[str, str, list[tuple[int, str, str]]]:
-    """(visible text, reasoning, tool-call pieces) carried by one choice delta."""
-    if delta is None:
-        return "", "", []
-    visible = "".join(
-        p for p in (getattr(delta, "content", None), getattr(delta, "refusal", None)) if p
-    )
-    reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
-    tools = []
-    for call in getattr(delta, "tool_calls", None) or ():
-        function = getattr(call, "function", None)
-        name = getattr(function, "name", None) or ""
-        arguments = getattr(function, "arguments", None) or ""
-        tools.append((int(getattr(call, "index", 0) or 0), name, arguments))
-    return visible, reasoning if isinstance(reasoning, str) else "", tools
 
 
 class StreamState:
@@ -170,7 +155,7 @@ class StreamState:
         for raw in getattr(chunk, "choices", None) or ():
             index = int(raw.index)
             choice = self._choices.setdefault(index, _Choice())
-            visible, reasoning, tools = _delta_parts(raw.delta)
+            visible, reasoning, tools = delta_parts(raw.delta)
             if visible:
                 choice.content.append(visible)
             if reasoning:

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from types import TracebackType
 from typing import Any
 
-from guardrail.engine import Trace
+from guardrail.flow.trace import Trace
 from guardrail.report import GuardReport
 
 _EMPTY = object()

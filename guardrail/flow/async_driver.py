@@ -1,0 +1,189 @@
+"""The async driver: performs a flow's effects with tasks and never blocks the event loop.
+
+Every started job is a task; a check's deadline counts from when it was
+started. Audit writes (file I/O, maybe fsync) run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+from guardrail.classifiers.base import Conversation
+from guardrail.errors import ConfigurationError
+from guardrail.flow.drive import Stepper, timeout_error
+from guardrail.flow.effects import (
+    END,
+    Audit,
+    Await,
+    CallUpstream,
+    Cancel,
+    Classify,
+    CloseStream,
+    Effect,
+    Emit,
+    First,
+    Flow,
+    Handle,
+    Job,
+    ReadChunk,
+    Score,
+    Start,
+    WaitFirst,
+)
+from guardrail.flow.trace import Trace
+from guardrail.reward.base import RewardScore
+from guardrail.types import Stage, Verdict
+
+T = TypeVar("T")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Abandoned tasks' failures are expected; retrieving them keeps asyncio quiet.
+    if not task.cancelled():
+        task.exception()
+
+
+def _aclose_result(task: asyncio.Future[Any]) -> None:
+    # A raced upstream call that already returned a stream: close it, unread.
+    if task.cancelled() or task.exception() is not None:
+        return
+    close = getattr(task.result(), "close", None)
+    if callable(close):
+        result = close()
+        if inspect.isawaitable(result):
+            asyncio.ensure_future(result).add_done_callback(_retrieve)
+
+
+async def _next_or_end(stream: Any) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return END
+
+
+class _Task(Handle[T]):
+    """A started job's task and when it started."""
+
+    __slots__ = ("t0", "task")
+
+    def __init__(self, job: Job[T], awaitable: Awaitable[T]) -> None:
+        super().__init__(job)
+        self.task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+        self.task.add_done_callback(_retrieve)
+        self.t0 = time.perf_counter()
+
+
+class AsyncDriver:
+    """Drives flows for async callers with tasks."""
+
+    def __init__(
+        self,
+        classify: Callable[[Stage, Sequence[Conversation]], Awaitable[list[Verdict]]],
+        upstream: Callable[[dict[str, Any]], Awaitable[Any]],
+        audit: Callable[[Trace], None],
+        *,
+        timeout_s: float | None,
+        score: Callable[[Sequence[Conversation]], Awaitable[list[RewardScore | None]]]
+        | None = None,
+    ) -> None:
+        self._classify = classify
+        self._score = score
+        self._upstream = upstream
+        self._audit = audit
+        self._timeout = timeout_s
+        self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            Start: self._start,
+            Await: self._await,
+            Cancel: self._cancel,
+            WaitFirst: self._wait_first,
+            CloseStream: self._close_stream,
+            Audit: self._write_audit,
+        }
+
+    async def run(self, flow: Flow[T]) -> T:
+        """Drive a flow that emits nothing to completion and return its result."""
+        box: list[T] = []
+        async for _ in self._steps(flow, box):
+            pass
+        return box[0]
+
+    def stream(self, flow: Flow[None]) -> AsyncGenerator[Any, None]:
+        """Drive a streaming flow, yielding each chunk it emits."""
+        return self._steps(flow, [])
+
+    async def _steps(self, flow: Flow[T], box: list[T]) -> AsyncGenerator[Any, None]:
+        stepper = Stepper(flow)
+        try:
+            while (effect := stepper.next_effect()) is not None:
+                if type(effect) is Emit:
+                    yield effect.chunk
+                else:
+                    await self._perform(stepper, effect)
+            box.append(stepper.result)  # type: ignore[arg-type]
+        finally:
+            if stepper.abandon():
+                while (effect := stepper.next_effect()) is not None:
+                    await self._perform(stepper, effect)
+
+    async def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
+        try:
+            stepper.send(await self._handlers[type(effect)](effect))
+        except Exception as exc:
+            stepper.throw(exc)
+
+    async def _start(self, effect: Start[Any]) -> Handle[Any]:
+        job = effect.job
+        if isinstance(job, Classify):
+            return _Task(job, self._classify(job.stage, job.conversations))
+        if isinstance(job, Score):
+            if self._score is None:
+                raise ConfigurationError("no reward models are configured")
+            return _Task(job, self._score(job.conversations))
+        if isinstance(job, CallUpstream):
+            return _Task(job, self._upstream(job.params))
+        if isinstance(job, ReadChunk):
+            return _Task(job, _next_or_end(job.stream))
+        raise TypeError(f"unexpected job {job!r}")
+
+    def _remaining(self, handle: _Task[Any]) -> float | None:
+        if self._timeout is None or not handle.job.timed:
+            return None
+        return max(0.0, self._timeout - (time.perf_counter() - handle.t0))
+
+    async def _await(self, effect: Await[Any]) -> Any:
+        handle = cast("_Task[Any]", effect.handle)
+        if not handle.job.timed:
+            return await handle.task
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.task), self._remaining(handle))
+        except asyncio.TimeoutError:
+            handle.task.cancel()
+            raise timeout_error(handle.job, self._timeout or 0.0) from None
+
+    async def _wait_first(self, effect: WaitFirst) -> First:
+        # Handles come from this driver's own _start.
+        check, read = cast("_Task[Any]", effect.check), cast("_Task[Any]", effect.read)
+        done, _ = await asyncio.wait(
+            {read.task, check.task},
+            timeout=self._remaining(check),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        return "read" if read.task in done and check.task not in done else "check"
+
+    async def _cancel(self, effect: Cancel) -> None:
+        handle = cast("_Task[Any]", effect.handle)
+        if handle.task.done():
+            _aclose_result(handle.task)
+        else:
+            handle.task.cancel()
+            handle.task.add_done_callback(_aclose_result)
+
+    async def _close_stream(self, effect: CloseStream) -> None:
+        await effect.stream.close()
+
+    async def _write_audit(self, effect: Audit) -> None:
+        await asyncio.to_thread(self._audit, effect.trace)

@@ -1,0 +1,208 @@
+"""The checks every flow shares: judge, score, let the policy decide, record it.
+
+:func:`check` is one checked step (a prompt, or a batch of answers):
+classify, score answers when reward models are configured, and turn each
+verdict (or the guard's failure) into the policy's decision, recorded on the
+trace. :func:`prompt_phase` is the start of every guarded call, and
+:func:`check_flow` the whole of a direct ``Guard.check_*`` call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from guardrail.chat import content_text, replace_judged_turn, with_instruction
+from guardrail.classifiers.base import Conversation
+from guardrail.errors import BlockedError, ClassifierError, GuardrailError
+from guardrail.flow.effects import (
+    Audit,
+    CallUpstream,
+    Cancel,
+    Classify,
+    Flow,
+    Handle,
+    Score,
+    run_job,
+    start_job,
+)
+from guardrail.flow.settings import FlowSettings
+from guardrail.flow.trace import Trace
+from guardrail.report import StageOutcome
+from guardrail.reward.base import RewardScore
+from guardrail.reward.hybrid import hybrid_score
+from guardrail.types import Action, Decision, RewriteMode, Stage, Verdict
+
+
+def as_guard_error(exc: Exception) -> GuardrailError:
+    """Any failure of a check, as a guard error the failure mode can decide on."""
+    if isinstance(exc, GuardrailError):
+        return exc
+    error = ClassifierError(f"the guard failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def decide(
+    settings: FlowSettings,
+    trace: Trace,
+    stage: Stage,
+    verdicts: Sequence[Verdict] | GuardrailError,
+    count: int,
+    *,
+    elapsed: float,
+    prompt_verdict: Verdict | None = None,
+    attempt: int = 0,
+    candidates: Sequence[int | None] | None = None,
+    rewards: Sequence[RewardScore | None] | None = None,
+) -> list[Decision]:
+    """Let the policy decide each verdict, or the failure mode decide a guard failure.
+
+    Every decision becomes an outcome on the trace; a failure is recorded with it.
+    """
+    error: GuardrailError | None = None
+    checked: Sequence[Verdict | None] = [None] * count
+    if isinstance(verdicts, GuardrailError):
+        error = verdicts
+    elif len(verdicts) != count or any(v.stage is not stage for v in verdicts):
+        error = ClassifierError(f"the guard's verdicts do not fit a {stage.value} check")
+    else:
+        checked = verdicts
+    if error is not None:
+        trace.errors.append((stage.value, error))
+    trace.guard_s += elapsed
+    decisions = []
+    for k, verdict in enumerate(checked):
+        reward = rewards[k] if rewards is not None else None
+        candidate = candidates[k] if candidates is not None else None
+        if reward is not None and verdict is not None:
+            trace.rewards.append((candidate, reward, hybrid_score(verdict, reward.goodness)))
+        decision = settings.decide(
+            stage,
+            verdict,
+            prompt_verdict=prompt_verdict,
+            error=error,
+            reward=reward.goodness if reward is not None else None,
+        )
+        if error is not None:
+            trace.outcome_errors[len(trace.outcomes)] = error
+        trace.outcomes.append(
+            StageOutcome(
+                stage=stage,
+                decision=decision,
+                latency_s=elapsed,
+                attempt=attempt,
+                candidate=candidate,
+            )
+        )
+        decisions.append(decision)
+    return decisions
+
+
+def check(
+    settings: FlowSettings,
+    trace: Trace,
+    stage: Stage,
+    conversations: Sequence[Conversation],
+    *,
+    prompt_verdict: Verdict | None = None,
+    attempt: int = 0,
+    candidates: Sequence[int | None] | None = None,
+) -> Flow[list[Decision]]:
+    """Judge conversations (and score responses) and let the policy decide each.
+
+    A guard failure is decided by the failure mode. A reward failure is audited and
+    leaves the answers unscored (reward conditions then do not match): the reward
+    is a quality signal, the guard is the safety gate.
+    """
+    started = time.perf_counter()
+    result: Sequence[Verdict] | GuardrailError
+    try:
+        result = yield from run_job(Classify(stage, conversations))
+    except Exception as exc:  # the failure mode decides; never swallowed silently
+        result = as_guard_error(exc)
+    rewards: Sequence[RewardScore | None] | None = None
+    if stage is Stage.RESPONSE and settings.scores:
+        try:
+            rewards = yield from run_job(Score(conversations))
+        except Exception as exc:
+            trace.errors.append(("reward", exc))
+    return decide(
+        settings,
+        trace,
+        stage,
+        result,
+        len(conversations),
+        elapsed=time.perf_counter() - started,
+        prompt_verdict=prompt_verdict,
+        attempt=attempt,
+        candidates=candidates,
+        rewards=rewards,
+    )
+
+
+def rewrite_prompt(params: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """Apply a prompt-stage rewrite: add an instruction, or replace the judged turn."""
+    rewrite = decision.rewrite
+    if rewrite is None:
+        return params
+    if rewrite.mode is RewriteMode.ADD_INSTRUCTION:
+        return with_instruction(params, rewrite.text)
+    return {**params, "messages": replace_judged_turn(params["messages"], rewrite.text)}
+
+
+def prompt_phase(
+    settings: FlowSettings, trace: Trace, params: dict[str, Any]
+) -> Flow[tuple[Decision, dict[str, Any], Handle[Any] | None]]:
+    """Check the prompt, racing the upstream call in concurrent mode.
+
+    Returns the decision, the parameters to call the upstream with, and the raced
+    call's handle. A blocked or rewritten prompt cancels the raced call, so an
+    answer to a blocked prompt never reaches the caller.
+    """
+    handle = (yield from start_job(CallUpstream(params))) if settings.concurrent else None
+    (decision,) = yield from check(settings, trace, Stage.PROMPT, [(params["messages"], None)])
+    trace.took(decision.action, flags=decision.flags)
+    if decision.blocked:
+        trace.blocked_stage = Stage.PROMPT
+    if handle is not None and (decision.blocked or decision.action is Action.REWRITE):
+        yield Cancel(handle)
+        handle = None
+    if decision.action is Action.REWRITE:
+        params = rewrite_prompt(params, decision)
+    return decision, params, handle
+
+
+def raise_if_raising(settings: FlowSettings, trace: Trace, decision: Decision) -> None:
+    """Raise :class:`~guardrail.errors.BlockedError` when the policy's block behaviour is raise."""
+    if settings.raises_on_block:
+        raise BlockedError(
+            f"{decision.stage.value} blocked by rule {decision.rule_id!r}",
+            decision=decision,
+            report=trace.report(),
+        )
+
+
+def check_flow(
+    settings: FlowSettings,
+    stage: Stage,
+    messages: Iterable[Any],
+    response: Any,
+    prompt_verdict: Verdict | None,
+) -> Flow[Decision]:
+    """A direct check of a prompt or an answer: decided, audited, never raised."""
+    items = list(messages)
+    trace = Trace.begin("check", messages=items)
+    try:
+        (decision,) = yield from check(
+            settings, trace, stage, [(items, response)], prompt_verdict=prompt_verdict
+        )
+        trace.took(decision.action, flags=decision.flags)
+        if decision.blocked:
+            trace.blocked_stage = stage
+        if response is not None:
+            trace.responses.append(content_text(response))
+        return decision
+    finally:
+        yield Audit(trace)

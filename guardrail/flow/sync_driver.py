@@ -1,0 +1,322 @@
+"""The sync driver: performs a flow's effects with threads, blocking its caller.
+
+Upstream calls and stream reads run on one pool, checks on another (so abandoned
+upstream calls can never starve the guard), each check's deadline counted from
+when it starts running. A thread handoff costs about as much as a check by an
+instant classifier (a rule, a cache hit, a scripted fake), so the driver avoids
+the handoffs it can: checks of a guard whose recent checks were all near-instant
+run on the caller's thread (:class:`CheckPace`), and an upstream call or stream
+read is started on a worker only when the flow next waits on something else;
+when the flow waits for that call or read first, it runs on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar, cast
+
+from guardrail.classifiers.base import Conversation
+from guardrail.errors import ConfigurationError, GuardTimeoutError
+from guardrail.flow.drive import Stepper, timeout_error
+from guardrail.flow.effects import (
+    END,
+    Audit,
+    Await,
+    CallUpstream,
+    Cancel,
+    Classify,
+    CloseStream,
+    Effect,
+    Emit,
+    First,
+    Flow,
+    Handle,
+    Job,
+    ReadChunk,
+    Score,
+    Start,
+    WaitFirst,
+)
+from guardrail.flow.trace import Trace
+from guardrail.reward.base import RewardScore
+from guardrail.types import Stage, Verdict
+
+T = TypeVar("T")
+Future = concurrent.futures.Future
+
+QUEUE_LIMIT_S = 60.0
+"""How long a check may wait for a free guard worker before it counts as timed out."""
+
+INLINE_BELOW_S = 0.0005
+"""Checks faster than this (about a thread handoff) may run on the caller's thread."""
+
+INLINE_AFTER = 16
+"""Consecutive checks under :data:`INLINE_BELOW_S` before checks run inline."""
+
+
+class CheckPace:
+    """How fast one guard's recent checks were: decides whether sync checks run inline.
+
+    After :data:`INLINE_AFTER` consecutive checks under :data:`INLINE_BELOW_S`, the
+    sync driver runs checks on the caller's thread; the first slower check sends
+    them back to the worker pool, where deadlines are enforced while they run. An
+    inline check that overruns its deadline still fails as timed out (its verdict
+    is discarded) once it returns.
+    """
+
+    def __init__(self) -> None:
+        self._streak = 0  # races between threads can only lose a count: harmless
+
+    @property
+    def inline(self) -> bool:
+        """Whether checks may run on the caller's thread."""
+        return self._streak >= INLINE_AFTER
+
+    def record(self, seconds: float) -> None:
+        """Note how long a check took."""
+        self._streak = self._streak + 1 if seconds < INLINE_BELOW_S else 0
+
+
+class _Timed(Handle[T]):
+    """A check or a scoring: on the check pool, or already run inline; has a deadline."""
+
+    __slots__ = ("fn", "future", "started", "t0")
+
+    def __init__(self, job: Job[T], fn: Callable[[], T]) -> None:
+        super().__init__(job)
+        self.fn = fn
+        self.started = threading.Event()
+        self.t0 = 0.0
+        self.future: Future[T] | None = None
+
+    def __call__(self) -> T:
+        self.t0 = time.perf_counter()
+        self.started.set()
+        return self.fn()
+
+    def run_here(self, timeout: float | None) -> None:
+        """Run on the caller's thread; an overrun of ``timeout`` becomes a timeout error."""
+        future: Future[T] = Future()
+        try:
+            result = self()
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            if timeout is not None and time.perf_counter() - self.t0 > timeout:
+                future.set_exception(timeout_error(self.job, timeout))
+            else:
+                future.set_result(result)
+        self.future = future
+
+
+class _Deferred(Handle[T]):
+    """An upstream call or stream read, started only once the flow waits on something else."""
+
+    __slots__ = ("args", "fn", "future", "settled")
+
+    def __init__(self, job: Job[T], fn: Callable[..., T], *args: Any) -> None:
+        super().__init__(job)
+        self.fn = fn
+        self.args = args
+        self.future: Future[T] | None = None
+        self.settled = False
+        """Run inline or dropped: nothing is left to start or cancel."""
+
+
+def _close_result(future: Future[Any]) -> None:
+    # A raced upstream call that already returned a stream: close it, unread.
+    if not future.cancelled() and future.exception() is None:
+        close = getattr(future.result(), "close", None)
+        if callable(close) and not inspect.iscoroutinefunction(close):
+            close()
+
+
+class SyncDriver:
+    """Drives flows for sync callers with two thread pools."""
+
+    def __init__(
+        self,
+        classify: Callable[[Stage, Sequence[Conversation]], list[Verdict]],
+        upstream: Callable[[dict[str, Any]], Any],
+        audit: Callable[[Trace], None],
+        *,
+        timeout_s: float | None,
+        checks: concurrent.futures.Executor,
+        io: concurrent.futures.Executor,
+        score: Callable[[Sequence[Conversation]], list[RewardScore | None]] | None = None,
+        pace: CheckPace | None = None,
+    ) -> None:
+        self._classify = classify
+        self._score = score
+        self._upstream = upstream
+        self._audit = audit
+        self._timeout = timeout_s
+        self._checks = checks
+        self._io = io
+        self._pace = pace if pace is not None else CheckPace()
+        self._pending: list[_Deferred[Any]] = []
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            Start: self._start,
+            Await: self._await,
+            Cancel: self._cancel,
+            WaitFirst: self._wait_first,
+            CloseStream: self._close_stream,
+            Audit: self._write_audit,
+        }
+
+    def run(self, flow: Flow[T]) -> T:
+        """Drive a flow that emits nothing to completion and return its result."""
+        steps = self._steps(flow)
+        try:
+            while True:
+                next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def stream(self, flow: Flow[None]) -> Generator[Any, None, None]:
+        """Drive a streaming flow, yielding each chunk it emits."""
+        return self._steps(flow)
+
+    def _steps(self, flow: Flow[T]) -> Generator[Any, None, T]:
+        stepper = Stepper(flow)
+        try:
+            while (effect := stepper.next_effect()) is not None:
+                if type(effect) is Emit:
+                    yield effect.chunk
+                else:
+                    self._perform(stepper, effect)
+            return stepper.result  # type: ignore[return-value]
+        finally:
+            if stepper.abandon():
+                while (effect := stepper.next_effect()) is not None:
+                    self._perform(stepper, effect)
+
+    def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
+        try:
+            stepper.send(self._handlers[type(effect)](effect))
+        except Exception as exc:
+            stepper.throw(exc)
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _start(self, effect: Start[Any]) -> Handle[Any]:
+        job = effect.job
+        if isinstance(job, Classify):
+            stage, conversations = job.stage, job.conversations
+            return self._start_timed(
+                _Timed(job, lambda: self._paced(stage, conversations)), inline=self._pace.inline
+            )
+        if isinstance(job, Score):
+            score = self._score
+            if score is None:
+                raise ConfigurationError("no reward models are configured")
+            conversations = job.conversations
+            return self._start_timed(_Timed(job, lambda: score(conversations)), inline=False)
+        if isinstance(job, CallUpstream):
+            return self._defer(_Deferred(job, self._upstream, job.params))
+        if isinstance(job, ReadChunk):
+            return self._defer(_Deferred(job, next, job.stream, END))
+        raise TypeError(f"unexpected job {job!r}")
+
+    def _paced(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        started = time.perf_counter()
+        try:
+            return self._classify(stage, conversations)
+        finally:
+            self._pace.record(time.perf_counter() - started)
+
+    def _start_timed(self, handle: _Timed[T], *, inline: bool) -> _Timed[T]:
+        if inline:
+            handle.run_here(self._timeout)
+            return handle
+        self._launch()  # the caller is about to wait: start deferred calls first
+        handle.future = self._checks.submit(handle)
+        return handle
+
+    def _defer(self, handle: _Deferred[T]) -> _Deferred[T]:
+        self._pending.append(handle)
+        return handle
+
+    def _launch(self) -> None:
+        """Start every deferred upstream call or read on a worker."""
+        for deferred in self._pending:
+            deferred.future = self._io.submit(deferred.fn, *deferred.args)
+        self._pending.clear()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def _await(self, effect: Await[Any]) -> Any:
+        handle = effect.handle
+        if isinstance(handle, _Timed):
+            assert handle.future is not None
+            if not handle.future.done():
+                self._launch()
+            try:
+                return handle.future.result(timeout=self._remaining(handle))
+            except concurrent.futures.TimeoutError:
+                raise timeout_error(handle.job, self._timeout or 0.0) from None
+        assert isinstance(handle, _Deferred)
+        if handle.future is not None:
+            return handle.future.result()
+        # Not started yet: run it here, after starting the others.
+        self._pending.remove(handle)
+        handle.settled = True
+        self._launch()
+        return handle.fn(*handle.args)
+
+    def _remaining(self, handle: _Timed[Any]) -> float | None:
+        """Seconds left before the job's deadline (waiting for it to start if queued)."""
+        if self._timeout is None:
+            return None
+        if not handle.started.wait(QUEUE_LIMIT_S):
+            assert handle.future is not None
+            handle.future.cancel()
+            raise GuardTimeoutError(f"no guard worker was free for {QUEUE_LIMIT_S:g}s")
+        return max(0.0, self._timeout - (time.perf_counter() - handle.t0))
+
+    def _wait_first(self, effect: WaitFirst) -> First:
+        # Handles come from this driver's own _start.
+        check, read = cast("_Timed[Any]", effect.check), cast("_Deferred[Any]", effect.read)
+        assert check.future is not None
+        if check.future.done():
+            return "check"
+        self._launch()
+        assert read.future is not None
+        done, _ = concurrent.futures.wait(
+            [check.future, read.future],
+            timeout=self._remaining(check),
+            return_when=concurrent.futures.FIRST_COMPLETED,
+        )
+        return "read" if read.future in done and check.future not in done else "check"
+
+    # -- ending -------------------------------------------------------------------------
+
+    def _cancel(self, effect: Cancel) -> None:
+        handle = effect.handle
+        future: Future[Any] | None
+        if isinstance(handle, _Deferred):
+            if handle.future is None:  # never started: nothing to abandon
+                if not handle.settled:
+                    self._pending.remove(handle)
+                    handle.settled = True
+                return
+            future = handle.future
+        else:
+            assert isinstance(handle, _Timed)
+            future = handle.future
+        # A running thread cannot be interrupted: its answer is abandoned, never
+        # returned, and a stream it opens is closed.
+        if future is not None and not future.cancel():
+            future.add_done_callback(_close_result)
+
+    def _close_stream(self, effect: CloseStream) -> None:
+        self._launch()
+        effect.stream.close()
+
+    def _write_audit(self, effect: Audit) -> None:
+        self._launch()
+        self._audit(effect.trace)

@@ -1,0 +1,141 @@
+"""What happened during one guarded call: the report the caller gets, the audit record kept.
+
+A :class:`Trace` is filled in by the flow as checks run; :meth:`Trace.report`
+makes the immutable :class:`~guardrail.report.GuardReport` returned to the
+application, and :func:`audit_record` the audit record's JSON dict (the one
+derivation lives in :mod:`guardrail.audit`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardrail.audit import ContentMode, PolicyRef, record_dict, stage_dict
+from guardrail.chat import last_user_text
+from guardrail.report import GuardReport, StageOutcome
+from guardrail.reward.base import RewardScore
+from guardrail.types import Action, Stage
+
+_ACTION_RANK = {Action.ALLOW: 0, Action.FLAG: 1, Action.REWRITE: 2, Action.BLOCK: 3}
+
+
+@dataclass
+class Trace:
+    """What happened during one guarded call; becomes the report and the audit record."""
+
+    request_id: str
+    mode: str
+    model: str
+    messages: Any
+    started: float = field(default_factory=time.perf_counter)
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
+    """``(where, error)``: where is a stage's value, ``"upstream"`` or ``"reward"``."""
+    guard_s: float = 0.0
+    upstream_s: float = 0.0
+    action: Action = Action.ALLOW
+    flags: list[str] = field(default_factory=list)
+    blocked_stage: Stage | None = None
+    responses: list[str] = field(default_factory=list)
+    rewards: list[tuple[int | None, RewardScore, float]] = field(default_factory=list)
+    """(candidate, score, hybrid score) for every scored answer."""
+    outcome_errors: dict[int, BaseException] = field(default_factory=dict)
+    """The guard exception behind each outcome decided by the failure mode, by position."""
+
+    @classmethod
+    def begin(cls, mode: str, *, model: str = "", messages: Any = ()) -> Trace:
+        """The trace of a call starting now, with a fresh request id."""
+        return cls(request_id=uuid.uuid4().hex, mode=mode, model=model, messages=messages)
+
+    def took(self, action: Action, *, flags: Sequence[str] = ()) -> None:
+        """Record an action applied to the call (the strongest one is reported)."""
+        if _ACTION_RANK[action] > _ACTION_RANK[self.action]:
+            self.action = action
+        for flag in flags:
+            if flag not in self.flags:
+                self.flags.append(flag)
+
+    def elapsed(self) -> float:
+        """Seconds since the call started."""
+        return time.perf_counter() - self.started
+
+    def report(self) -> GuardReport:
+        """The immutable report returned to the application."""
+        return GuardReport(
+            request_id=self.request_id,
+            action=self.action,
+            outcomes=tuple(self.outcomes),
+            flags=tuple(self.flags),
+            blocked_stage=self.blocked_stage,
+        )
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What an audit record needs besides the trace: the policy and what content to keep."""
+
+    policy: PolicyRef
+    content: ContentMode = "hash"
+    truncate_chars: int = 200
+
+
+def audit_record(trace: Trace, recording: Recording, *, guard_model: str) -> dict[str, Any]:
+    """The audit record of a finished call, as the JSON dict sinks write."""
+    content = recording.content
+    stages = [
+        stage_dict(
+            o.decision,
+            latency_s=o.latency_s,
+            error=trace.outcome_errors.get(i),
+            attempt=o.attempt + 1,
+            candidate=o.candidate,
+            raw_text=content == "full",
+        )
+        for i, o in enumerate(trace.outcomes)
+    ]
+    # Guard failures are recorded with their stage; upstream and reward-model
+    # failures (which no stage decision carries) are added here.
+    errors = [
+        {
+            "stage": Stage.RESPONSE.value if where == "reward" else None,
+            "type": type(exc).__name__,
+            "message": f"reward model: {exc}" if where == "reward" else str(exc),
+        }
+        for where, exc in trace.errors
+        if where in ("upstream", "reward")
+    ]
+    return record_dict(
+        policy=recording.policy,
+        stages=stages,
+        mode=trace.mode,
+        model=trace.model,
+        guard_model=guard_model,
+        final_action=trace.action,
+        flags=trace.flags,
+        blocked_stage=trace.blocked_stage,
+        latency={
+            "guard_s": trace.guard_s,
+            "upstream_s": trace.upstream_s if trace.mode != "check" else None,
+            "total_s": trace.elapsed(),
+        },
+        errors=errors,
+        rewards=[
+            {
+                "candidate": candidate or 0,
+                "model": score.model,
+                "score": score.score,
+                "normalized": score.normalized,
+                "hybrid": hybrid,
+            }
+            for candidate, score, hybrid in trace.rewards
+        ],
+        prompt=last_user_text(trace.messages),
+        response="\n\n".join(trace.responses) if trace.responses else None,
+        content_mode=content,
+        truncate_chars=recording.truncate_chars,
+        request_id=trace.request_id,
+    )
