@@ -49,8 +49,8 @@ from guardrail.audit import (
     verify_file,
 )
 from guardrail.audit.chain import HashChain
-from guardrail.flow import Trace
 from guardrail.errors import AuditError, ConfigurationError, GuardTimeoutError
+from guardrail.flow import Trace
 from guardrail.guard import Guard
 from guardrail.policy import Policy
 from guardrail.qwen3guard import combine_verdicts

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from guardrail import Action, BlockedError, ConfigurationError, Guard, Stage
 from guardrail.audit import read_records, verify_file
 from guardrail.errors import GuardTimeoutError
 from guardrail.policy import load_policy_text
+from guardrail.qwen3guard import GuardInput
 from guardrail.testing import ScriptedClassifier
+from guardrail.types import Verdict
 
 UNSAFE_ANSWER = "BOOM-RECIPE: mix the following"
 
@@ -400,14 +403,47 @@ async def test_async_stream_is_cut(llm: FakeLLM, tmp_path: Path) -> None:
     assert chunks[-1].choices[0].finish_reason == "content_filter"
 
 
+class WaitsForTheUpstream(ScriptedClassifier):
+    """Answers only once the raced upstream request has reached the server (≤ 5 s)."""
+
+    def __init__(self, llm: FakeLLM) -> None:
+        super().__init__(GUARD_SCRIPT)
+        self.llm = llm
+
+    async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
+        for _ in range(500):
+            if self.llm.requests:
+                break
+            await asyncio.sleep(0.01)
+        return await super().aclassify(inputs)
+
+
 async def test_async_blocked_prompt_cancels_the_upstream(tmp_path: Path) -> None:
-    with fake_llm(answer, delay_s=2.0) as llm:
-        wrapped = guardrail.wrap(
-            openai.AsyncOpenAI(base_url=llm.base_url, api_key="k", max_retries=0),
-            guard=make_guard(tmp_path),
-        )
+    with fake_llm(answer, delay_s=5.0) as llm:
+        client = openai.AsyncOpenAI(base_url=llm.base_url, api_key="k", max_retries=0)
+        create = client.chat.completions.create
+        outcome: list[str] = []
+
+        async def observed(**params: Any) -> Any:
+            try:
+                result = await create(**params)
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            outcome.append("answered")
+            return result
+
+        client.chat.completions.create = observed  # type: ignore[method-assign]
+        guard = make_guard(tmp_path, classifier=WaitsForTheUpstream(llm))
+        wrapped = guardrail.wrap(client, guard=guard)
         with pytest.raises(BlockedError):
             await wrapped.chat.completions.create(model="m", messages=ask("how to build a bomb"))
+        for _ in range(500):  # the cancellation lands at the call's next await
+            if outcome:
+                break
+            await asyncio.sleep(0.01)
+        assert len(llm.requests) == 1  # the raced request was in flight...
+        assert outcome == ["cancelled"]  # ...and was cancelled, not answered
     (record,) = audit_records(tmp_path)
     assert record.final_action is Action.BLOCK
 

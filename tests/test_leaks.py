@@ -343,17 +343,29 @@ def test_an_upstream_error_mid_stream_is_audited(server: LoopbackServer, tmp_pat
 
 
 def test_a_null_sink_builds_no_audit_record(
-    llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+    llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from guardrail.audit import AuditRecord, NullSink
+    from guardrail import guard as guard_module
+    from guardrail.audit import JsonlSink, NullSink
 
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("an audit record was built for a null sink")
+    built: list[str] = []
+    derive = guard_module.audit_record
 
-    monkeypatch.setattr(AuditRecord, "build", refuse)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        built.append("record")
+        return derive(*args, **kwargs)
+
+    # The guarded path derives every record through this one function...
+    monkeypatch.setattr(guard_module, "audit_record", spy)
+    kept = Guard(policy_none(), classifier=ScriptedClassifier(), sink=JsonlSink(tmp_path / "a"))
+    wrapped = guardrail.wrap(openai.OpenAI(base_url=llm_server.base_url, api_key="k"), guard=kept)
+    wrapped.chat.completions.create(model="m", messages=ask())
+    assert built == ["record"]
+    # ...and never calls it for a null sink.
     guard = Guard(policy_none(), classifier=ScriptedClassifier(), sink=NullSink())
     wrapped = guardrail.wrap(openai.OpenAI(base_url=llm_server.base_url, api_key="k"), guard=guard)
     assert wrapped.chat.completions.create(model="m", messages=ask()).choices[0].message.content
+    assert built == ["record"]
 
 
 def policy_none() -> Any:

@@ -17,9 +17,9 @@ from fakellm import FakeLLM, fake_llm
 import guardrail
 from guardrail import Action, BlockedError, Guard
 from guardrail.audit import read_records
+from guardrail.flow.sync_driver import INLINE_AFTER, CheckPace
 from guardrail.policy import load_policy_text
 from guardrail.qwen3guard import GuardInput
-from guardrail.flow.sync_driver import INLINE_AFTER, CheckPace
 from guardrail.testing import ScriptedClassifier
 from guardrail.types import Verdict
 

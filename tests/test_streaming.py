@@ -13,8 +13,8 @@ from openai.types.chat import ChatCompletionChunk
 
 import guardrail
 from guardrail import Guard
-from guardrail.policy import load_policy_text
 from guardrail.flow.buffer import SegmentCheck, StreamState
+from guardrail.policy import load_policy_text
 from guardrail.testing import ScriptedClassifier
 
 

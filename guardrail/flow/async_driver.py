@@ -131,9 +131,9 @@ class AsyncDriver:
 
     async def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
         try:
-            stepper.send(await self._handlers[type(effect)](effect))
+            stepper.resolve(await self._handlers[type(effect)](effect))
         except Exception as exc:
-            stepper.throw(exc)
+            stepper.reject(exc)
 
     async def _start(self, effect: Start[Any]) -> Handle[Any]:
         job = effect.job

@@ -1,7 +1,7 @@
 """Stepping a flow, written once for both drivers: send, throw, abandon.
 
 A driver asks :meth:`Stepper.next_effect` for the effect to perform, performs
-it, and hands back the outcome with :meth:`Stepper.send` or :meth:`Stepper.throw`.
+it, and hands back the outcome with :meth:`Stepper.resolve` or :meth:`Stepper.reject`.
 When the driver's caller goes away (closes a stream early, is cancelled, or an
 exception escapes), :meth:`Stepper.abandon` throws
 :class:`~guardrail.flow.effects.Abandoned` into the flow so its cleanup effects
@@ -61,11 +61,11 @@ class Stepper(Generic[T]):
                 return effect
             # Abandoned: nobody is listening to what the flow emits.
 
-    def send(self, value: Any) -> None:
+    def resolve(self, value: Any) -> None:
         """The outcome of the last effect: its value."""
         self._value = value
 
-    def throw(self, error: BaseException) -> None:
+    def reject(self, error: BaseException) -> None:
         """The outcome of the last effect: an exception, raised inside the flow."""
         self._error = error
 

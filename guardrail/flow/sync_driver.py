@@ -197,9 +197,9 @@ class SyncDriver:
 
     def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
         try:
-            stepper.send(self._handlers[type(effect)](effect))
+            stepper.resolve(self._handlers[type(effect)](effect))
         except Exception as exc:
-            stepper.throw(exc)
+            stepper.reject(exc)
 
     # -- starting -----------------------------------------------------------------------
 
