@@ -18,9 +18,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from guardrail.chat import ChatShapes, answer_text
 from guardrail.classifiers.base import Conversation, moderate_many
-from guardrail.errors import BlockedError, ClassifierError, GuardTimeoutError
+from guardrail.errors import BlockedError, ClassifierError, GuardTimeoutError, RemoteGuardError
 from guardrail.flow import FlowSettings, Trace, check_flow, completion_flow, stream_flow
-from guardrail.flow.drive import Stepper
+from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import (
     END,
     Abandoned,
@@ -671,3 +671,11 @@ def test_abandoned_raised_without_abandoning_propagates() -> None:
     stepper.next_effect()
     with pytest.raises(Abandoned):
         stepper.next_effect()
+
+
+def test_a_missed_deadline_is_a_timeout_not_a_server_failure() -> None:
+    error = timeout_error(Classify(Stage.PROMPT, []), 0.25)
+    assert isinstance(error, GuardTimeoutError)
+    assert not isinstance(error, RemoteGuardError)  # no server was involved
+    assert str(error) == "prompt check exceeded its 0.25s deadline"
+    assert str(timeout_error(Score([]), 2)) == "reward check exceeded its 2s deadline"

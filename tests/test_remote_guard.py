@@ -38,6 +38,7 @@ from guardrail.errors import (
     GuardHTTPError,
     GuardTimeoutError,
     RemoteGuardError,
+    RemoteGuardTimeoutError,
     VerdictParseError,
 )
 from guardrail.qwen3guard import GuardInput, guard_inputs
@@ -469,6 +470,9 @@ def test_timeout(server: LoopbackServer, judge: Judge) -> None:
         with pytest.raises(GuardTimeoutError) as info:
             judge(guard, [prompt()])
         assert "0.3" in str(info.value)
+        # A server's timeout is both a timeout and a remote guard failure.
+        assert isinstance(info.value, RemoteGuardTimeoutError)
+        assert isinstance(info.value, RemoteGuardError)
         wait_until(lambda: len(bodies(server)) >= 2)
         assert len(bodies(server)) == 2  # timeouts are retried
 

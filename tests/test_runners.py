@@ -119,7 +119,7 @@ def test_an_inline_check_past_its_deadline_fails_closed(tmp_path: Path) -> None:
     assert "exceeded" in (decision.error or "")
     last = list(read_records(tmp_path / "audit.jsonl"))[-1]
     assert last.errors
-    assert last.errors[0].type == "GuardTimeoutError"
+    assert last.errors[0].type == "GuardTimeoutError"  # a local deadline: no server involved
 
 
 def test_an_instant_guard_blocks_before_the_upstream_is_ever_called(tmp_path: Path) -> None:
