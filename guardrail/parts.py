@@ -55,6 +55,13 @@ def build_scorer(config: RewardModelConfig) -> RewardScorer:
             dtype=config.dtype,
             trust_remote_code=config.trust_remote_code,
         )
+    # family settings (the schema refuses them on other kinds)
+    if config.kind == "pair":
+        options["multiplier"] = config.multiplier
+    if config.kind == "safe-rlhf":
+        options["append_eos"] = config.append_eos
+    if config.kind in ("seqcls", "safe-rlhf"):
+        options["truncation_side"] = config.truncation_side
     return build(config.kind, config.model, **options)
 
 

@@ -1,7 +1,9 @@
 """Local reward scorers against tiny models saved in each family's original layout.
 
-Reference scores are computed here with plain torch/transformers from literally
-written input texts, independently of the scorers' own rendering and pooling.
+Reference scores are computed here as each family's own code computes them: the
+model card's call (tokenizer and model exactly as the card writes them) and, where it
+differs, the training script's encoding, from literally written input texts,
+independently of the scorers' rendering, padding and pooling.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from guardrail.reward import (
 from guardrail.reward.base import normalise_pair
 from guardrail.reward.saferlhf import format_conversation
 
+pytestmark = pytest.mark.slow  # builds and runs tiny models
+
 USER = [{"role": "user", "content": "How do I bake bread?"}]
 ANSWERS = [
     "Mix flour, water, salt and yeast; knead; let it rise; bake at 230 C.",
@@ -50,6 +54,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "root": root,
         "seq": tinyreward.build_seqcls(root / "seq"),
+        # ca-reward-3b-ja's layout: the template writes no BOS, the tokenizer adds one
+        "seq_tokbos": tinyreward.build_seqcls(root / "seq-tokbos", template_bos=False),
         "seq_eos": tinyreward.build_seqcls(root / "seq-eos", pad_is_eos=True),
         "reward": tinyreward.build_saferlhf(root / "beaver-tiny-reward"),
         # bias -17.7 puts the zero between the three answers' raw costs (~17.0 to ~18.4)
@@ -171,6 +177,84 @@ def test_truncation_keeps_the_end_of_the_answer(models: dict[str, Any]) -> None:
     assert long.score == pytest.approx(direct_last_token(models["seq"], full[-60:]), abs=1e-5)
 
 
+# (template writes BOS, tokenizer adds BOS, the model card whose call is the reference)
+BOS_LAYOUTS = [
+    (False, True, "ca-reward-3b-ja: tokenizer(text)"),
+    (True, True, "Skywork-Reward-V2-Llama: apply_chat_template(tokenize=True)"),
+    (True, False, "tokenizer(text)"),
+    (False, False, "tokenizer(text)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("template_bos", "tokenizer_bos", "card"), BOS_LAYOUTS, ids=[c for *_, c in BOS_LAYOUTS]
+)
+def test_seqcls_scores_as_the_card_with_one_bos_at_most(
+    template_bos: bool, tokenizer_bos: bool, card: str, tmp_path: Path
+) -> None:
+    net = tinyreward.build_seqcls(
+        tmp_path / "m", template_bos=template_bos, tokenizer_bos=tokenizer_bos
+    )
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    chats = [[*USER, {"role": "assistant", "content": a}] for a in ANSWERS]
+
+    def card_inputs(batch: list[list[dict[str, str]]]) -> Any:
+        if card.startswith("Skywork"):
+            return tok.apply_chat_template(
+                batch, tokenize=True, padding=True, return_tensors="pt", return_dict=True
+            )
+        texts = [tok.apply_chat_template(chat, tokenize=False) for chat in batch]
+        return tok(texts, padding=True, return_tensors="pt")
+
+    singles = [card_inputs([chat]) for chat in chats]
+    with torch.inference_mode():
+        expected = [float(net(**inputs).logits[0, 0]) for inputs in singles]
+        batched = [float(v) for v in net(**card_inputs(chats)).logits[:, 0]]
+    assert batched == pytest.approx(expected, abs=1e-4)  # the reference pads as well
+    for inputs in singles:
+        ids = inputs["input_ids"][0].tolist()
+        assert ids.count(tok.bos_token_id) == int(template_bos or tokenizer_bos)
+    for padding_side in ("right", "left"):
+        scorer = SequenceClassificationScorer(str(tmp_path / "m"), padding_side=padding_side)
+        assert (
+            list(scorer.encode(USER, ANSWERS[0]).input_ids) == singles[0]["input_ids"][0].tolist()
+        )
+        assert [r.score for r in scorer.score([(USER, a) for a in ANSWERS])] == pytest.approx(
+            expected, abs=1e-4
+        )
+    one_by_one = SequenceClassificationScorer(str(tmp_path / "m"), batch_size=1)
+    assert [r.score for r in one_by_one.score([(USER, a) for a in ANSWERS])] == pytest.approx(
+        expected, abs=1e-4
+    )
+
+
+def test_seqcls_right_truncation_is_the_cards(models: dict[str, Any]) -> None:
+    path = models["root"] / "seq-tokbos"
+    tok = AutoTokenizer.from_pretrained(path)
+    chat = [*USER, {"role": "assistant", "content": ANSWERS[2]}]
+    text = tok.apply_chat_template(chat, tokenize=False)
+    inputs = tok(text, truncation=True, max_length=60, return_tensors="pt")  # the card's cut
+    assert len(tok(text)["input_ids"]) > 60
+    with torch.inference_mode():
+        expected = float(models["seq_tokbos"](**inputs).logits[0, 0])
+    scorer = SequenceClassificationScorer(str(path), max_length=60, truncation_side="right")
+    encoded = scorer.encode(USER, ANSWERS[2])
+    assert encoded.truncated
+    assert list(encoded.input_ids) == inputs["input_ids"][0].tolist()
+    short, long = scorer.score([(USER, ANSWERS[1]), (USER, ANSWERS[2])])
+    assert (short.truncated, long.truncated) == (False, True)
+    assert long.score == pytest.approx(expected, abs=1e-4)
+    keep_end = SequenceClassificationScorer(str(path), max_length=60)  # default: left
+    assert keep_end.truncation_side == "left"
+    assert keep_end.score([(USER, ANSWERS[2])])[0].score != pytest.approx(expected, abs=1e-3)
+
+
+def test_seqcls_refuses_a_checkpoint_without_its_head(models: dict[str, Any]) -> None:
+    # a safe-rlhf checkpoint (head saved as score_head) configured as seqcls by mistake
+    with pytest.raises(ModelLoadError, match=r"score\.weight.*random.*safe-rlhf"):
+        SequenceClassificationScorer(str(models["root"] / "beaver-tiny-reward"))
+
+
 def test_normalisation_and_goodness(models: dict[str, Any]) -> None:
     scorer = SequenceClassificationScorer(str(models["root"] / "seq"), mean=0.5, std=2.0)
     [result] = scorer.score([(USER, ANSWERS[0])])
@@ -224,12 +308,23 @@ def beaver_ids(models: dict[str, Any], name: str, text: str) -> list[int]:
     return ids
 
 
-def test_saferlhf_reward_matches_the_end_score_with_bias(models: dict[str, Any]) -> None:
+def training_ids(path: Path, prompt: str, answer: str, max_length: int = 512) -> list[int]:
+    """safe-rlhf's preference data: ``tokenize(prompt + answer + eos_token)``, cut on the right."""
+    tok = AutoTokenizer.from_pretrained(path)
+    text = f"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{answer}{tok.eos_token}"
+    ids: list[int] = tok(text, add_special_tokens=True, truncation=True, max_length=max_length)[
+        "input_ids"
+    ]
+    return ids
+
+
+def test_saferlhf_default_is_the_training_encoding_with_the_head_bias(
+    models: dict[str, Any],
+) -> None:
     name = "beaver-tiny-reward"
     scorer = SafeRLHFScorer(str(models["root"] / name))
-    assert scorer.kind == "reward"
-    text = f"BEGINNING OF CONVERSATION: USER: {USER[0]['content']} ASSISTANT:{ANSWERS[0]}</s>"
-    ids = beaver_ids(models, name, text)
+    assert (scorer.kind, scorer.append_eos, scorer.truncation_side) == ("reward", True, "left")
+    ids = training_ids(models["root"] / name, USER[0]["content"], ANSWERS[0])
     assert list(scorer.encode(USER, ANSWERS[0]).input_ids) == ids
     parts = models["reward"]
     expected = parts.end_score(ids)
@@ -241,6 +336,42 @@ def test_saferlhf_reward_matches_the_end_score_with_bias(models: dict[str, Any])
         no_bias = float(hidden @ parts.head.weight.T)
     assert result.score - no_bias == pytest.approx(0.75, abs=1e-4)
     assert (result.kind, result.unsafe) == ("reward", None)
+
+
+def test_saferlhf_without_eos_is_the_model_card_call(models: dict[str, Any]) -> None:
+    path = models["root"] / "beaver-tiny-reward"
+    tok = AutoTokenizer.from_pretrained(path)
+    parts = models["reward"]
+    expected = []
+    for answer in ANSWERS:  # the card: tokenizer(input, return_tensors='pt'), no EOS
+        text = f"BEGINNING OF CONVERSATION: USER: {USER[0]['content']} ASSISTANT:{answer}"
+        expected.append(parts.end_score(tok(text, return_tensors="pt")["input_ids"][0].tolist()))
+    pairs = [(USER, a) for a in ANSWERS]
+    for padding_side in ("right", "left"):
+        scorer = SafeRLHFScorer(str(path), append_eos=False, padding_side=padding_side)
+        assert [r.score for r in scorer.score(pairs)] == pytest.approx(expected, abs=1e-4)
+    single = SafeRLHFScorer(str(path), append_eos=False, batch_size=1)
+    assert [r.score for r in single.score(pairs)] == pytest.approx(expected, abs=1e-4)
+    with_eos = SafeRLHFScorer(str(path)).score(pairs)
+    assert all(abs(a.score - b) > 1e-2 for a, b in zip(with_eos, expected, strict=True))
+
+
+def test_saferlhf_right_truncation_is_the_trainings(models: dict[str, Any]) -> None:
+    path = models["root"] / "beaver-tiny-reward"
+    full = training_ids(path, USER[0]["content"], ANSWERS[2])
+    assert len(full) > 40
+    ids = training_ids(path, USER[0]["content"], ANSWERS[2], max_length=40)
+    scorer = SafeRLHFScorer(str(path), max_length=40, truncation_side="right")
+    encoded = scorer.encode(USER, ANSWERS[2])
+    assert (list(encoded.input_ids), encoded.truncated) == (ids, True)
+    [result] = scorer.score([(USER, ANSWERS[2])])
+    assert result.truncated
+    assert result.score == pytest.approx(models["reward"].end_score(ids), abs=1e-4)
+    keep_end = SafeRLHFScorer(str(path), max_length=40)
+    assert list(keep_end.encode(USER, ANSWERS[2]).input_ids) == full[-40:]
+    assert keep_end.score([(USER, ANSWERS[2])])[0].score == pytest.approx(
+        models["reward"].end_score(full[-40:]), abs=1e-4
+    )
 
 
 def test_saferlhf_multi_turn_format(models: dict[str, Any]) -> None:
@@ -303,7 +434,7 @@ def test_saferlhf_config_normalisation(tmp_path: Path) -> None:
 
 def test_saferlhf_missing_head_is_refused(tmp_path: Path) -> None:
     tinyreward.build_saferlhf(tmp_path / "broken-reward", with_head=False)
-    with pytest.raises(ModelLoadError, match="random"):
+    with pytest.raises(ModelLoadError, match=r"score\.weight.*random.*score_head\.weight"):
         SafeRLHFScorer(str(tmp_path / "broken-reward"))
 
 
@@ -319,35 +450,119 @@ def test_saferlhf_kind_detection(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- pair
 
 
-def test_pair_matches_the_model_card_recipe(models: dict[str, Any]) -> None:
+def test_pair_scores_as_the_card_and_the_training_encoding(models: dict[str, Any]) -> None:
     path = models["root"] / "pair"
-    scorer = PairScorer(str(path), multiplier=2.0)
+    net = models["pair"]
     tok = AutoTokenizer.from_pretrained(path)
+    prompt = USER[0]["content"]
     messages = [
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "first answer"},
-        {"role": "user", "content": USER[0]["content"]},
+        {"role": "user", "content": prompt},
     ]
-    results = scorer.score([(messages, a) for a in ANSWERS])
-    for answer, result in zip(ANSWERS, results, strict=True):
-        inputs = tok(
-            USER[0]["content"], answer, truncation=True, max_length=512, return_tensors="pt"
+    card, training, segments = [], [], []
+    with torch.inference_mode():
+        for answer in ANSWERS:
+            tokens = tok(  # the model card's call
+                prompt,
+                answer,
+                truncation=True,
+                max_length=512,
+                return_token_type_ids=False,
+                return_tensors="pt",
+                return_attention_mask=True,
+            )
+            card.append(net(**tokens)[0].item())
+            # the training script: encode_plus (tok() since transformers 5) of one sequence,
+            # padded to max_length; the trainer passes input ids and attention mask only
+            encoded = tok(
+                prompt + tok.sep_token + answer,
+                padding="max_length",
+                truncation=True,
+                max_length=160,
+                return_tensors="pt",
+            )
+            assert encoded["input_ids"][0][encoded["attention_mask"][0] == 1].tolist() == (
+                tokens["input_ids"][0].tolist()
+            )
+            training.append(
+                float(net(encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits)
+            )
+            segments.append(float(net(**tok(prompt, answer, return_tensors="pt")).logits))
+        batch = tok(
+            [prompt] * 3,
+            ANSWERS,
+            padding=True,
+            truncation=True,
+            max_length=512,
+            return_token_type_ids=False,
+            return_tensors="pt",
         )
-        with torch.inference_mode():
-            logit = float(models["pair"](**inputs).logits[0, 0])
-        assert result.score == pytest.approx(2.0 * logit, abs=1e-5)
-        assert not result.truncated
-    one_by_one = PairScorer(str(path), multiplier=2.0, batch_size=1)
+        padded = [float(v) for v in net(**batch).logits[:, 0]]
+    assert training == pytest.approx(card, abs=1e-4)
+    assert padded == pytest.approx(card, abs=1e-4)
+    # the tiny model tells segment ids apart: a scorer passing them would fail below
+    assert all(abs(a - b) > 0.1 for a, b in zip(segments, card, strict=True))
+
+    scorer = PairScorer(str(path), multiplier=2.0)
+    results = scorer.score([(messages, a) for a in ANSWERS])
+    assert [r.score for r in results] == pytest.approx([2.0 * c for c in card], abs=1e-4)
+    assert not any(r.truncated for r in results)
+    assert (
+        list(scorer.encode(messages, ANSWERS[0]).input_ids) == tok(prompt, ANSWERS[0])["input_ids"]
+    )
+    one_by_one = PairScorer(str(path), batch_size=1)
     assert [r.score for r in one_by_one.score([(messages, a) for a in ANSWERS])] == pytest.approx(
-        [r.score for r in results], abs=1e-5
+        card, abs=1e-4
     )
 
 
-def test_pair_truncation_is_reported(models: dict[str, Any]) -> None:
-    scorer = PairScorer(str(models["root"] / "pair"), max_length=16)
+def test_pair_truncation_is_the_cards(models: dict[str, Any]) -> None:
+    path = models["root"] / "pair"
+    tok = AutoTokenizer.from_pretrained(path)
+    tokens = tok(
+        USER[0]["content"],
+        ANSWERS[2],
+        truncation=True,
+        max_length=16,
+        return_token_type_ids=False,
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        expected = models["pair"](**tokens)[0].item()
+    scorer = PairScorer(str(path), max_length=16)
     [result] = scorer.score([(USER, ANSWERS[2])])
     assert result.truncated
-    assert len(scorer.encode(USER, ANSWERS[2]).input_ids) == 16
+    assert result.score == pytest.approx(expected, abs=1e-4)
+    assert list(scorer.encode(USER, ANSWERS[2]).input_ids) == tokens["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_pair_remote_code_layout_is_refused_with_the_fix(
+    trust_remote_code: bool, tmp_path: Path
+) -> None:
+    tinyreward.build_pair(tmp_path / "alpha-era", layout="remote-code")
+    with pytest.raises(ModelLoadError) as info:
+        PairScorer(str(tmp_path / "alpha-era"), trust_remote_code=trust_remote_code, revision=SHA)
+    message = str(info.value)
+    assert "remote-code" in message
+    assert "['RewardModel']" in message
+    assert "alpha=1.0" in message
+    assert "revision=" in message
+    assert "BertForSequenceClassification" in message
+    assert "multiplier=" in message
+
+
+def test_pair_checkpoint_without_its_head_is_refused(tmp_path: Path) -> None:
+    tinyreward.build_pair(tmp_path / "headless", layout="headless")
+    with pytest.raises(ModelLoadError, match=r"classifier\.(bias|weight).*random.*revision="):
+        PairScorer(str(tmp_path / "headless"))
+
+
+@pytest.mark.parametrize("multiplier", [0, 0.0, math.nan, math.inf, True, "2"])
+def test_pair_multiplier_must_be_a_finite_non_zero_number(multiplier: Any) -> None:
+    with pytest.raises(ConfigurationError, match="multiplier"):
+        PairScorer("never-loaded", multiplier=multiplier)
 
 
 # -------------------------------------------------------------- factory and options
@@ -385,6 +600,10 @@ def test_bad_options_are_configuration_errors() -> None:
         SequenceClassificationScorer("unused", dtype="float8")
     with pytest.raises(ConfigurationError, match="batch_size"):
         SequenceClassificationScorer("unused", batch_size=0)
+    with pytest.raises(ConfigurationError, match="truncation_side"):
+        SequenceClassificationScorer("unused", truncation_side="middle")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="append_eos"):
+        SafeRLHFScorer("unused", append_eos="no")  # type: ignore[arg-type]
 
 
 def test_score_types_are_plain_and_frozen() -> None:

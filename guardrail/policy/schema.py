@@ -280,6 +280,13 @@ class AuditConfig(_Model):
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
+_KIND_ONLY: dict[str, tuple[str, ...]] = {
+    "multiplier": ("pair",),
+    "append_eos": ("safe-rlhf",),
+    "truncation_side": ("seqcls", "safe-rlhf"),
+}
+"""Reward model settings that only one family reads, and the kinds that read them."""
+
 
 class RewardModelConfig(_Model):
     """One reward model: which family, where it is, and which conversations it scores."""
@@ -313,11 +320,36 @@ class RewardModelConfig(_Model):
     """``remote`` only: the environment variable holding the server's API key."""
     timeout_s: Seconds = 30.0
     """``remote`` only: per request."""
+    multiplier: Score = 1.0
+    """``pair`` only: the score is the model's logit times this (not 0). It is the
+    ``alpha`` of nicholasKluge/RewardModel's early remote-code revisions (whose
+    training range was -1..1 at alpha 1); 1 scores as current revisions' model card."""
+    append_eos: StrictBool = True
+    """``safe-rlhf`` only: end the scored answer with the EOS token, as safe-rlhf's
+    training data does (``true``), or not, as the model card's example does
+    (``false``). Scores move with it: fit thresholds, ``mean`` and ``std`` with the
+    same setting."""
+    truncation_side: Literal["left", "right"] = "left"
+    """``seqcls`` and ``safe-rlhf`` only: which end of an input longer than 4096 tokens
+    is dropped. ``left`` drops the start of the conversation and keeps the
+    end of the answer, where the score is read; ``right`` drops the end, as the
+    ca-reward-3b-ja card's example and safe-rlhf's training do. Either way the score
+    is marked ``truncated``."""
 
     @model_validator(mode="after")
     def _check(self) -> RewardModelConfig:
         if (self.mean is None) != (self.std is None):
             raise FieldValueError("mean and std must be given together", "std")
+        given = self.model_fields_set
+        for name, kinds in _KIND_ONLY.items():
+            if name in given and self.kind not in kinds:
+                raise FieldValueError(
+                    f"only used with kind {' or '.join(map(repr, kinds))} "
+                    f"(this model's kind is {self.kind!r})",
+                    name,
+                )
+        if self.multiplier == 0:
+            raise FieldValueError("must not be 0 (every answer would score 0)", "multiplier")
         if self.trust_remote_code and not (self.revision and _SHA.match(self.revision)):
             raise FieldValueError(
                 "trust_remote_code needs revision pinned to a 40-hex commit sha", "revision"

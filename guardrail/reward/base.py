@@ -51,7 +51,8 @@ class RewardScore(BaseModel):
     kind: ScoreKind = "reward"
     latency_s: float = Field(default=0.0, ge=0.0)
     truncated: bool = False
-    """The input exceeded ``max_length``; its start was dropped (the answer's end survives)."""
+    """The input exceeded ``max_length`` and was cut: by default its start (the answer's
+    end survives), or its end with ``truncation_side="right"``."""
     unsafe: bool | None = None
     """Cost models: ``score > 0``; ``None`` for reward models."""
 

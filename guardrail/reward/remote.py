@@ -5,8 +5,9 @@ older releases) answers three routes at the server ROOT (not under ``/v1``):
 
 - ``api="pooling"`` (default): ``POST /pooling`` with ``{"model", "messages",
   "task": "classify", "use_activation": false}``. The server renders the messages
-  with the model's chat template (no generation prompt, no extra BOS: the same
-  input as :class:`~guardrail.reward.seqcls.SequenceClassificationScorer`) and
+  with the model's chat template (no generation prompt, no special tokens added:
+  the same input as :class:`~guardrail.reward.seqcls.SequenceClassificationScorer`
+  when the template writes the BOS or the tokenizer adds none) and
   answers ``{"data": [{"index": 0, "object": "pooling", "data": [logit]}]}``. This
   is the one route every reward model answers: sequence-classification reward
   models (Skywork-Reward-V2, Llama/Qwen3 ``*ForSequenceClassification``) with

@@ -12,9 +12,11 @@ Input, exactly as safe-rlhf's ``format_prompt`` and preference datasets build it
 
     BEGINNING OF CONVERSATION: USER: {q1} ASSISTANT:{a1}</s>USER: {q2} ASSISTANT:{answer}</s>
 
-(no space after ``ASSISTANT:``; earlier answers end with the EOS token; the scored
-answer ends with EOS as in training, ``append_eos=False`` drops it as the model
-card's example does). The tokenizer adds its BOS.
+(no space after ``ASSISTANT:``; earlier answers end with the EOS token). The scored
+answer ends with EOS by default, as safe-rlhf's preference data appends it in training
+(``prompt + answer + eos_token``); ``append_eos=False`` scores the text as the model
+card's example does, without it. The choice moves scores (thresholds fitted with one
+do not carry over to the other). The tokenizer adds its BOS, as in both.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Literal
 from guardrail.errors import ConfigurationError, ModelLoadError
 from guardrail.hub import one_line
 from guardrail.reward.base import ScoreKind, Turn
-from guardrail.reward.seqcls import Encoded, LocalScorer, PaddingSide
+from guardrail.reward.seqcls import Encoded, LocalScorer, PaddingSide, TruncationSide
 
 __all__ = ["SafeRLHFScorer", "format_conversation"]
 
@@ -85,10 +87,14 @@ class SafeRLHFScorer(LocalScorer):
     Loading fails with :class:`~guardrail.errors.ModelLoadError` unless the score head
     really comes from the checkpoint. Other options as for
     :class:`~guardrail.reward.seqcls.SequenceClassificationScorer`, plus
-    ``append_eos`` (default ``True``: end the answer with EOS, as in training).
+    ``append_eos`` (default ``True``: end the answer with EOS, as in training;
+    ``False``: as the model card's example). ``truncation_side="right"`` drops the end
+    of a too-long input, as safe-rlhf's training tokenizer does; the default ``left``
+    keeps the end, where the score is read.
     """
 
     _what = "a safe-RLHF score model checkpoint"
+    _missing_hint = f"Expected safe-rlhf's LlamaModelForScore layout: model.* and {_HEAD}.weight"
 
     def __init__(
         self,
@@ -103,12 +109,15 @@ class SafeRLHFScorer(LocalScorer):
         mean: float | None = None,
         std: float | None = None,
         padding_side: PaddingSide = "right",
+        truncation_side: TruncationSide = "left",
         append_eos: bool = True,
         trust_remote_code: bool = False,
         local_files_only: bool = False,
     ) -> None:
         if kind not in (None, "reward", "cost"):
             raise ConfigurationError(f"kind must be 'reward', 'cost' or None, not {kind!r}")
+        if not isinstance(append_eos, bool):
+            raise ConfigurationError(f"append_eos must be True or False, not {append_eos!r}")
         self._kind_arg = kind
         self.append_eos = append_eos
         self._bias = 0.0
@@ -123,6 +132,7 @@ class SafeRLHFScorer(LocalScorer):
             mean=mean,
             std=std,
             padding_side=padding_side,
+            truncation_side=truncation_side,
             trust_remote_code=trust_remote_code,
             local_files_only=local_files_only,
         )
@@ -130,21 +140,12 @@ class SafeRLHFScorer(LocalScorer):
     # ------------------------------------------------------------------ loading
 
     def _load_model(self, transformers: Any, **options: Any) -> Any:
-        net, info = self._source.load(
+        return self._load_complete(
             transformers.AutoModelForSequenceClassification,
             num_labels=1,
             key_mapping={rf"^{_HEAD}\.": "score."},
-            output_loading_info=True,
             **options,
         )
-        missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("score"))
-        if missing:
-            raise ModelLoadError(
-                f"{self.model_id!r}: the score head was not in the checkpoint "
-                f"({', '.join(missing)} missing); refusing a randomly initialised head. "
-                f"Expected {_HEAD}.weight"
-            )
-        return net
 
     def _check_loaded(self) -> None:
         config = self._net.config
@@ -243,7 +244,7 @@ class SafeRLHFScorer(LocalScorer):
     def _encode(self, turns: Sequence[Turn]) -> Encoded:
         text = format_conversation(turns, self._tokenizer.eos_token, append_eos=self.append_eos)
         ids = self._tokenizer(text, add_special_tokens=True)["input_ids"]  # BOS, as in training
-        return self._keep_end(ids)
+        return self._truncate(ids)
 
     def _finish(self, raw: float) -> float:
         score = raw + self._bias

@@ -1,12 +1,14 @@
 """Sequence-classification reward models run locally (Skywork-Reward-V2, ca-reward-3b-ja...).
 
 The conversation plus the answer is rendered with the tokenizer's chat template (no
-generation prompt), tokenized without extra special tokens, and the single logit of
-``AutoModelForSequenceClassification(num_labels=1)`` is the score.
+generation prompt) and tokenized as the model cards do, with the tokenizer's own
+special tokens, but one BOS at most (see :class:`SequenceClassificationScorer`); the
+single logit of ``AutoModelForSequenceClassification(num_labels=1)`` is the score.
 
-:class:`LocalScorer` holds what every local family shares: lazy loading, one lock,
-batching, padding, the fp32 readout and normalisation. Families override how a pair
-is encoded and how the model is loaded.
+:class:`LocalScorer` holds what every local family shares: lazy loading (weights the
+checkpoint lacks are refused, never initialised at random), one lock, batching,
+padding, truncation, the fp32 readout and normalisation. Families override how a
+pair is encoded and how the model is loaded.
 
 torch and transformers are imported when a scorer is built, never at import.
 """
@@ -46,14 +48,19 @@ _HINT = (
     "model with vLLM and use RemoteRewardScorer"
 )
 PaddingSide = Literal["left", "right"]
+TruncationSide = Literal["left", "right"]
+"""Which end of a too-long input is dropped (as transformers' ``truncation_side``)."""
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One pair as token ids, ready for the model."""
+    """One pair as token ids, ready for the model.
+
+    No segment ids: no supported family was trained with them (the pair family's
+    encoders see one segment), so the model's own default (all zeros) applies.
+    """
 
     input_ids: tuple[int, ...]
-    token_type_ids: tuple[int, ...] | None = None
     truncated: bool = False
 
 
@@ -66,6 +73,8 @@ class LocalScorer:
 
     kind: ScoreKind = "reward"
     _what = "a reward model checkpoint"
+    _missing_hint = "Is it a one-label sequence-classification reward model?"
+    """What to do when the checkpoint lacks weights (ends the refusal's message)."""
 
     def __init__(
         self,
@@ -79,6 +88,7 @@ class LocalScorer:
         mean: float | None = None,
         std: float | None = None,
         padding_side: PaddingSide = "right",
+        truncation_side: TruncationSide = "left",
         trust_remote_code: bool = False,
         local_files_only: bool = False,
     ) -> None:
@@ -92,12 +102,17 @@ class LocalScorer:
             raise ConfigurationError(
                 f"padding_side must be 'left' or 'right', not {padding_side!r}"
             )
+        if truncation_side not in ("left", "right"):
+            raise ConfigurationError(
+                f"truncation_side must be 'left' or 'right', not {truncation_side!r}"
+            )
         require_pinned_revision(trust_remote_code, revision)
         self._model_name = model
         self._normalizer = Normalizer(mean, std)
         self.max_length = max_length
         self.batch_size = batch_size
         self.padding_side: PaddingSide = padding_side
+        self.truncation_side: TruncationSide = truncation_side
         self._trust_remote_code = trust_remote_code
         self._lock = threading.Lock()
 
@@ -118,7 +133,7 @@ class LocalScorer:
     # ------------------------------------------------------------- family hooks
 
     def _load_model(self, transformers: Any, **options: Any) -> Any:
-        return self._source.load(
+        return self._load_complete(
             transformers.AutoModelForSequenceClassification, num_labels=1, **options
         )
 
@@ -134,11 +149,35 @@ class LocalScorer:
 
     # ----------------------------------------------------------------- helpers
 
-    def _keep_end(self, ids: Sequence[int]) -> Encoded:
-        """Truncate from the left so the end of the answer, where the score is read, survives."""
+    def _load_complete(self, auto_class: Any, **options: Any) -> Any:
+        """Load the model, refusing it when the checkpoint lacks any of its weights.
+
+        transformers initialises missing weights (typically the head of a checkpoint
+        saved in another layout) at random and only warns: the scores would be noise.
+        """
+        net, info = self._source.load(auto_class, output_loading_info=True, **options)
+        missing = sorted(info.get("missing_keys", ()))
+        if missing:
+            shown = ", ".join(missing[:4]) + (
+                f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
+            )
+            raise ModelLoadError(
+                f"{self.model_id!r}: the checkpoint has no {shown}; refusing randomly "
+                f"initialised weights. {self._missing_hint}"
+            )
+        return net
+
+    def _truncate(self, ids: Sequence[int]) -> Encoded:
+        """Cut ``ids`` to ``max_length`` on ``truncation_side``.
+
+        ``left`` keeps the end of the answer, where the score is read; ``right`` keeps
+        the start, as a tokenizer called with ``truncation=True`` does.
+        """
         if len(ids) <= self.max_length:
             return Encoded(tuple(ids))
-        return Encoded(tuple(ids[-self.max_length :]), truncated=True)
+        if self.truncation_side == "left":
+            return Encoded(tuple(ids[-self.max_length :]), truncated=True)
+        return Encoded(tuple(ids[: self.max_length]), truncated=True)
 
     def _pad_id(self, batch: Sequence[Encoded]) -> int:
         # transformers pools the rightmost token that is not the pad id: a pad id equal
@@ -155,25 +194,20 @@ class LocalScorer:
         torch = self._torch
         pad = self._pad_id(batch)
         width = max(len(enc.input_ids) for enc in batch)
-        ids, mask, types = [], [], []
+        ids, mask = [], []
         for enc in batch:
             n = width - len(enc.input_ids)
-            row_types = list(enc.token_type_ids or ())
             if self.padding_side == "left":
                 ids.append([pad] * n + list(enc.input_ids))
                 mask.append([0] * n + [1] * len(enc.input_ids))
-                types.append([0] * n + row_types)
             else:
                 ids.append([*enc.input_ids, *[pad] * n])
                 mask.append([1] * len(enc.input_ids) + [0] * n)
-                types.append([*row_types, *[0] * n])
         device = self._net.device
         inputs: dict[str, Any] = {
             "input_ids": torch.tensor(ids, device=device),
             "attention_mask": torch.tensor(mask, device=device),
         }
-        if batch[0].token_type_ids is not None:
-            inputs["token_type_ids"] = torch.tensor(types, device=device)
         if self.padding_side == "left":
             # positions count real tokens only, so absolute-position models see the
             # same positions as with right padding
@@ -257,20 +291,34 @@ class SequenceClassificationScorer(LocalScorer):
     """A sequence-classification reward model (``num_labels=1``) run with transformers.
 
     Input: the conversation and the answer rendered with the tokenizer's chat template
-    (no generation prompt), tokenized with ``add_special_tokens=False`` so the BOS the
-    template writes is not doubled. Score: ``logits[:, 0]`` in fp32, unbounded.
+    (no generation prompt), tokenized with the tokenizer's own special tokens, as the
+    model cards call it (``tokenizer(text)``). A tokenizer that adds a BOS the template
+    already wrote would double it; the BOS is then kept once, which is what
+    ``apply_chat_template(..., tokenize=True)`` gives. Score: ``logits[:, 0]`` in fp32,
+    unbounded.
 
-    Inputs longer than ``max_length`` tokens lose their START (``truncated=True``), so
-    the end of the answer, where the score is read, survives. Padding never changes a
-    score: batched equals one by one, left equals right padding, and a pad token equal
-    to EOS cannot shift the pooled position (see ``_pad_id``).
+    Inputs longer than ``max_length`` tokens (default 4096) are cut on
+    ``truncation_side`` and reported as ``truncated``: ``left`` (default) drops the
+    start so the end of the answer, where the score is read, survives; ``right`` drops
+    the end, as ``tokenizer(text, truncation=True, max_length=...)`` does (the
+    ca-reward-3b-ja card). Padding never changes a score: batched equals one by one,
+    left equals right padding, and a pad token equal to EOS cannot shift the pooled
+    position (see ``_pad_id``).
 
     Options: ``revision`` (hub revision; a 40-hex sha is required with
     ``trust_remote_code``), ``device`` (default ``cuda`` when available), ``dtype``
     (``float32``/``bfloat16``/``float16``/``auto``; default bf16 on GPU, fp32 on CPU),
     ``batch_size``, ``mean``/``std`` (fill :attr:`RewardScore.normalized`),
-    ``padding_side`` and ``local_files_only`` (also implied by ``HF_HUB_OFFLINE=1``).
+    ``padding_side``, ``truncation_side`` and ``local_files_only`` (also implied by
+    ``HF_HUB_OFFLINE=1``). A checkpoint lacking any weight (a head saved under
+    another name) is refused with :class:`~guardrail.errors.ModelLoadError`.
     """
+
+    _missing_hint = (
+        "A sequence-classification reward model saves its one-label head with the "
+        "model (score.* or classifier.*); safe-rlhf checkpoints (score_head.*) take "
+        "kind 'safe-rlhf'"
+    )
 
     def _check_loaded(self) -> None:
         if not getattr(self._tokenizer, "chat_template", None):
@@ -283,10 +331,14 @@ class SequenceClassificationScorer(LocalScorer):
             raise ModelLoadError(f"{self.model_id!r} has {labels} labels; a reward model has 1")
 
     def _encode(self, turns: Sequence[Turn]) -> Encoded:
-        text = self._tokenizer.apply_chat_template(
+        tok = self._tokenizer
+        text = tok.apply_chat_template(
             [{"role": t.role, "content": t.content} for t in turns],
             tokenize=False,
             add_generation_prompt=False,
         )
-        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._keep_end(ids)
+        ids = list(tok(text)["input_ids"])  # the tokenizer's own BOS (and any other specials)
+        bos, bos_text = tok.bos_token_id, tok.bos_token
+        if bos is not None and bos_text and text.startswith(bos_text) and ids[:2] == [bos, bos]:
+            del ids[0]  # the template wrote the BOS the tokenizer added again
+        return self._truncate(ids)
