@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guardrail.chat import as_mapping
 from guardrail.errors import ConfigurationError, InputError
 from guardrail.qwen3guard import split_reasoning
 
@@ -114,26 +115,13 @@ class Turn:
     content: str
 
 
-def _as_mapping(message: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(message, Mapping):
-        return message
-    dump = getattr(message, "model_dump", None)
-    if callable(dump):
-        data = dump()
-        if isinstance(data, Mapping):
-            return data
-    raise InputError(
-        f"expected a message dict or pydantic object, got {type(message).__name__}", where=where
-    )
-
-
 def _text(content: Any, where: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, Iterable) and not isinstance(content, (bytes, Mapping)):
         texts = []
         for j, raw in enumerate(content):
-            part = _as_mapping(raw, f"{where}[{j}]")
+            part = as_mapping(raw, f"{where}[{j}]")
             value = part.get("text", part.get("refusal"))
             if isinstance(value, str):
                 texts.append(value)  # images and other media: reward models read text only
@@ -157,7 +145,7 @@ def normalise_pair(messages: Sequence[Any] | Iterable[Any], answer: str) -> tupl
     turns: list[Turn] = []
     for i, raw in enumerate(messages):
         where = f"messages[{i}]"
-        message = _as_mapping(raw, where)
+        message = as_mapping(raw, where)
         role = message.get("role")
         text = _text(message.get("content"), f"{where}.content")
         if role == "user":

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from guardrail.chat import user_texts
 from guardrail.errors import ConfigurationError
 from guardrail.reward.base import RewardPair, RewardScore, RewardScorer
 from guardrail.reward.language import detect_language
@@ -47,15 +48,8 @@ class GateConfig(Protocol):
 
 
 def _text(messages: Sequence[Any], answer: str) -> str:
-    parts = [answer]
-    for message in messages:
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", "")
-        content = (
-            message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
-        )
-        if role == "user" and isinstance(content, str):
-            parts.append(content)
-    return "\n".join(parts)
+    """What the language is detected on: the answer and the user's messages."""
+    return "\n".join([answer, *user_texts(messages)])
 
 
 class RewardGate:
