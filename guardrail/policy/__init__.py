@@ -3,6 +3,8 @@
 - :mod:`~guardrail.policy.schema`: the frozen pydantic models of a policy file;
 - :mod:`~guardrail.policy.loader`: YAML -> :class:`Policy`, with every error located
   by file, line, column and field path;
+- :mod:`~guardrail.policy.humanize`: the wording of those errors (did you mean,
+  expected types, bounds);
 - :mod:`~guardrail.policy.evaluate`: the pure decision function.
 
 Typical use::
@@ -14,10 +16,10 @@ Typical use::
 from __future__ import annotations
 
 from guardrail.policy.evaluate import GUARD_ERROR_FLAG, evaluate
+from guardrail.policy.humanize import format_field_path
 from guardrail.policy.loader import (
     DEFAULT_POLICY_TEXT,
     default_policy,
-    format_field_path,
     load_policy,
     load_policy_text,
 )
