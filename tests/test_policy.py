@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import textwrap
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
 
@@ -12,6 +15,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import guardrail.policy
+import guardrail.policy.loader
 from guardrail.errors import ConfigurationError, GuardTimeoutError, PolicyError
 from guardrail.policy import (
     DEFAULT_BLOCK_MESSAGE,
@@ -19,6 +24,7 @@ from guardrail.policy import (
     PROBABILITY_NAMES,
     Policy,
     ProbabilityName,
+    default_policy,
     evaluate,
     format_field_path,
     load_policy,
@@ -638,18 +644,72 @@ def test_shipped_policies_validate(name: str) -> None:
     assert any(r.flag == "unnecessary_refusal" for r in pol.rules_for(RESPONSE))
 
 
-def test_builtin_default_is_policies_default_yaml() -> None:
-    shipped = (POLICIES / "default.yaml").read_text(encoding="utf-8")
-    assert shipped == DEFAULT_POLICY_TEXT, (
-        "policies/default.yaml and DEFAULT_POLICY_TEXT in guardrail/policy/loader.py differ: "
-        "copy one onto the other"
-    )
-    from_file = load_policy(POLICIES / "default.yaml")
+PACKAGED_DEFAULT = Path(guardrail.policy.__file__).resolve().parent / "default.yaml"
+
+
+def test_packaged_default_is_the_default_policy() -> None:
+    raw = resources.files("guardrail.policy").joinpath("default.yaml").read_bytes()
     builtin = Policy.default()
-    assert builtin == from_file
-    assert builtin.content_hash == from_file.content_hash
+    # The strict loader (duplicate keys, located errors) accepts the packaged file
+    # and reads the same policy as Policy.default().
+    strict = load_policy_text(raw, "<default policy>")
+    assert builtin == strict
+    assert builtin.name == "default"
+    assert builtin.content_hash == strict.content_hash == hashlib.sha256(raw).hexdigest()
     assert builtin.source == "<default policy>"
     assert Policy.default() is builtin
+    assert default_policy() is builtin
+    assert raw.decode("utf-8") == DEFAULT_POLICY_TEXT == guardrail.policy.DEFAULT_POLICY_TEXT
+
+
+def test_policies_default_yaml_is_the_packaged_file() -> None:
+    shipped = POLICIES / "default.yaml"
+    # One copy: policies/default.yaml links to the file shipped in the package.
+    assert shipped.resolve() == PACKAGED_DEFAULT
+    assert shipped.read_bytes() == PACKAGED_DEFAULT.read_bytes()
+    from_file = load_policy(shipped)
+    assert from_file == Policy.default()
+    assert from_file.content_hash == Policy.default().content_hash
+
+
+IMPORT_READS_NO_FILE = """
+import json, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].endswith("default.yaml"):
+        opened.append(args[0])
+sys.addaudithook(hook)
+import guardrail, guardrail.policy, guardrail.policy.loader, guardrail.policy.schema
+at_import = list(opened)
+text = guardrail.policy.DEFAULT_POLICY_TEXT
+print(json.dumps([at_import, len(opened), text.startswith("# guardrail policy")]))
+"""
+
+
+def test_importing_the_policy_package_reads_no_file() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_READS_NO_FILE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    at_import, opened_after, is_policy = json.loads(result.stdout)
+    assert at_import == []
+    # The hook does see the read once the text is asked for.
+    assert opened_after == 1
+    assert is_policy
+
+
+def test_unknown_policy_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'DEFAULT_POLICY'"):
+        _ = guardrail.policy.DEFAULT_POLICY
+    with pytest.raises(AttributeError, match="has no attribute 'NOPE'"):
+        _ = guardrail.policy.loader.NOPE
+
+
+def test_default_policy_text_is_still_reachable_from_the_loader() -> None:
+    assert guardrail.policy.loader.DEFAULT_POLICY_TEXT == DEFAULT_POLICY_TEXT
 
 
 def test_provenance_and_content_hash() -> None:

@@ -16,7 +16,6 @@ what the policy says.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -33,15 +32,12 @@ from guardrail.policy.humanize import (
     format_field_path,
     validation_error,
 )
+from guardrail.policy.packaged import default_policy_text
 from guardrail.policy.schema import Policy
 
-__all__ = [
-    "DEFAULT_POLICY_TEXT",
-    "default_policy",
-    "format_field_path",
-    "load_policy",
-    "load_policy_text",
-]
+# format_field_path (humanize) and DEFAULT_POLICY_TEXT (package data) are still
+# reachable here for code that imported them from this module.
+__all__ = ["default_policy", "load_policy", "load_policy_text"]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -98,10 +94,20 @@ def load_policy_text(text: str | bytes, source: str = "<string>") -> Policy:
     return policy
 
 
-@functools.cache
 def default_policy() -> Policy:
-    """The balanced default policy, parsed once (policies are immutable)."""
-    return load_policy_text(DEFAULT_POLICY_TEXT, "<default policy>")
+    """The balanced default policy, parsed once (policies are immutable).
+
+    The same object as :meth:`Policy.default() <guardrail.policy.schema.Policy.default>`.
+    """
+    return Policy.default()
+
+
+def __getattr__(name: str) -> str:
+    # DEFAULT_POLICY_TEXT is read from the package data when first asked for, so that
+    # importing this module reads no file.
+    if name == "DEFAULT_POLICY_TEXT":
+        return default_policy_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ YAML side
@@ -264,172 +270,3 @@ def _validate(data: Any, marks: _Marks, source: str) -> Policy:
         error = validation_error(exc, marks, source)
     # Raised outside the except block: the pydantic error is fully restated.
     raise error
-
-
-# -------------------------------------------------------------- the default policy
-
-# Byte-identical to policies/default.yaml (a test keeps them in step), so the
-# default policy's content hash is the same whichever way it is loaded.
-DEFAULT_POLICY_TEXT = """\
-# guardrail policy: the balanced default.
-#
-# guardrail uses this policy when none is given (guardrail.Policy.default()).
-# To adapt it, copy the file, change `name`, edit, and check your copy with
-#     guardrail policy validate my-policy.yaml
-# which points at the exact line and field of any mistake.
-#
-# How a call is decided, stage by stage (first the prompt, then the response):
-#   1. The guard model (Qwen3Guard-Gen) returns a verdict: a safety level (Safe,
-#      Controversial or Unsafe), at most one category, and for responses whether
-#      the answer is a refusal; local models also give probabilities.
-#   2. The rules of that stage are tried top to bottom and the FIRST rule whose
-#      `when` conditions all hold decides. Put narrow rules above broad ones.
-#   3. If no rule matches, `defaults` decides.
-#   4. If the guard itself fails (error, timeout, unreadable output), the
-#      `failure` mode of the stage decides; no rule is tried.
-# Every decision, failures included, is written to the audit log with the rule
-# id, the verdict and this file's sha256.
-#
-# The JSON Schema for editors: guardrail policy schema --output policy.schema.json
-
-version: 1
-name: default
-description: >-
-  Balanced default: blocks unsafe and jailbreak prompts and unsafe responses,
-  flags controversial content, answers self-harm topics with a supportive
-  template, and recovers unnecessary refusals.
-
-guard:
-  backend: local                  # local: the model runs in this process
-  model: Qwen/Qwen3Guard-Gen-0.6B # or -4B / -8B: more accurate, slower
-  # To use a guard served by vLLM or SGLang instead:
-  # backend: remote
-  # base_url: http://localhost:8000/v1
-  # api_key_env: GUARDRAIL_GUARD_API_KEY   # the variable's NAME, never the key
-  # timeout_s: 10                          # per HTTP request
-  # max_retries: 2
-
-# How `unsafe: true` conditions read Controversial: strict = unsafe, loose = safe.
-# The rules below name levels explicitly, so this setting does not change them.
-controversial: strict
-
-# Reasoning models: judge the final answer only (answer), the thinking and the
-# answer apart (separate: unsafe if either is), or both together (joint).
-reasoning: answer
-include_system: false   # show the guard the system prompt as context
-
-execution:
-  # concurrent: the upstream call starts together with the prompt check and is
-  # cancelled if the prompt is blocked (lowest latency). sequential: the upstream
-  # is only called once the prompt passed (no cost for blocked prompts).
-  mode: concurrent
-  timeout_s: 30         # deadline of each guard check; missing it is a failure
-
-failure:
-  # closed: block the call when the guard cannot judge it. open: let it through
-  # with the flag guard_error. Either way the failure is audited.
-  prompt: closed
-  response: closed
-
-block:
-  behavior: raise       # raise BlockedError; `message` returns a normal completion
-  message: Sorry, I can't help with that.
-
-streaming:
-  release: check_before_release   # no unchecked text ever reaches the caller
-  chunk_chars: 400                # new text per guard check
-  sentence_boundary: true         # extend chunks to the end of the sentence
-  replacement: null               # text emitted when a stream is cut (null: none)
-
-audit:
-  sink: jsonl
-  path: guardrail-audit.jsonl
-  content: hash         # prompts and responses as sha256 only: full | truncated | hash | none
-  fsync: false
-
-rules:
-  # ---------------------------------------------------------------- prompts
-  # Jailbreak attempts are blocked at any level, including Controversial ones
-  # (which the rule below would only flag). Safe verdicts carry no category, so
-  # this never blocks a prompt judged Safe.
-  - id: block-jailbreak
-    description: Jailbreak attempt
-    stage: prompt
-    when:
-      categories: [Jailbreak]
-    action: block
-    flag: jailbreak
-
-  - id: block-unsafe-prompt
-    description: The guard judged the request Unsafe
-    stage: prompt
-    when:
-      levels: [Unsafe]
-    action: block
-
-  # Controversial: harm depends on context. Let it through, but mark the call
-  # so it can be reviewed in the audit log.
-  - id: flag-controversial-prompt
-    stage: prompt
-    when:
-      levels: [Controversial]
-    action: flag
-    flag: controversial_prompt
-
-  # -------------------------------------------------------------- responses
-  - id: block-unsafe-response
-    description: The guard judged the answer Unsafe
-    stage: response
-    when:
-      levels: [Unsafe]
-    action: block
-
-  # Unnecessary refusal: a request judged Safe was answered with a (safe)
-  # refusal. Safety checks alone push models toward refusing; this rule makes
-  # over-refusal visible and asks the model once more, with an instruction to
-  # answer. The new answer is checked again like any other.
-  - id: unnecessary-refusal
-    description: A safe request was refused
-    stage: response
-    when:
-      prompt_levels: [Safe]
-      levels: [Safe]
-      refusal: true
-    action: flag
-    flag: unnecessary_refusal
-    retry:
-      instruction: >-
-        The user's request is safe. Answer it directly and helpfully,
-        without refusing or lecturing.
-      max_attempts: 1
-
-  # Controversial answers about self-harm are replaced by a supportive text
-  # rather than passed on or bluntly blocked.
-  - id: support-self-harm
-    description: Controversial answer on suicide or self-harm
-    stage: response
-    when:
-      levels: [Controversial]
-      categories: ["Suicide & Self-Harm"]
-    action: rewrite
-    rewrite:
-      mode: template
-      text: >-
-        I can't help with that, but you don't have to go through this alone.
-        If you are thinking about harming yourself, please reach out to someone
-        you trust or to a local crisis line or emergency number right now.
-    flag: self_harm
-
-  # Other Controversial answers pass, marked for review.
-  - id: flag-controversial-response
-    stage: response
-    when:
-      levels: [Controversial]
-    action: flag
-    flag: controversial_response
-
-# When no rule of a stage matches: allow, flag (flag "default") or block.
-defaults:
-  prompt: allow
-  response: allow
-"""
