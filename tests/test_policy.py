@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import json
 import subprocess
 import sys
@@ -1296,3 +1298,100 @@ def test_load_policy_reads_the_file(tmp_path: Path) -> None:
     path.write_text(RULE, encoding="utf-8")
     pol = load_policy(str(path))
     assert (pol.name, pol.source, [r.id for r in pol.rules]) == ("test", str(path), ["first"])
+
+
+# ------------------------------------------------------------------ module structure
+
+POLICY_PACKAGE = Path(guardrail.policy.__file__).resolve().parent
+
+
+def package_imports(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` -> the modules of the same package it imports.
+
+    Every import statement counts: at module level, inside functions and under
+    ``TYPE_CHECKING``. ``from package import name`` imports the package's
+    ``__init__`` (and the module ``name`` when there is one); importing
+    ``package.mod`` counts as importing ``mod`` only, as its package is initialised
+    before any of its modules.
+    """
+    stems = sorted(p.stem for p in package_dir.glob("*.py"))
+    names = {stem: package if stem == "__init__" else f"{package}.{stem}" for stem in stems}
+    modules = set(names.values())
+    graph: dict[str, set[str]] = {}
+    for stem, me in names.items():
+        tree = ast.parse((package_dir / f"{stem}.py").read_text(encoding="utf-8"))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = me if stem == "__init__" else me.rpartition(".")[0]
+                    for _ in range(node.level - 1):
+                        anchor = anchor.rpartition(".")[0]
+                    base = f"{anchor}.{base}" if base else anchor
+                targets.add(base)
+                targets.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[me] = {t for t in targets if t in modules and t != me}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None if it has none."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for nxt in sorted(graph.get(node, ())):
+            found = visit(nxt, [*path, node])
+            if found is not None:
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        found = visit(start, [])
+        if found is not None:
+            return found
+    return None
+
+
+def test_find_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": set(), "a": {"a"}}) == ["a", "a"]
+
+
+def test_package_imports_counts_every_kind_of_import(tmp_path: Path) -> None:
+    (tmp_path / "__init__.py").write_text("from pkg.low import thing\n")
+    (tmp_path / "low.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from pkg.high import X\n"
+        "def f():\n    from . import mid\n"
+    )
+    (tmp_path / "mid.py").write_text("import pkg.low\nfrom pkg import thing\n")
+    (tmp_path / "high.py").write_text("from .low import thing\nimport os\n")
+    graph = package_imports(tmp_path, "pkg")
+    assert graph == {
+        "pkg": {"pkg.low"},
+        "pkg.low": {"pkg", "pkg.high", "pkg.mid"},
+        "pkg.mid": {"pkg", "pkg.low"},
+        "pkg.high": {"pkg.low"},
+    }
+    assert find_cycle(graph) == ["pkg", "pkg.low", "pkg"]
+
+
+def test_policy_modules_import_without_a_circle() -> None:
+    graph = package_imports(POLICY_PACKAGE, "guardrail.policy")
+    assert {"guardrail.policy.schema", "guardrail.policy.loader"} <= set(graph)
+    for module in graph:
+        importlib.import_module(module)
+    assert find_cycle(graph) is None
+    # The models sit below the loader and its error wording.
+    assert "guardrail.policy.loader" not in graph["guardrail.policy.schema"]
+    assert "guardrail.policy.humanize" not in graph["guardrail.policy.schema"]
