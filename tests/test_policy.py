@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import json
+import subprocess
+import sys
 import textwrap
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
 
@@ -12,6 +17,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import guardrail.policy
+import guardrail.policy.loader
 from guardrail.errors import ConfigurationError, GuardTimeoutError, PolicyError
 from guardrail.policy import (
     DEFAULT_BLOCK_MESSAGE,
@@ -19,6 +26,7 @@ from guardrail.policy import (
     PROBABILITY_NAMES,
     Policy,
     ProbabilityName,
+    default_policy,
     evaluate,
     format_field_path,
     load_policy,
@@ -638,18 +646,72 @@ def test_shipped_policies_validate(name: str) -> None:
     assert any(r.flag == "unnecessary_refusal" for r in pol.rules_for(RESPONSE))
 
 
-def test_builtin_default_is_policies_default_yaml() -> None:
-    shipped = (POLICIES / "default.yaml").read_text(encoding="utf-8")
-    assert shipped == DEFAULT_POLICY_TEXT, (
-        "policies/default.yaml and DEFAULT_POLICY_TEXT in guardrail/policy/loader.py differ: "
-        "copy one onto the other"
-    )
-    from_file = load_policy(POLICIES / "default.yaml")
+PACKAGED_DEFAULT = Path(guardrail.policy.__file__).resolve().parent / "default.yaml"
+
+
+def test_packaged_default_is_the_default_policy() -> None:
+    raw = resources.files("guardrail.policy").joinpath("default.yaml").read_bytes()
     builtin = Policy.default()
-    assert builtin == from_file
-    assert builtin.content_hash == from_file.content_hash
+    # The strict loader (duplicate keys, located errors) accepts the packaged file
+    # and reads the same policy as Policy.default().
+    strict = load_policy_text(raw, "<default policy>")
+    assert builtin == strict
+    assert builtin.name == "default"
+    assert builtin.content_hash == strict.content_hash == hashlib.sha256(raw).hexdigest()
     assert builtin.source == "<default policy>"
     assert Policy.default() is builtin
+    assert default_policy() is builtin
+    assert raw.decode("utf-8") == DEFAULT_POLICY_TEXT == guardrail.policy.DEFAULT_POLICY_TEXT
+
+
+def test_policies_default_yaml_is_the_packaged_file() -> None:
+    shipped = POLICIES / "default.yaml"
+    # One copy: policies/default.yaml links to the file shipped in the package.
+    assert shipped.resolve() == PACKAGED_DEFAULT
+    assert shipped.read_bytes() == PACKAGED_DEFAULT.read_bytes()
+    from_file = load_policy(shipped)
+    assert from_file == Policy.default()
+    assert from_file.content_hash == Policy.default().content_hash
+
+
+IMPORT_READS_NO_FILE = """
+import json, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].endswith("default.yaml"):
+        opened.append(args[0])
+sys.addaudithook(hook)
+import guardrail, guardrail.policy, guardrail.policy.loader, guardrail.policy.schema
+at_import = list(opened)
+text = guardrail.policy.DEFAULT_POLICY_TEXT
+print(json.dumps([at_import, len(opened), text.startswith("# guardrail policy")]))
+"""
+
+
+def test_importing_the_policy_package_reads_no_file() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_READS_NO_FILE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    at_import, opened_after, is_policy = json.loads(result.stdout)
+    assert at_import == []
+    # The hook does see the read once the text is asked for.
+    assert opened_after == 1
+    assert is_policy
+
+
+def test_unknown_policy_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'DEFAULT_POLICY'"):
+        _ = guardrail.policy.DEFAULT_POLICY
+    with pytest.raises(AttributeError, match="has no attribute 'NOPE'"):
+        _ = guardrail.policy.loader.NOPE
+
+
+def test_default_policy_text_is_still_reachable_from_the_loader() -> None:
+    assert guardrail.policy.loader.DEFAULT_POLICY_TEXT == DEFAULT_POLICY_TEXT
 
 
 def test_provenance_and_content_hash() -> None:
@@ -1236,3 +1298,100 @@ def test_load_policy_reads_the_file(tmp_path: Path) -> None:
     path.write_text(RULE, encoding="utf-8")
     pol = load_policy(str(path))
     assert (pol.name, pol.source, [r.id for r in pol.rules]) == ("test", str(path), ["first"])
+
+
+# ------------------------------------------------------------------ module structure
+
+POLICY_PACKAGE = Path(guardrail.policy.__file__).resolve().parent
+
+
+def package_imports(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` -> the modules of the same package it imports.
+
+    Every import statement counts: at module level, inside functions and under
+    ``TYPE_CHECKING``. ``from package import name`` imports the package's
+    ``__init__`` (and the module ``name`` when there is one); importing
+    ``package.mod`` counts as importing ``mod`` only, as its package is initialised
+    before any of its modules.
+    """
+    stems = sorted(p.stem for p in package_dir.glob("*.py"))
+    names = {stem: package if stem == "__init__" else f"{package}.{stem}" for stem in stems}
+    modules = set(names.values())
+    graph: dict[str, set[str]] = {}
+    for stem, me in names.items():
+        tree = ast.parse((package_dir / f"{stem}.py").read_text(encoding="utf-8"))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = me if stem == "__init__" else me.rpartition(".")[0]
+                    for _ in range(node.level - 1):
+                        anchor = anchor.rpartition(".")[0]
+                    base = f"{anchor}.{base}" if base else anchor
+                targets.add(base)
+                targets.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[me] = {t for t in targets if t in modules and t != me}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None if it has none."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for nxt in sorted(graph.get(node, ())):
+            found = visit(nxt, [*path, node])
+            if found is not None:
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        found = visit(start, [])
+        if found is not None:
+            return found
+    return None
+
+
+def test_find_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": set(), "a": {"a"}}) == ["a", "a"]
+
+
+def test_package_imports_counts_every_kind_of_import(tmp_path: Path) -> None:
+    (tmp_path / "__init__.py").write_text("from pkg.low import thing\n")
+    (tmp_path / "low.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from pkg.high import X\n"
+        "def f():\n    from . import mid\n"
+    )
+    (tmp_path / "mid.py").write_text("import pkg.low\nfrom pkg import thing\n")
+    (tmp_path / "high.py").write_text("from .low import thing\nimport os\n")
+    graph = package_imports(tmp_path, "pkg")
+    assert graph == {
+        "pkg": {"pkg.low"},
+        "pkg.low": {"pkg", "pkg.high", "pkg.mid"},
+        "pkg.mid": {"pkg", "pkg.low"},
+        "pkg.high": {"pkg.low"},
+    }
+    assert find_cycle(graph) == ["pkg", "pkg.low", "pkg"]
+
+
+def test_policy_modules_import_without_a_circle() -> None:
+    graph = package_imports(POLICY_PACKAGE, "guardrail.policy")
+    assert {"guardrail.policy.schema", "guardrail.policy.loader"} <= set(graph)
+    for module in graph:
+        importlib.import_module(module)
+    assert find_cycle(graph) is None
+    # The models sit below the loader and its error wording.
+    assert "guardrail.policy.loader" not in graph["guardrail.policy.schema"]
+    assert "guardrail.policy.humanize" not in graph["guardrail.policy.schema"]

@@ -3,7 +3,11 @@
 - :mod:`~guardrail.policy.schema`: the frozen pydantic models of a policy file;
 - :mod:`~guardrail.policy.loader`: YAML -> :class:`Policy`, with every error located
   by file, line, column and field path;
-- :mod:`~guardrail.policy.evaluate`: the pure decision function.
+- :mod:`~guardrail.policy.humanize`: the wording of those errors (did you mean,
+  expected types, bounds);
+- :mod:`~guardrail.policy.evaluate`: the pure decision function;
+- :mod:`~guardrail.policy.packaged`: the built-in default policy, shipped as
+  ``guardrail/policy/default.yaml`` and read on first use.
 
 Typical use::
 
@@ -14,13 +18,9 @@ Typical use::
 from __future__ import annotations
 
 from guardrail.policy.evaluate import GUARD_ERROR_FLAG, evaluate
-from guardrail.policy.loader import (
-    DEFAULT_POLICY_TEXT,
-    default_policy,
-    format_field_path,
-    load_policy,
-    load_policy_text,
-)
+from guardrail.policy.humanize import format_field_path
+from guardrail.policy.loader import default_policy, load_policy, load_policy_text
+from guardrail.policy.packaged import default_policy_text
 from guardrail.policy.schema import (
     DEFAULT_BLOCK_MESSAGE,
     PROBABILITY_NAMES,
@@ -67,3 +67,13 @@ __all__ = [
     "load_policy_text",
     "policy_json_schema",
 ]
+
+
+def __getattr__(name: str) -> str:
+    """``DEFAULT_POLICY_TEXT``: the default policy's YAML, read from the package on first use.
+
+    A module attribute rather than a constant so that importing guardrail reads no file.
+    """
+    if name == "DEFAULT_POLICY_TEXT":
+        return default_policy_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

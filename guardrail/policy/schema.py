@@ -8,13 +8,16 @@ safety policy must never turn into a silently ignored setting:
 - settings that could never take effect are errors too: ``refusal`` on a prompt
   rule, a ``template`` rewrite of a prompt, ``base_url`` on a local guard...
 
-The models validate Python data; :mod:`guardrail.policy.loader` reads YAML and
-turns validation errors into :class:`~guardrail.errors.PolicyError` with the
-file, line, column and field path.
+The models validate Python data; :mod:`guardrail.policy.loader` reads YAML and,
+with :mod:`guardrail.policy.humanize`, turns validation errors into
+:class:`~guardrail.errors.PolicyError` with the file, line, column and field path.
+This module imports neither: :meth:`Policy.default` validates the packaged
+default through :mod:`guardrail.policy.packaged`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -34,6 +37,11 @@ from pydantic import (
     model_validator,
 )
 
+from guardrail.policy.packaged import (
+    DEFAULT_POLICY_SOURCE,
+    default_policy_bytes,
+    default_policy_data,
+)
 from guardrail.qwen3guard import DEFAULT_MODEL
 from guardrail.types import (
     Action,
@@ -766,10 +774,12 @@ class Policy(_Model):
 
     @classmethod
     def default(cls) -> Policy:
-        """The balanced default policy (the same text as ``policies/default.yaml``)."""
-        from guardrail.policy.loader import default_policy
+        """The balanced default policy (the same text as ``policies/default.yaml``).
 
-        return default_policy()
+        Parsed once from the packaged ``guardrail/policy/default.yaml`` and shared
+        (policies are immutable).
+        """
+        return _default_policy()
 
     def __eq__(self, other: object) -> bool:
         # pydantic would also compare private attributes (provenance, caches).
@@ -779,6 +789,15 @@ class Policy(_Model):
 
     def __hash__(self) -> int:
         return hash((self.name, self.version))
+
+
+@functools.cache
+def _default_policy() -> Policy:
+    policy = Policy.model_validate(default_policy_data())
+    # The same provenance as loading the file with guardrail.policy.load_policy_text.
+    policy._source = DEFAULT_POLICY_SOURCE
+    policy._content_hash = hashlib.sha256(default_policy_bytes()).hexdigest()
+    return policy
 
 
 def policy_json_schema() -> dict[str, Any]:
