@@ -1282,7 +1282,7 @@ def test_write_json_equals_write_for_every_sink(tmp_path: Path) -> None:
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make a trace's audit record a pure function of the trace (no clock reads)."""
-    monkeypatch.setattr("guardrail.audit.record.utc_now", lambda: T0)
+    monkeypatch.setattr("guardrail.audit.build.utc_now", lambda: T0)
     monkeypatch.setattr(Trace, "elapsed", lambda self: 0.25)
 
 
