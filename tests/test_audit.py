@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
@@ -31,6 +32,7 @@ from guardrail.audit import (
     NullSink,
     PolicyRef,
     RecordFilter,
+    RecordParams,
     RewardEntry,
     StageRecord,
     StdoutSink,
@@ -1138,6 +1140,42 @@ def test_record_dict_defaults_and_checks() -> None:
         AuditRecord.build(policy=POLICY, stages=[{"stage": "prompt"}])
 
 
+@pytest.mark.parametrize("build", [record_dict, AuditRecord.build])
+def test_record_params_are_checked_by_name(build: Callable[..., Any]) -> None:
+    # A misspelt keyword is refused, not ignored (untyped callers get no type checker).
+    with pytest.raises(TypeError, match="'stagess'; did you mean 'stages'"):
+        build(policy=POLICY, stagess=[decision(Stage.PROMPT)])
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'$"):
+        build(policy=POLICY, colour="blue")
+    with pytest.raises(TypeError, match="missing required keyword argument 'policy'"):
+        build(stages=[decision(Stage.PROMPT)])
+    assert RecordParams.__required_keys__ == {"policy"}
+
+
+def test_a_built_record_is_the_record_read_back(tmp_path: Path) -> None:
+    # build is record_dict validated: the record in hand is the one its line parses
+    # into, its time included (written, and kept, to the millisecond).
+    when = datetime(2026, 1, 1, 10, 0, 0, 999999, tzinfo=timezone(timedelta(hours=2)))
+    built = allow_record(time=when)
+    assert built.time == datetime(2026, 1, 1, 8, 0, 0, 999000, tzinfo=timezone.utc)
+    write_log(tmp_path / "a.jsonl", [built])
+    (read,) = read_records(tmp_path / "a.jsonl")
+    assert read.model_copy(update={"prev_hash": "", "hash": ""}) == built
+
+
+def test_the_write_side_imports_no_read_side_module() -> None:
+    # params <- build <- record: the derivation never needs the models it is validated by.
+    def audit_imports(module: str) -> set[str]:
+        tree = ast.parse((REPO / "guardrail" / "audit" / f"{module}.py").read_text("utf-8"))
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return {n for n in names if n.startswith("guardrail.audit")}
+
+    assert audit_imports("params") == set()
+    assert audit_imports("build") == {"guardrail.audit.params"}
+    assert audit_imports("record") == {"guardrail.audit.build", "guardrail.audit.params"}
+
+
 def test_stage_dict_is_the_stage_records_json() -> None:
     failed = Decision(stage=Stage.RESPONSE, action=Action.BLOCK, rule_id="failure", error="down")
     combined = combine_verdicts(
@@ -1282,7 +1320,7 @@ def test_write_json_equals_write_for_every_sink(tmp_path: Path) -> None:
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make a trace's audit record a pure function of the trace (no clock reads)."""
-    monkeypatch.setattr("guardrail.audit.record.utc_now", lambda: T0)
+    monkeypatch.setattr("guardrail.audit.build.utc_now", lambda: T0)
     monkeypatch.setattr(Trace, "elapsed", lambda self: 0.25)
 
 

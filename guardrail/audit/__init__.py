@@ -1,16 +1,18 @@
 """Audit logs: one tamper-evident record per guarded call, and the tools to review them.
 
-The engine builds a record and hands it to a sink::
-
-    record = AuditRecord.build(policy=..., stages=[prompt_decision, response_decision], ...)
-    sink.write(record)  # raises AuditError if it was not written
-
-or, skipping the model (what the engine does for the built-in sinks)::
+The engine derives a call's record as its JSON dict and hands it to a sink::
 
     data = record_dict(policy=..., stages=[prompt_decision, response_decision], ...)
-    sink.write_json(data)  # data == AuditRecord.build(...).to_json_dict()
+    sink.write_json(data)  # raises AuditError if it was not written
 
-- :mod:`~guardrail.audit.record`: the record model and :func:`content_view`;
+or, for sinks that take models, the same dict validated::
+
+    record = AuditRecord.build(policy=..., stages=[prompt_decision, response_decision], ...)
+    sink.write(record)  # record.to_json_dict() == data
+
+- :mod:`~guardrail.audit.params`: :class:`RecordParams`, the parameters of a record;
+- :mod:`~guardrail.audit.build`: the write side, :func:`record_dict` and :func:`content_view`;
+- :mod:`~guardrail.audit.record`: the read side, :class:`AuditRecord` and its parts;
 - :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`;
 - :mod:`~guardrail.audit.sinks`: JSONL file, stdout, app logger and null sinks;
 - :mod:`~guardrail.audit.reader`: reading, searching, summarising and verifying files.
@@ -18,6 +20,7 @@ or, skipping the model (what the engine does for the built-in sinks)::
 
 from __future__ import annotations
 
+from guardrail.audit.build import SCHEMA_VERSION, content_view, record_dict, stage_dict
 from guardrail.audit.chain import (
     GENESIS_HASH,
     ChainProblem,
@@ -29,6 +32,7 @@ from guardrail.audit.chain import (
     record_line,
     verify_chain,
 )
+from guardrail.audit.params import CONTENT_MODES, ContentMode, RecordParams
 from guardrail.audit.reader import (
     AuditFileError,
     Percentiles,
@@ -40,10 +44,7 @@ from guardrail.audit.reader import (
     verify_file,
 )
 from guardrail.audit.record import (
-    CONTENT_MODES,
-    SCHEMA_VERSION,
     AuditRecord,
-    ContentMode,
     ContentRecord,
     DecisionSummary,
     ErrorEntry,
@@ -53,9 +54,6 @@ from guardrail.audit.record import (
     RewardEntry,
     StageRecord,
     VerdictSummary,
-    content_view,
-    record_dict,
-    stage_dict,
 )
 from guardrail.audit.sinks import (
     AUDIT_EVENT,
@@ -91,6 +89,7 @@ __all__ = [
     "Percentiles",
     "PolicyRef",
     "RecordFilter",
+    "RecordParams",
     "RewardEntry",
     "SealedRecord",
     "StageRecord",

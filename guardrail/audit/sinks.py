@@ -2,7 +2,7 @@
 
 Every sink has ``write(record)`` and ``close()``. The built-in sinks also have
 ``write_json(data)``, which writes a record's plain JSON dict
-(:func:`~guardrail.audit.record.record_dict`) without building the model; the
+(:func:`~guardrail.audit.build.record_dict`) without building the model; the
 engine uses it when :func:`json_writer` finds it. A write either lands whole or
 raises :class:`~guardrail.errors.AuditError`: a safety layer never drops an
 audit record silently, and the engine decides what a failed write means for

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from guardrail.audit.build import iso_ms
 from guardrail.audit.chain import record_line
 from guardrail.audit.reader import (
     RecordFilter,
@@ -27,7 +28,7 @@ from guardrail.audit.reader import (
     summarize,
     verify_file,
 )
-from guardrail.audit.record import AuditRecord, iso_ms
+from guardrail.audit.record import AuditRecord
 from guardrail.types import Action, Category, SafetyLevel, Stage
 
 
