@@ -1,6 +1,7 @@
 """Audit logs: one tamper-evident record per guarded call, and the tools to review them.
 
-The engine derives a call's record as its JSON dict and hands it to a sink::
+A guarded call's record is derived as its JSON dict (:func:`guardrail.flow.audit_record`)
+and handed to a sink::
 
     data = record_dict(policy=..., stages=[prompt_decision, response_decision], ...)
     sink.write_json(data)  # raises AuditError if it was not written
