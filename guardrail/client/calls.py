@@ -16,6 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from guardrail.chat import ChatShapes
 from guardrail.client.streams import AsyncGuardedStream, GuardedStream
+from guardrail.client.upstream import closable
 from guardrail.errors import ConfigurationError
 from guardrail.flow import Trace, completion_flow, stream_flow
 
@@ -53,7 +54,7 @@ def complete(guard: Guard, create: Callable[..., Any], params: dict[str, Any]) -
     """A guarded sync ``create(**params)``: a completion, or a started guarded stream."""
     params = normalise_params(params)
     trace = _trace(guard, params)
-    driver = guard.sync_driver(lambda p: create(**p))
+    driver = guard.sync_driver(lambda p: closable(create(**p)))
     if params.get("stream"):
         steps = driver.stream(stream_flow(guard.settings, trace, params, OPENAI_SHAPES))
         return GuardedStream(steps, trace).start()
