@@ -58,6 +58,45 @@ def test_chunks_close_at_sentence_ends_once_large_enough() -> None:
     assert plain.feed(chunk(" That is all.")).checks == []
 
 
+def test_a_window_ends_at_the_last_sentence_end_inside_a_delta() -> None:
+    state = StreamState(chunk_chars=40, context_chars=0)  # windows from 10 chars
+    (first,) = state.feed(chunk("The sky is blue. ")).checks
+    assert texts(state.passed(first)) == ["The sky is blue. "]
+    # The next sentence starts inside this delta: its start is not judged as a fragment.
+    (second,) = state.feed(chunk("It is warm in the sun. How to")).checks
+    assert second.text == "It is warm in the sun. "
+    assert state.passed(second) == []  # the chunk also carries "How to": held
+    (third,) = state.feed(chunk(" make a kite!")).checks
+    assert third.text == "How to make a kite!"
+    assert texts(state.passed(third)) == ["It is warm in the sun. How to", " make a kite!"]
+
+
+def test_a_window_after_a_sentence_cut_covers_the_held_start() -> None:
+    state = StreamState(chunk_chars=40, context_chars=8)
+    (first,) = state.feed(chunk("It is warm in the sun. How to")).checks
+    assert first.text == "It is warm in the sun. "
+    assert first.end == len("It is warm in the sun. ")
+    (final,) = state.feed(chunk(None, finish="stop")).checks
+    assert final.final
+    assert final.text == "It is warm in the sun. How to"  # the whole answer
+    assert state.passed(first) == []
+    assert texts(state.passed(final)) == ["It is warm in the sun. How to", None]
+
+
+def test_a_sentence_longer_than_the_window_is_cut_at_chunk_chars() -> None:
+    state = StreamState(chunk_chars=10, context_chars=0)
+    (check,) = state.feed(chunk("a" * 12)).checks
+    assert check.text == "a" * 12
+    # A sentence end followed by more than a window of text: both are checked.
+    first, rest = state.feed(chunk("bbbb. " + "c" * 12)).checks
+    assert first.text == "bbbb. "
+    assert rest.text == "c" * 12
+    assert rest.end == 12 + 6 + 12
+    assert texts(state.passed(check)) == ["a" * 12]
+    assert state.passed(first) == []  # its chunk carries the unchecked c's
+    assert texts(state.passed(rest)) == ["bbbb. " + "c" * 12]
+
+
 def test_each_check_carries_context_from_before() -> None:
     state = StreamState(chunk_chars=5, sentence_boundary=False, context_chars=3)
     (first,) = state.feed(chunk("abcdef")).checks

@@ -7,13 +7,16 @@ caller), or releases them at once and only stops the stream when a check fails
 
 Every channel a chunk can carry counts: ``content``, ``refusal``, reasoning
 (``reasoning_content`` / ``reasoning``) and tool-call names and arguments. New
-text is cut into checks after a chunk holding a sentence end once a quarter of
-``chunk_chars`` has accumulated, or at ``chunk_chars`` regardless. Each check
-judges an assistant message holding its new text plus up to ``context_chars`` of
-the text before it (and the tool calls so far), so an answer is never judged
-only in fragments;
-one final check judges each choice's whole message, started as soon as the
-choice's ``finish_reason`` arrives (or when the upstream ends without one).
+text is cut into check windows at sentence ends: once a quarter of
+``chunk_chars`` has accumulated, a window ends just after the last sentence end
+inside the delta that brought it (``"sun. The"`` ends after ``"sun. "``), and the
+text after that sentence end waits for its own window, so a chunk holding the
+start of the next sentence is released only once that sentence was checked. A
+sentence longer than ``chunk_chars`` is cut there regardless. Each check judges
+an assistant message holding its window plus up to ``context_chars`` of the
+text before it (and the tool calls so far), so an answer is never judged only in
+fragments; one final check judges each choice's whole message, started as soon
+as the choice's ``finish_reason`` arrives (or when the upstream ends without one).
 Chunks that end a choice (``finish_reason``) are held until that final check
 passes, so a failing final check can still end the stream with
 ``finish_reason="content_filter"``.
@@ -64,8 +67,10 @@ class _Choice:
     final_passed: bool = False
     finish_released: bool = False
 
-    def message(self, *, content_from: int, reasoning_from: int) -> tuple[str, dict[str, Any]]:
-        content = "".join(self.content)[content_from:]
+    def message(
+        self, *, content_from: int, reasoning_from: int, content_to: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        content = "".join(self.content)[content_from:content_to]
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)[reasoning_from:]
@@ -90,6 +95,14 @@ class StreamStep:
 
     release: list[Any] = field(default_factory=list)
     checks: list[SegmentCheck] = field(default_factory=list)
+
+
+def _last_sentence_end(visible: str, starts: tuple[int, int]) -> tuple[int, int] | None:
+    """(offset, content offset) just after the last sentence end in a delta's text, if any."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(visible)]
+    if not ends:
+        return None
+    return starts[0] + ends[-1], starts[1] + ends[-1]
 
 
 class StreamState:
@@ -131,19 +144,26 @@ class StreamState:
         """Choices whose end has not been released to the caller."""
         return [i for i in self.indices if not self._choices[i].finish_released]
 
-    def _segment(self, index: int, *, final: bool) -> SegmentCheck:
+    def _segment(
+        self, index: int, *, final: bool, cut: tuple[int, int] | None = None
+    ) -> SegmentCheck:
+        """The check of a choice's new text, up to ``cut`` = (offset, content offset) if given."""
         choice = self._choices[index]
-        content_len = sum(map(len, choice.content))
-        reasoning_len = sum(map(len, choice.reasoning))
+        end, content_to = cut if cut is not None else (choice.length, None)
         if final:
             content_from = reasoning_from = 0
         else:
             content_from = max(0, choice.queued_content - self.context_chars)
             reasoning_from = max(0, choice.queued_reasoning - self.context_chars)
-        text, message = choice.message(content_from=content_from, reasoning_from=reasoning_from)
-        choice.queued, choice.queued_content = choice.length, content_len
-        choice.queued_reasoning = reasoning_len
-        return SegmentCheck(next(self._ids), index, text, choice.length, final, message)
+        text, message = choice.message(
+            content_from=content_from, reasoning_from=reasoning_from, content_to=content_to
+        )
+        choice.queued = end
+        choice.queued_content = (
+            content_to if content_to is not None else sum(map(len, choice.content))
+        )
+        choice.queued_reasoning = sum(map(len, choice.reasoning))
+        return SegmentCheck(next(self._ids), index, text, end, final, message)
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -156,6 +176,9 @@ class StreamState:
             index = int(raw.index)
             choice = self._choices.setdefault(index, _Choice())
             visible, reasoning, tools = delta_parts(raw.delta)
+            # Where this delta's visible text starts (offset, content offset): it is
+            # counted before the delta's reasoning and tool-call text.
+            starts = (choice.length, sum(map(len, choice.content)))
             if visible:
                 choice.content.append(visible)
             if reasoning:
@@ -175,9 +198,12 @@ class StreamState:
                 choice.final_queued = True
                 step.checks.append(self._segment(index, final=True))
                 continue
-            pending = choice.length - choice.queued
-            at_sentence_end = bool(visible) and _SENTENCE_END.search(visible) is not None
-            if pending >= self.chunk_chars or (pending >= self.min_chars and at_sentence_end):
+            cut = _last_sentence_end(visible, starts)
+            if cut is not None and cut[0] - choice.queued >= self.min_chars:
+                # The window ends with the last sentence ending in this delta; the start
+                # of the next sentence is held until its own window passes.
+                step.checks.append(self._segment(index, final=False, cut=cut))
+            if choice.length - choice.queued >= self.chunk_chars:  # a sentence longer
                 step.checks.append(self._segment(index, final=False))
         self._held.append(_Held(chunk, ends, tuple(finishes)))
         step.release = self._releasable()
