@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from guardrail.classifiers.loading import ModelSource as _Source
+from guardrail.classifiers.loading import default_dtype as _default_dtype
+from guardrail.classifiers.loading import import_backend as _import_backend
+from guardrail.classifiers.loading import one_line as _one_line
 from guardrail.errors import (
     ClassifierError,
     ConfigurationError,
     InputError,
     ModelLoadError,
 )
-from guardrail.hub import ModelSource as _Source
-from guardrail.hub import default_dtype as _default_dtype
-from guardrail.hub import import_backend as _import_backend
-from guardrail.hub import one_line as _one_line
 from guardrail.qwen3guard import (
     DEFAULT_MODEL,
     ENDOFTEXT,
