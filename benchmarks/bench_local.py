@@ -44,11 +44,9 @@ from __future__ import annotations
 
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from common import Row, row  # type: ignore[import-not-found]
@@ -151,40 +149,20 @@ def _matmul_rate(torch: Any, device: str, dtype: Any) -> float:
     return 2 * n**3 / min(times)
 
 
-def _guard_dir(path: Path) -> None:
-    """A loadable guard directory: the tiny tokenizer, padded template, a throwaway model."""
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
+def _tokenizer() -> Any:
+    """The tiny guard's tokenizer, its template padded to the real one's ~300 tokens."""
     from guardrail.testing.tinyguard import CHAT_TEMPLATE, build_tokenizer
 
     tokenizer = build_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE.replace(
         "<END SAFETY POLICY>", _FILLER * 2 + "<END SAFETY POLICY>"
     )
-    pad = tokenizer.pad_token_id
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=4096,
-        eos_token_id=[im_end, pad],
-        pad_token_id=pad,
-    )
-    model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-        eos_token_id=[im_end, pad], pad_token_id=pad
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path, save_jinja_files=False)
+    return tokenizer
 
 
-def _big_model(torch: Any, layers: int, device: str, dtype: Any) -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def _big_model(torch: Any, tokenizer: Any, layers: int, device: str, dtype: Any) -> Any:
+    """Random weights at Qwen3Guard-Gen-0.6B's shape, stopping where the guard's tokens do."""
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(
         vocab_size=151936,
@@ -200,6 +178,11 @@ def _big_model(torch: Any, layers: int, device: str, dtype: Any) -> Any:
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM(config)
+    pad = tokenizer.pad_token_id
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        eos_token_id=[im_end, pad], pad_token_id=pad
+    )
     return model.to(dtype).eval()
 
 
@@ -212,7 +195,7 @@ def _inputs(
     for _ in range(count):
         target = rng.randint(*content)
         words: list[str] = []
-        while len(guard._plain_ids(" ".join(words))) < target:
+        while len(guard.encoder.plain_ids(" ".join(words))) < target:
             words.append(rng.choice(_WORDS))
         text = " ".join(words)
         messages: tuple[GuardMessage, ...]
@@ -243,17 +226,13 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         label += ", 1 thread"
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        _guard_dir(Path(tmp))
-        guard = LocalQwen3Guard(tmp, device=device, dtype=dtype_name)
-    guard._net = _big_model(torch, layers, device, dtype)
-    guard._fast = guard._build_fast_decoder(torch.device(device))
-    guard._max_new_tokens = NEW_TOKENS
-    guard._generate_options = {"min_new_tokens": NEW_TOKENS}
-    fast = guard._fast
+    tokenizer = _tokenizer()
+    model = _big_model(torch, tokenizer, layers, device, dtype)
+    guard = LocalQwen3Guard.from_loaded(model, tokenizer, max_new_tokens=NEW_TOKENS)
+    fast = guard.fast_decoder
     assert fast is not None
-    config = guard._net.config
-    body_params = sum(p.numel() for n, p in guard._net.named_parameters() if "embed" not in n)
+    config = model.config
+    body_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
     head_params = config.vocab_size * config.hidden_size
     rate = _matmul_rate(torch, device, dtype)
     rows = [row(bench, label, "matmul rate", rate / 1e9, "GFLOP/s", note="large matmul, same run")]
@@ -273,8 +252,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     unsafe = {"prompt": ("Unsafe", "Violent"), "response": ("Unsafe", "Violent", "No")}
 
     def run_generate(batch: list[Any]) -> list[Any]:
-        with torch.inference_mode():
-            out = guard._generate(batch)
+        out = guard.generate(batch, min_new_tokens=NEW_TOKENS)
         sync()
         return out
 
@@ -303,13 +281,12 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
 
     rng = random.Random(0)
     with torch.inference_mode():  # the heads are computed once, outside the timings
-        fast._head(Stage.PROMPT)
-        fast._head(Stage.RESPONSE)
+        fast.prepare()
     for stage in ("prompt", "response"):
         encoded = _inputs(guard, stage, concurrency, rng, content)
         lengths = [len(e.input_ids) for e in encoded]
         mean_len = statistics.mean(lengths)
-        head = len(fast._head_ids[Stage(stage)])
+        head = len(fast.heads[Stage(stage)])
         note = f"{mean_len:.0f} prompt tokens on average ({head} cached head)"
         # Latency requests spread over the length range (the speed-up depends on it):
         # the ones at evenly spaced quantiles of the content length.
@@ -362,7 +339,7 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
         # --- time over the compute floor (the best matmul rate seen so far: a low reading
         # of a busy moment would flatter the ratios)
         rate = max(rate, _matmul_rate(torch, device, dtype))
-        draft = len(fast._grammar.draft(Stage(stage), ()).ids)
+        draft = len(fast.grammar.draft(Stage(stage), ()).ids)
 
         def fast_floor(n: int, head: int = head, draft: int = draft, rate: float = rate) -> float:
             return flops(head, n + draft - 1, draft) / rate

@@ -13,8 +13,10 @@ and own only their request bodies and response parsing. This module owns the res
 - the retry policy (:func:`retry_policy`): :data:`RETRYABLE_STATUS`, timeouts and
   connection failures, jittered backoff honouring a short ``Retry-After``;
 - error reporting helpers (:func:`raise_for_status`, :func:`error_snippet`,
-  :func:`public_url`, :func:`transport_errors`), worded for the caller's server;
-- bounded-concurrency batches (:func:`run_batch`, :func:`arun_batch`).
+  :func:`public_url`, :func:`transport_errors`), worded for the caller's server.
+
+Fanning a batch out over concurrent requests is
+:mod:`guardrail.classifiers.batching`'s (:func:`~guardrail.classifiers.batching.run_batch`).
 
 Failures are :class:`~guardrail.errors.RemoteGuardError` subclasses. Only the
 remote backends import this module, so ``import guardrail`` does not import httpx.
@@ -27,8 +29,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -55,14 +56,12 @@ __all__ = [
     "HTTPBackend",
     "PooledHTTP",
     "RetryWait",
-    "arun_batch",
     "error_snippet",
     "is_retryable",
     "parse_base_url",
     "public_url",
     "raise_for_status",
     "retry_policy",
-    "run_batch",
     "transport_errors",
     "wait_with_retry_after",
 ]
@@ -77,8 +76,6 @@ RetryWait = Callable[[RetryCallState], float]
 """A tenacity wait: seconds to sleep before the next attempt."""
 
 _SNIPPET_CHARS = 200
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 _B = TypeVar("_B", bound="HTTPBackend")
 
 
@@ -358,60 +355,3 @@ class HTTPBackend:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-# ------------------------------------------------------------------------ batches
-
-
-def run_batch(
-    fn: Callable[[_T], _R], items: Sequence[_T], max_concurrency: int, thread_name: str
-) -> list[_R]:
-    """``[fn(item) for item in items]`` on up to ``max_concurrency`` threads, in order.
-
-    A single item runs on the calling thread. On the first failure the items not
-    yet started are cancelled, the running ones finish, and the error of the first
-    failed item (in input order) is raised: no partial results.
-    """
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    pool = ThreadPoolExecutor(min(max_concurrency, len(items)), thread_name)
-    try:
-        futures = [pool.submit(fn, item) for item in items]
-        wait(futures, return_when=FIRST_EXCEPTION)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    for future in futures:
-        error = None if future.cancelled() else future.exception()
-        if error is not None:
-            raise error
-    return [future.result() for future in futures]
-
-
-async def arun_batch(
-    fn: Callable[[_T], Awaitable[_R]], items: Sequence[_T], max_concurrency: int
-) -> list[_R]:
-    """Async twin of :func:`run_batch`: one task per item, ``max_concurrency`` at once.
-
-    On the first failure (or if the caller is cancelled) every unfinished task is
-    cancelled and awaited, then the first failed item's error is raised.
-    """
-    semaphore = asyncio.Semaphore(max_concurrency)
-
-    async def bounded(item: _T) -> _R:
-        async with semaphore:
-            return await fn(item)
-
-    tasks = [asyncio.ensure_future(bounded(item)) for item in items]
-    if not tasks:
-        return []
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()  # no-op for finished tasks
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
-    return [task.result() for task in tasks]

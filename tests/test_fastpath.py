@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from guardrail.classifiers.fastpath import FastDecoder, FastPathOptions
 from guardrail.classifiers.local import LocalQwen3Guard
 from guardrail.errors import ConfigurationError, VerdictParseError
 from guardrail.qwen3guard import FIELD_VALUES, GuardInput, GuardMessage
@@ -41,9 +42,15 @@ def fast_verdicts(fast: LocalQwen3Guard) -> list[Verdict]:
     return fast.classify([ex.guard_input for ex in EXAMPLES])
 
 
+def _decoder(guard: LocalQwen3Guard) -> FastDecoder:
+    decoder = guard.fast_decoder
+    assert decoder is not None
+    return decoder
+
+
 def _fast_stats(guard: LocalQwen3Guard) -> tuple[int, int]:
-    assert guard._fast is not None
-    return guard._fast.stats.inputs, guard._fast.stats.left
+    stats = _decoder(guard).stats
+    return stats.inputs, stats.left
 
 
 def _check_probabilities(v: Verdict) -> None:
@@ -76,13 +83,14 @@ def test_every_example_matches_generate(
 
 
 def test_examples_never_fall_back(tiny_guard_dir: Path) -> None:
-    guard = LocalQwen3Guard(str(tiny_guard_dir))
-    assert guard._fast is not None
-    guard._fast.pass_overhead_tokens = 1e9  # one first pass per stage: no length groups
+    # One first pass per stage: no length groups.
+    options = FastPathOptions(pass_overhead_tokens=1e9)
+    guard = LocalQwen3Guard(str(tiny_guard_dir), fast_path=options)
+    assert _decoder(guard).pass_overhead_tokens == 1e9
     guard.classify([ex.guard_input for ex in EXAMPLES])
     assert _fast_stats(guard) == (len(EXAMPLES), 0)
     # Per batch, a first pass per stage, then one merged pass per re-drafted field.
-    assert guard._fast.stats.passes <= 2 * 4
+    assert _decoder(guard).stats.passes <= 2 * 4
 
 
 def test_batched_equals_one_by_one(fast: LocalQwen3Guard, fast_verdicts: list[Verdict]) -> None:
@@ -153,34 +161,38 @@ def test_unseen_inputs_agree_with_generate(
 
 def test_cached_head_equals_full_computation(tiny_guard_dir: Path) -> None:
     import torch
+    from transformers import AutoModelForCausalLM
 
     guard = LocalQwen3Guard(str(tiny_guard_dir))
-    decoder = guard._fast
-    assert decoder is not None
-    net = guard._net
+    decoder = _decoder(guard)
+    uncached_guard = LocalQwen3Guard(
+        str(tiny_guard_dir), fast_path=FastPathOptions(use_head_cache=False)
+    )
+    uncached_decoder = _decoder(uncached_guard)
+    assert (decoder.use_head_cache, uncached_decoder.use_head_cache) == (True, False)
+    # The reference: the checkpoint loaded on its own, run over the whole prompt + draft.
+    net = AutoModelForCausalLM.from_pretrained(str(tiny_guard_dir), dtype=torch.float32).eval()
     for stage in Stage:
         chosen = [ex for ex in EXAMPLES if ex.stage is stage][:4]
         prompts = [list(guard.encode(ex.guard_input).input_ids) for ex in chosen]
-        draft = decoder._grammar.draft(stage, ())
+        draft = decoder.grammar.draft(stage, ())
         with torch.inference_mode():
             cached = decoder.draft_logits(stage, prompts)
-            decoder.use_head_cache = False
-            uncached = decoder.draft_logits(stage, prompts)
-            decoder.use_head_cache = True
+            uncached = uncached_decoder.draft_logits(stage, prompts)
             for ids, got, plain in zip(prompts, cached, uncached, strict=True):
                 full = torch.tensor([ids + list(draft.ids[:-1])])
                 want = net(input_ids=full).logits[0, len(ids) - 1 :].float()
                 assert got.shape == want.shape
                 torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(plain, want, atol=1e-4, rtol=1e-4)
-    assert len(decoder._head_ids[Stage.PROMPT]) > 50  # the template head really is cached
+    assert len(decoder.heads[Stage.PROMPT]) > 50  # the template head really is cached
 
 
-def test_grammar_comes_from_the_tokenizer(fast: LocalQwen3Guard) -> None:
-    decoder = fast._fast
-    assert decoder is not None
-    grammar = decoder._grammar
-    tokenizer = fast._tokenizer
+def test_grammar_comes_from_the_tokenizer(fast: LocalQwen3Guard, tiny_guard_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    grammar = _decoder(fast).grammar
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_guard_dir))
     for name, values in FIELD_VALUES.items():
         assert sorted(grammar.first[name].values()) == sorted(values)
         for value in values:
@@ -198,23 +210,18 @@ def test_verdict_longer_than_max_new_tokens_is_generates_business(tiny_guard_dir
 
 
 def test_model_leaving_the_grammar_falls_back(tiny_guard_dir: Path) -> None:
-    guard = LocalQwen3Guard(str(tiny_guard_dir))
-    decoder = guard._fast
-    assert decoder is not None
     # A grammar whose stop token the model never writes: every draft is rejected at the
     # end, so each input must be decoded by generate() and still get its right verdict.
-    real_stop = decoder._stop_ids
-    decoder._stop_ids = frozenset({-1})
-    try:
-        got = guard.classify([ex.guard_input for ex in EXAMPLES[:6]])
-    finally:
-        decoder._stop_ids = real_stop
+    never_written = FastPathOptions(stop_ids=frozenset({-1}))
+    guard = LocalQwen3Guard(str(tiny_guard_dir), fast_path=never_written)
+    got = guard.classify([ex.guard_input for ex in EXAMPLES[:6]])
     assert [_label(v) for v in got] == [_expected(ex) for ex in EXAMPLES[:6]]
     assert _fast_stats(guard) == (6, 6)
 
 
 def test_decoding_option(tiny_guard_dir: Path, reference: LocalQwen3Guard) -> None:
     assert reference.decoding == "generate"
+    assert reference.fast_decoder is None
     assert "decoding='generate'" in repr(reference)
     with pytest.raises(ConfigurationError, match="decoding"):
         LocalQwen3Guard(str(tiny_guard_dir), decoding="beam")  # type: ignore[arg-type]
@@ -223,8 +230,7 @@ def test_decoding_option(tiny_guard_dir: Path, reference: LocalQwen3Guard) -> No
 def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
     import torch
 
-    decoder = fast._fast
-    assert decoder is not None
+    decoder = _decoder(fast)
     ex = EXAMPLES[0]
     ids = fast.encode(ex.guard_input).input_ids
     decoder.forget()
@@ -240,8 +246,7 @@ def test_forced_passes_run_for_benchmarks(fast: LocalQwen3Guard) -> None:
 def test_a_recurring_category_is_drafted_after_its_level(fast: LocalQwen3Guard) -> None:
     import torch
 
-    decoder = fast._fast
-    assert decoder is not None
+    decoder = _decoder(fast)
     ids = fast.encode(EXAMPLES[0].guard_input).input_ids
     decoder.forget()
 
@@ -310,11 +315,9 @@ def test_length_groups_degenerate_cases() -> None:
     assert length_groups([300, 40, 50, 45], 24) == [[1, 3, 2], [0]]
 
 
-def test_length_groups_give_the_same_results(fast: LocalQwen3Guard) -> None:
+def test_length_groups_give_the_same_results(fast: LocalQwen3Guard, tiny_guard_dir: Path) -> None:
     import torch
 
-    decoder = fast._fast
-    assert decoder is not None
     inputs = [ex.guard_input for ex in EXAMPLES] + _perturbed()
     rng = random.Random(5)
     rng.shuffle(inputs)
@@ -327,18 +330,14 @@ def test_length_groups_give_the_same_results(fast: LocalQwen3Guard) -> None:
         for k, (stage, _) in enumerate(batch)
     ]
     runs = {}
-    saved = decoder.pass_overhead_tokens
-    try:
-        for overhead in (0, 24, 1e9):
-            decoder.pass_overhead_tokens = overhead
-            decoder.forget()  # each run drafts from the same (empty) history
-            before = decoder.stats.passes
-            with torch.inference_mode():
-                plain = decoder.decode_batch(batch)
-                made = decoder.decode_batch(batch, force=forced)
-            runs[overhead] = (plain, made, decoder.stats.passes - before)
-    finally:
-        decoder.pass_overhead_tokens = saved
+    for overhead in (0, 24, 1e9):
+        options = FastPathOptions(pass_overhead_tokens=overhead)
+        # each run on a fresh guard: it drafts from the same (empty) history
+        decoder = _decoder(LocalQwen3Guard(str(tiny_guard_dir), fast_path=options))
+        with torch.inference_mode():
+            plain = decoder.decode_batch(batch)
+            made = decoder.decode_batch(batch, force=forced)
+        runs[overhead] = (plain, made, decoder.stats.passes)
     assert runs[0][2] > runs[1e9][2]  # the rows really were split
     for overhead in (0, 24):
         for got, want in zip(runs[overhead][:2], runs[1e9][:2], strict=True):
@@ -360,3 +359,16 @@ def test_length_groups_give_the_same_results(fast: LocalQwen3Guard) -> None:
     assert [r.text.split("\n")[0] for r in made if r is not None] == [
         "Safety: " + f[0] for f in forced
     ]
+
+
+def test_fast_path_options_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="pass_overhead_tokens"):
+        FastPathOptions(pass_overhead_tokens=-1)
+    with pytest.raises(ConfigurationError, match="pass_overhead_tokens"):
+        FastPathOptions(pass_overhead_tokens=float("nan"))
+    with pytest.raises(ConfigurationError, match="stop_ids"):
+        FastPathOptions(stop_ids=frozenset())
+
+
+def test_default_pass_overhead_depends_on_the_device(fast: LocalQwen3Guard) -> None:
+    assert _decoder(fast).pass_overhead_tokens == 24  # the CPU default

@@ -1,4 +1,4 @@
-"""Importing guardrail (and its local backend module) must not import torch."""
+"""Importing guardrail must not import its heavy or optional dependencies."""
 
 from __future__ import annotations
 
@@ -7,28 +7,50 @@ import sys
 
 import pytest
 
-CODE = """
+LOADED = """
 import sys
-import guardrail
-import guardrail.classifiers
-import guardrail.classifiers.local
-heavy = sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modules)
-print(",".join(heavy))
+{imports}
+print(",".join(sorted(m for m in {modules!r} if m in sys.modules)))
 """
 
 
-def test_import_does_not_load_torch_or_transformers() -> None:
+def _loaded_after(imports: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter holds after running ``imports``."""
+    code = LOADED.format(imports="\n".join(imports), modules=modules)
     result = subprocess.run(
-        [sys.executable, "-c", CODE], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout.strip() == ""
+    return [m for m in result.stdout.strip().split(",") if m]
+
+
+def test_import_guardrail_loads_no_model_or_client_library() -> None:
+    # torch/transformers come with a local model, httpx with a remote backend,
+    # openai with wrap(): none of them with the package itself.
+    heavy = ("torch", "transformers", "tokenizers", "httpx", "openai")
+    assert _loaded_after(["import guardrail", "import guardrail.classifiers"], heavy) == []
+
+
+def test_local_backend_modules_do_not_load_torch_or_transformers() -> None:
+    modules = [
+        "import guardrail.classifiers.local",
+        "import guardrail.classifiers.encoding",
+        "import guardrail.classifiers.fastpath",
+        "import guardrail.classifiers.generate",
+        "import guardrail.classifiers.batching",
+        "import guardrail.classifiers.loading",
+        "from guardrail.classifiers import FastPathOptions",
+    ]
+    assert _loaded_after(modules, ("torch", "transformers", "tokenizers")) == []
 
 
 def test_lazy_attribute_resolves_the_class() -> None:
     import guardrail
+    import guardrail.classifiers
+    from guardrail.classifiers.fastpath import FastPathOptions
     from guardrail.classifiers.local import LocalQwen3Guard
 
     assert guardrail.LocalQwen3Guard is LocalQwen3Guard
+    assert guardrail.classifiers.FastPathOptions is FastPathOptions
 
 
 def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,6 +185,72 @@ def test_short_input_is_not_truncated(tiny_guard: LocalQwen3Guard) -> None:
     encoded = tiny_guard.encode(EXAMPLES[0].guard_input)
     assert not encoded.truncated
     assert encoded.guard_input == EXAMPLES[0].guard_input
+
+
+def test_content_is_encoded_as_plain_text(
+    tiny_guard: LocalQwen3Guard, tiny_guard_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_guard_dir)
+    markup = set(tokenizer.added_tokens_decoder)
+    text = "a <|im_end|> b <think> c"
+    ids = tiny_guard.encoder.plain_ids(text)
+    assert not markup & set(ids)
+    assert tokenizer.decode(ids) == text
+
+
+# ------------------------------------------------------------- the model-card path
+
+
+def test_generate_is_the_model_card_path(tiny_guard: LocalQwen3Guard) -> None:
+    chosen = EXAMPLES[:4]
+    encoded = [tiny_guard.encode(ex.guard_input) for ex in chosen]
+    for ex, gen in zip(chosen, tiny_guard.generate(encoded), strict=True):
+        assert gen.text == ex.verdict_text
+        assert gen.probs is None
+        assert "".join(t.token for t in gen.tokens) == ex.verdict_text
+        assert all(len(t.top) == 20 for t in gen.tokens)  # top_logprobs alternatives
+    # min_new_tokens holds the stop tokens back: a longer output than the verdict
+    (longer,) = tiny_guard.generate(encoded[:1], min_new_tokens=30)
+    assert len(longer.tokens) >= 30
+    assert longer.text.startswith(chosen[0].verdict_text)
+
+
+# ------------------------------------------------------------ a model already loaded
+
+
+def _loaded(tiny_guard_dir: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    net = AutoModelForCausalLM.from_pretrained(str(tiny_guard_dir), dtype=torch.float32)
+    return net, AutoTokenizer.from_pretrained(str(tiny_guard_dir))
+
+
+def test_from_loaded_judges_like_the_checkpoint(
+    tiny_guard_dir: Path, verdicts: list[Verdict]
+) -> None:
+    net, tokenizer = _loaded(tiny_guard_dir)
+    guard = LocalQwen3Guard.from_loaded(net, tokenizer, model_id="tiny")
+    assert (guard.model_id, guard.device, guard.dtype) == ("tiny", "cpu", "float32")
+    assert guard.decoding == "fast"
+    assert guard.max_input_tokens == 1024 - 64
+    got = guard.classify([ex.guard_input for ex in EXAMPLES])
+    for mine, theirs in zip(got, verdicts, strict=True):
+        assert mine.model == "tiny"
+        assert mine.raw_text == theirs.raw_text
+        assert mine.level_probs == pytest.approx(theirs.level_probs, abs=1e-4)
+        assert mine.category_probs == pytest.approx(theirs.category_probs, abs=1e-4)
+
+
+def test_from_loaded_checks_its_parts(tiny_guard_dir: Path) -> None:
+    net, tokenizer = _loaded(tiny_guard_dir)
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        LocalQwen3Guard.from_loaded(net, tokenizer, max_new_tokens=0)
+    tokenizer.chat_template = None
+    with pytest.raises(ModelLoadError, match="chat template"):
+        LocalQwen3Guard.from_loaded(net, tokenizer, model_id="tiny")
 
 
 # ---------------------------------------------------------------------------- errors

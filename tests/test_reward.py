@@ -616,7 +616,7 @@ def test_score_types_are_plain_and_frozen() -> None:
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, guardrail.reward, guardrail.reward.base, guardrail.hub\n"
+        "import sys, guardrail.reward, guardrail.reward.base, guardrail.classifiers.loading\n"
         "print(','.join(m for m in ('torch', 'transformers', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

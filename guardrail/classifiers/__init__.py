@@ -1,5 +1,12 @@
 """Guard backends: local (transformers) and remote (OpenAI-compatible server).
 
+One module per concern: ``base`` (the Classifier protocol, moderation helpers),
+``local`` (LocalQwen3Guard: model and decoding orchestration), ``encoding``
+(tokenising, truncation), ``fastpath`` (the fast decoder and its options),
+``generate`` (the model-card decoder), ``batching`` (micro-batching, bounded
+fan-out), ``loading`` (checkpoint resolution, device and dtype defaults) and
+``remote`` (RemoteQwen3Guard).
+
 Backends are imported lazily so that ``import guardrail`` never imports torch.
 """
 
@@ -16,10 +23,12 @@ from guardrail.classifiers.base import (
 )
 
 if TYPE_CHECKING:
+    from guardrail.classifiers.fastpath import FastPathOptions
     from guardrail.classifiers.local import LocalQwen3Guard
     from guardrail.classifiers.remote import RemoteQwen3Guard
 
 _LAZY = {
+    "FastPathOptions": "guardrail.classifiers.fastpath",
     "LocalQwen3Guard": "guardrail.classifiers.local",
     "RemoteQwen3Guard": "guardrail.classifiers.remote",
 }
@@ -36,6 +45,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Classifier",
+    "FastPathOptions",
     "LocalQwen3Guard",
     "RemoteQwen3Guard",
     "amoderate",

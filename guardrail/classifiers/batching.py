@@ -1,10 +1,11 @@
-"""Dynamic micro-batching: concurrent callers share one model batch.
+"""Batches: concurrent callers share one model batch; one batch fans out to many calls.
 
-Threads calling :meth:`MicroBatcher.call` and coroutines awaiting
-:meth:`MicroBatcher.acall` submit requests (lists of items) to one queue. A single
-worker thread takes a request, collects more for at most ``max_wait_ms`` until the
-batch holds ``max_batch_size`` items, runs them in one call of the batch function,
-and routes each request its own slice of the results, in order.
+Dynamic micro-batching (:class:`MicroBatcher`, the local models): threads calling
+:meth:`MicroBatcher.call` and coroutines awaiting :meth:`MicroBatcher.acall` submit
+requests (lists of items) to one queue. A single worker thread takes a request,
+collects more for at most ``max_wait_ms`` until the batch holds ``max_batch_size``
+items, runs them in one call of the batch function, and routes each request its own
+slice of the results, in order.
 
 - A lone caller does not pay the wait: the worker only waits for company when
   there is evidence of concurrency (more requests already queued, or the previous
@@ -15,6 +16,10 @@ and routes each request its own slice of the results, in order.
   ``loop.call_soon_threadsafe``; the event loop never blocks.
 - The worker exits when idle and is restarted on demand; :meth:`close` fails every
   queued request and joins the worker.
+
+Bounded fan-out (:func:`run_batch`, :func:`arun_batch`, the remote backends): one
+call per item, at most ``max_concurrency`` at once on threads or tasks, results in
+input order, the first failure raised with no partial results.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchStats", "MicroBatcher"]
+__all__ = ["BatchStats", "MicroBatcher", "arun_batch", "run_batch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -244,3 +249,60 @@ class MicroBatcher(Generic[T, R]):
             request.done(None, exc)
         else:
             request.done(results, None)
+
+
+# ------------------------------------------------------------- fan-out batches
+
+
+def run_batch(
+    fn: Callable[[T], R], items: Sequence[T], max_concurrency: int, thread_name: str
+) -> list[R]:
+    """``[fn(item) for item in items]`` on up to ``max_concurrency`` threads, in order.
+
+    A single item runs on the calling thread. On the first failure the items not
+    yet started are cancelled, the running ones finish, and the error of the first
+    failed item (in input order) is raised: no partial results.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = ThreadPoolExecutor(min(max_concurrency, len(items)), thread_name)
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for future in futures:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            raise error
+    return [future.result() for future in futures]
+
+
+async def arun_batch(
+    fn: Callable[[T], Awaitable[R]], items: Sequence[T], max_concurrency: int
+) -> list[R]:
+    """Async twin of :func:`run_batch`: one task per item, ``max_concurrency`` at once.
+
+    On the first failure (or if the caller is cancelled) every unfinished task is
+    cancelled and awaited, then the first failed item's error is raised.
+    """
+    semaphore = asyncio.Semaphore(max_concurrency)
+
+    async def bounded(item: T) -> R:
+        async with semaphore:
+            return await fn(item)
+
+    tasks = [asyncio.ensure_future(bounded(item)) for item in items]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op for finished tasks
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]

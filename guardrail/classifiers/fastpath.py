@@ -28,7 +28,7 @@ and renormalised.
 
 Batches are cut to size: a pass right-pads every row to its longest suffix, so each
 stage's rows are sorted by length and split into groups that minimise the estimated
-cost (see :func:`length_groups` and ``FastDecoder.pass_overhead_tokens``). The
+cost (see :func:`length_groups` and ``FastPathOptions.pass_overhead_tokens``). The
 groups' passes run one after the other, but each round of passes shares one LM-head
 product (the vocabulary-sized matrix is read once per round, not once per row or
 group), and the rows a round re-drafts are merged into a single pass whatever their
@@ -44,12 +44,25 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guardrail.qwen3guard import FIELD_VALUES, FieldProbabilities
+from guardrail.errors import ConfigurationError
+from guardrail.qwen3guard import FIELD_VALUES, IM_END, FieldProbabilities
 from guardrail.types import Stage
 
-__all__ = ["FastDecoder", "FastResult", "FastStats", "VerdictGrammar", "length_groups"]
+if TYPE_CHECKING:
+    from guardrail.classifiers.encoding import GuardEncoder
+
+__all__ = [
+    "Draft",
+    "FastDecoder",
+    "FastPathOptions",
+    "FastResult",
+    "FastStats",
+    "VerdictGrammar",
+    "build_fast_decoder",
+    "length_groups",
+]
 
 _HEADERS = {"safety": "Safety:", "categories": "\nCategories:", "refusal": "\nRefusal:"}
 _DEFAULTS = {"safety": "Safe", "categories": "None", "refusal": "No"}
@@ -86,7 +99,9 @@ class FastStats:
 
 
 @dataclass(frozen=True)
-class _Draft:
+class Draft:
+    """A drafted verdict as tokens: what the decoder feeds and verifies."""
+
     ids: tuple[int, ...]
     """Verdict tokens ending with the stop token."""
     slots: dict[int, int]
@@ -124,7 +139,7 @@ class VerdictGrammar:
 
     def draft(
         self, stage: Stage, chosen: Sequence[str], guess: Mapping[str, str] | None = None
-    ) -> _Draft:
+    ) -> Draft:
         """The verdict with ``chosen`` values; ``guess`` (else defaults) for the fields after."""
         ids: list[int] = []
         slots: dict[int, int] = {}
@@ -135,7 +150,7 @@ class VerdictGrammar:
             ids += self.headers[name]
             slots[len(ids)] = k
             ids += self.values[name][values[-1]]
-        return _Draft((*ids, self.stop_id), slots, tuple(values))
+        return Draft((*ids, self.stop_id), slots, tuple(values))
 
 
 def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
@@ -171,7 +186,7 @@ class _Row:
     index: int
     stage: Stage
     suffix: list[int]
-    draft: _Draft
+    draft: Draft
     probs: dict[str, dict[str, float]] = field(default_factory=dict)
     start: int = -1
     """Draft tokens before this one are verified; -1 before the first pass."""
@@ -192,7 +207,7 @@ class _Pass:
 
 
 _PASS_OVERHEAD_TOKENS = {"cpu": 24, "cuda": 512}
-"""Default ``FastDecoder.pass_overhead_tokens`` by device type (others: ``cuda``'s).
+"""Default ``FastPathOptions.pass_overhead_tokens`` by device type (others: ``cuda``'s).
 
 On a CPU a forward pass is compute-bound from a few dozen tokens on: a padding token
 costs as much as a real one, while one more pass costs little: re-reading the body's
@@ -203,13 +218,79 @@ as much as one of a few dozen, so padding is nearly free and splitting rarely pa
 """
 
 
+@dataclass(frozen=True)
+class FastPathOptions:
+    """Knobs of the fast decoder, passed as ``LocalQwen3Guard(..., fast_path=...)``.
+
+    ``pass_overhead_tokens`` and ``use_head_cache`` change how the work is done,
+    never a verdict, a probability or a fallback; ``stop_ids`` is a test hook.
+    """
+
+    pass_overhead_tokens: float | None = None
+    """What one more forward pass costs, in tokens of padding: the batch-splitting knob.
+
+    ``None`` takes the device's default (24 on a CPU, 512 on a GPU). 0 gives each
+    distinct suffix length its own pass; a huge value keeps each stage's rows in one
+    pass. Only the number of passes changes, never a row's tokens (see
+    :func:`length_groups`).
+    """
+    use_head_cache: bool = True
+    """Reuse the cached template head (tests switch it off to compare; no other effect)."""
+    stop_ids: frozenset[int] | None = None
+    """Test hook: the tokens accepted at a verdict's end, instead of the guard's stop
+    tokens. Tokens the model never writes make every draft fail at its end, so every
+    input takes the ``generate()`` fallback; never set it otherwise."""
+
+    def __post_init__(self) -> None:
+        overhead = self.pass_overhead_tokens
+        if overhead is not None and not overhead >= 0:
+            raise ConfigurationError(
+                f"FastPathOptions.pass_overhead_tokens must be >= 0, got {overhead!r}"
+            )
+        if self.stop_ids is not None and not self.stop_ids:
+            raise ConfigurationError("FastPathOptions.stop_ids must not be empty")
+
+
+def build_fast_decoder(
+    net: Any,
+    encoder: GuardEncoder,
+    stop_ids: frozenset[int],
+    device: Any,
+    options: FastPathOptions | None = None,
+) -> FastDecoder | None:
+    """The fast decoder for a checkpoint, or ``None`` where ``generate()`` is the only exact path.
+
+    That is when ``<|im_end|>`` (else the eos token) does not end generation, when
+    the verdict cannot be drafted piecewise (see :class:`VerdictGrammar`), or when
+    ``net`` has no separable decoder body and LM head.
+    """
+    tokenizer = encoder.tokenizer
+    stop = tokenizer.get_vocab().get(IM_END, tokenizer.eos_token_id)
+    if stop not in stop_ids:
+        return None
+    try:
+        grammar = VerdictGrammar(encoder.plain_ids, stop)
+    except ValueError:
+        return None  # e.g. two levels share a first token
+
+    def decode(ids: list[int]) -> str:  # as the generate path turns ids into text
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    heads = encoder.template_heads()
+    try:
+        return FastDecoder(net, grammar, heads, stop_ids, decode, device, options)
+    except (AttributeError, NotImplementedError, ValueError):
+        return None  # no separable decoder body / LM head
+
+
 class FastDecoder:
     """Decode verdicts with a cached template head and verified grammar drafts.
 
     ``net`` is a transformers causal LM (``get_decoder()`` and
     ``get_output_embeddings()`` are used), ``heads`` the token prefix shared by every
     input of each stage, ``stop_ids`` every token that ends generation, ``decode``
-    turns verdict ids into text as the generate path does.
+    turns verdict ids into text as the generate path does, ``options`` the knobs of
+    :class:`FastPathOptions`. Call it under ``torch.inference_mode()``.
     """
 
     max_passes = 5
@@ -223,33 +304,63 @@ class FastDecoder:
         stop_ids: frozenset[int],
         decode: Callable[[list[int]], str],
         device: Any,
+        options: FastPathOptions | None = None,
     ) -> None:
+        options = options or FastPathOptions()
         self._net = net
         self._body = net.get_decoder()
         self._lm_head = net.get_output_embeddings()
         self._grammar = grammar
         self._head_ids = {stage: tuple(ids) for stage, ids in heads.items()}
         self._head_cache: dict[Stage, list[tuple[Any, Any]]] = {}
-        self._stop_ids = stop_ids
+        self._stop_ids = options.stop_ids if options.stop_ids is not None else stop_ids
         self._decode = decode
         self._device = device
-        self.use_head_cache = True
-        """Tests switch this off to compare with the uncached computation."""
+        self._use_head_cache = options.use_head_cache
         kind = getattr(device, "type", str(device).split(":")[0])
-        self.pass_overhead_tokens: float = _PASS_OVERHEAD_TOKENS.get(kind, 512)
-        """What one more forward pass costs, in tokens of padding: the batch-splitting knob.
-
-        0 gives each distinct suffix length its own pass; a huge value keeps each
-        stage's rows in one pass (the results are the same either way).
-        """
+        self._pass_overhead_tokens: float = (
+            options.pass_overhead_tokens
+            if options.pass_overhead_tokens is not None
+            else _PASS_OVERHEAD_TOKENS.get(kind, 512)
+        )
         self.stats = FastStats()
-        """What the decoder has done so far."""
+        """What the decoder has done so far (read it; the decoder updates it)."""
         # Verified values per (stage, level, field): a re-drafted level drafts the
         # fields after it with the most common values seen with that level, so a
         # recurring category costs two passes instead of three.
         self._seen: dict[tuple[Stage, str, str], Counter[str]] = defaultdict(Counter)
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def grammar(self) -> VerdictGrammar:
+        """The verdict grammar drafts are built from (its ``draft()`` gives their tokens)."""
+        return self._grammar
+
+    @property
+    def heads(self) -> Mapping[Stage, tuple[int, ...]]:
+        """Per stage, the template head whose keys and values are computed once and shared."""
+        return dict(self._head_ids)
+
+    @property
+    def pass_overhead_tokens(self) -> float:
+        """The batch-splitting knob in use (see :attr:`FastPathOptions.pass_overhead_tokens`)."""
+        return self._pass_overhead_tokens
+
+    @property
+    def use_head_cache(self) -> bool:
+        """Whether the template heads are cached (see :class:`FastPathOptions`)."""
+        return self._use_head_cache
+
+    def prepare(self) -> None:
+        """Compute each stage's head cache now rather than on first use.
+
+        Benchmarks call it to time decoding without it; call it under
+        ``torch.inference_mode()``.
+        """
+        if self._use_head_cache:
+            for stage in self._head_ids:
+                self._head(stage)
 
     def forget(self) -> None:
         """Drop the values seen so far: re-drafts fall back to the defaults (benchmarks)."""
@@ -271,7 +382,7 @@ class FastDecoder:
         for stage in Stage:  # the stages have different heads: separate passes
             members = [k for k, (s, _) in enumerate(batch) if s is stage]
             lengths = [len(batch[k][1]) for k in members]
-            for group in length_groups(lengths, self.pass_overhead_tokens):
+            for group in length_groups(lengths, self._pass_overhead_tokens):
                 rows = [self._row(members[j], stage, batch[members[j]][1]) for j in group]
                 passes.append(self._start(stage, rows))
         if passes:
@@ -281,7 +392,11 @@ class FastDecoder:
         return results
 
     def draft_logits(self, stage: Stage, prompts: Sequence[Sequence[int]]) -> list[Any]:
-        """Logits predicting each token of the default draft, one pass, batched (for tests)."""
+        """Logits predicting each token of the default draft, one pass, batched (for tests).
+
+        Element ``k`` holds, for each draft token, the logits at the position before it:
+        what ``net(prompt + draft)`` gives there, computed the fast path's way.
+        """
         rows = [self._row(k, stage, ids) for k, ids in enumerate(prompts)]
         hidden = self._pass(self._start(stage, rows))
         out = []
@@ -312,7 +427,7 @@ class FastDecoder:
         import torch
         from transformers import DynamicCache
 
-        head = self._head_ids.get(stage, ()) if self.use_head_cache else ()
+        head = self._head_ids.get(stage, ()) if self._use_head_cache else ()
         length = len(head)
         for row in rows:  # the input may deviate from the head (unusual content): share less
             limit = min(length, len(row.suffix) - 1)
@@ -476,7 +591,7 @@ class FastDecoder:
         at: list[int],
         logits: Any,
         best: list[int],
-        target: _Draft | None,
+        target: Draft | None,
     ) -> tuple[str, int]:
         """Greedy check of the draft: ("done" | "redraft" | "leave", first mismatch)."""
         grammar = self._grammar

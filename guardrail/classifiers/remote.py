@@ -7,10 +7,10 @@ prompt with special tokens parsed (see :func:`~guardrail.qwen3guard.escape_marku
 Building the request and reading the response are pure functions shared by the
 sync and async paths; only the HTTP call and the retry driver differ (httpx's own
 pattern). This module owns those and the logprobs fallback; the HTTP plumbing
-(pooled clients, retry policy, batches) is :mod:`guardrail.http`'s. Failures
-surface as :class:`~guardrail.errors.RemoteGuardError` subclasses, and an answer
-that is not a verdict raises :class:`~guardrail.errors.VerdictParseError`: nothing
-here ever defaults to Safe.
+(pooled clients, retry policy) is :mod:`guardrail.http`'s, the bounded batches
+:mod:`.batching`'s. Failures surface as :class:`~guardrail.errors.RemoteGuardError`
+subclasses, and an answer that is not a verdict raises
+:class:`~guardrail.errors.VerdictParseError`: nothing here ever defaults to Safe.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from guardrail.classifiers.batching import arun_batch, run_batch
 from guardrail.errors import ConfigurationError, GuardHTTPError, RemoteGuardError
 from guardrail.http import MAX_RETRY_AFTER_S as MAX_RETRY_AFTER_S
 from guardrail.http import (
@@ -29,13 +30,11 @@ from guardrail.http import (
     HTTPBackend,
     PooledHTTP,
     RetryWait,
-    arun_batch,
     error_snippet,
     parse_base_url,
     public_url,
     raise_for_status,
     retry_policy,
-    run_batch,
 )
 from guardrail.qwen3guard import (
     DEFAULT_MODEL,

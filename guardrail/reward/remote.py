@@ -31,7 +31,8 @@ family (:class:`~guardrail.errors.RemoteGuardError` subclasses, messages saying
 :data:`~guardrail.http.RETRYABLE_STATUS` are retried with jittered backoff
 honouring a short ``Retry-After``; 400 and other client errors are final. This
 module owns the request bodies and score reading; the HTTP plumbing (pooled
-clients, retry policy, batches) is :mod:`guardrail.http`'s, shared with the guard.
+clients, retry policy) is :mod:`guardrail.http`'s and the bounded batches
+:mod:`guardrail.classifiers.batching`'s, shared with the guard.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ from typing import Any, Literal
 
 import httpx
 
+from guardrail.classifiers.batching import arun_batch, run_batch
 from guardrail.errors import ConfigurationError, RemoteGuardError
 from guardrail.http import (
     HTTPBackend,
     PooledHTTP,
     RetryWait,
-    arun_batch,
     parse_base_url,
     retry_policy,
-    run_batch,
 )
 from guardrail.reward.base import (
     Normalizer,

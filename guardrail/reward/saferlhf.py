@@ -26,8 +26,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from guardrail.classifiers.loading import one_line
 from guardrail.errors import ConfigurationError, ModelLoadError
-from guardrail.hub import one_line
 from guardrail.reward.base import ScoreKind, Turn
 from guardrail.reward.seqcls import Encoded, LocalScorer, PaddingSide, TruncationSide
 

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from guardrail.errors import ClassifierError, ConfigurationError, ModelLoadError
-from guardrail.hub import (
+from guardrail.classifiers.loading import (
     ModelSource,
     default_dtype,
     import_backend,
@@ -31,6 +30,7 @@ from guardrail.hub import (
     require_pinned_revision,
     resolve_device,
 )
+from guardrail.errors import ClassifierError, ConfigurationError, ModelLoadError
 from guardrail.reward.base import (
     Normalizer,
     RewardPair,
