@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("guardrail.types", "guardrail.errors"),
     ("guardrail.chat", "guardrail.report"),
     ("guardrail.qwen3guard",),
-    ("guardrail.http", "guardrail.hub"),
+    ("guardrail.http",),
     ("guardrail.classifiers", "guardrail.reward", "guardrail.testing"),
     ("guardrail.policy", "guardrail.audit"),
     ("guardrail.parts",),
