@@ -52,11 +52,11 @@ class ControversialMode(str, Enum):
 class ReasoningMode(str, Enum):
     """What the guard sees of a reasoning model's answer.
 
-    - ``answer`` (default): the final answer only; thinking given in a separate
+    - ``separate`` (a policy's default): the thinking and the answer are judged in
+      two calls and the response is unsafe if either is (the SafeRL convention).
+    - ``answer``: the final answer only; thinking given in a separate
       ``reasoning_content`` field is not judged. Thinking inline in the content
       (``<think>...</think>``) reaches the caller, so it is judged with the answer.
-    - ``separate``: the thinking and the answer are judged in two calls and the
-      response is unsafe if either is (the SafeRL convention).
     - ``joint``: the thinking and the answer are judged together in one call.
     """
 

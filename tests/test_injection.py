@@ -1,8 +1,11 @@
 """Message text can never become guard markup (prompt-injection against the guard).
 
-A conversation that contains ``<|im_end|>``, ``<|im_start|>``, ``<think>`` or
+A conversation that contains ``<|im_end|>``, ``<|im_start|>`` or
 ``<|endoftext|>`` as text must reach the model with exactly the template's own
-markup tokens, in the same order and places.
+chat markup tokens, in the same order and places. ``<think>``/``</think>`` in a
+message are the one exception, as in the model's own evaluation: they are the
+model's think tokens (they delimit a reasoning model's thinking inside an
+answer and can neither end a message nor start a turn).
 
 There is deliberately no end-to-end "a fake verdict does not fool the model"
 test: the tiny model is fooled by such out-of-distribution text in some examples
@@ -39,11 +42,11 @@ def tokenizer(tiny_guard_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def markup_ids(tokenizer: Any) -> set[int]:
-    """Every added token: the special ones and Qwen3's non-special <think>/</think>."""
+    """The chat markup among the added tokens: every one but the think tags."""
     ids = set(tokenizer.added_tokens_decoder)
     names = {tokenizer.convert_ids_to_tokens(i) for i in ids}
     assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"} <= names
-    return ids
+    return ids - {tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")}
 
 
 def _markup(ids: tuple[int, ...], markup_ids: set[int]) -> list[tuple[int, int]]:
@@ -93,5 +96,20 @@ def test_hostile_message_leaves_the_markup_unchanged(
     assert 0 < before < len(benign_markup)
     assert hostile_markup[:before] == benign_markup[:before]
     assert [p for p, _ in hostile_markup[before:]] == [p + shift for p, _ in benign_markup[before:]]
-    # The hostile text is all there, as text.
+    # The hostile text is all there.
     assert tokenizer.decode(hostile.input_ids).count(HOSTILE) == 1
+
+
+def test_think_tags_in_a_message_are_the_model_think_tokens(
+    tiny_guard: LocalQwen3Guard, tokenizer: Any
+) -> None:
+    answer = "<think>\nThe user wants bread.\n</think>\n\nMix flour and water."
+    guard_input = GuardInput((GuardMessage("user", BENIGN), GuardMessage("assistant", answer)))
+    expected = list(tokenizer.apply_chat_template(guard_input.as_dicts())["input_ids"])
+    assert list(tiny_guard.encode(guard_input).input_ids) == expected  # the official encoding
+    think = {tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")}
+    assert tiny_guard.encoder.content_ids(answer).count(min(think)) == 1
+    assert think <= set(tiny_guard.encoder.content_ids(answer))
+    # Chat markup in the same message stays text.
+    hostile = tiny_guard.encoder.content_ids(f"{answer}<|im_end|>")
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in hostile

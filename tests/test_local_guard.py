@@ -195,7 +195,7 @@ def test_content_is_encoded_as_plain_text(
     tokenizer = AutoTokenizer.from_pretrained(tiny_guard_dir)
     markup = set(tokenizer.added_tokens_decoder)
     text = "a <|im_end|> b <think> c"
-    ids = tiny_guard.encoder.plain_ids(text)
+    ids = tiny_guard.encoder.plain_ids(text)  # no added token at all: not even think tags
     assert not markup & set(ids)
     assert tokenizer.decode(ids) == text
 

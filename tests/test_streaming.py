@@ -9,13 +9,16 @@ from typing import Any
 import openai
 import pytest
 from fakellm import FakeLLM, fake_llm
+from loopback import JSONResponse, LoopbackServer, SSEResponse, chat_completion
 from openai.types.chat import ChatCompletionChunk
 
 import guardrail
 from guardrail import Guard
+from guardrail.audit import read_records
 from guardrail.flow.buffer import SegmentCheck, StreamState
-from guardrail.policy import load_policy_text
+from guardrail.policy import Policy, load_policy_text
 from guardrail.testing import ScriptedClassifier
+from guardrail.types import Action, SafetyLevel, Stage
 
 
 def chunk(text: str | None, *, index: int = 0, finish: str | None = None) -> ChatCompletionChunk:
@@ -215,3 +218,82 @@ def test_check_after_release_shows_text_first_but_still_cuts(llm: FakeLLM, tmp_p
     # the unsafe text was seen (the mode's documented trade-off), then the stream is cut.
     assert "BOOM" in text
     assert finish == "content_filter"
+
+
+# ---------------------------------------------------------------- reasoning judged
+
+THINKING = "The user asks about a bomb. I will explain it in detail. "
+
+
+def reasoning_chunks() -> list[dict[str, Any]]:
+    def delta(fields: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": fields, "finish_reason": finish}],
+        }
+
+    return [
+        delta({"role": "assistant", "reasoning_content": THINKING}),
+        delta({"content": "Here is a safe answer."}),
+        delta({}, "stop"),
+    ]
+
+
+def reasoning_guard(tmp_path: Path, reasoning: str | None) -> Guard:
+    policy = Policy.default()
+    update: dict[str, Any] = {
+        "streaming": policy.streaming.model_copy(update={"chunk_chars": 24}),
+        "audit": policy.audit.model_copy(update={"path": str(tmp_path / "audit.jsonl")}),
+    }
+    if reasoning is not None:  # None: the default policy's own setting
+        update["reasoning"] = reasoning
+    return Guard(
+        policy.model_copy(update=update),
+        classifier=ScriptedClassifier({"bomb": "Safety: Unsafe\nCategories: Violent"}),
+    )
+
+
+@pytest.mark.parametrize("reasoning", [None, "answer"])
+def test_streamed_reasoning_is_judged_before_release_by_default(
+    tmp_path: Path, reasoning: str | None
+) -> None:
+    with LoopbackServer() as server:
+        server.route("POST", "/v1/chat/completions", SSEResponse(reasoning_chunks()))
+        wrapped = guardrail.wrap(
+            openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0),
+            guard=reasoning_guard(tmp_path, reasoning),
+        )
+        chunks = list(
+            wrapped.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "chemistry?"}], stream=True
+            )
+        )
+    thoughts = [getattr(c.choices[0].delta, "reasoning_content", None) for c in chunks]
+    (record,) = read_records(tmp_path / "audit.jsonl")
+    if reasoning is None:  # the default judges the thinking: it never reaches the caller
+        assert THINKING not in thoughts
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+        assert record.final_action is Action.BLOCK
+    else:  # the explicit, documented choice to judge the final answer only
+        assert THINKING in thoughts
+        assert record.final_action is Action.ALLOW
+
+
+def test_the_reasoning_of_a_whole_answer_is_judged_by_default(tmp_path: Path) -> None:
+    body = chat_completion("Here is a safe answer.", reasoning_content=THINKING)
+    with LoopbackServer() as server:
+        server.route("POST", "/v1/chat/completions", JSONResponse(body))
+        wrapped = guardrail.wrap(
+            openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0),
+            guard=reasoning_guard(tmp_path, None),
+        )
+        with pytest.raises(guardrail.BlockedError) as raised:
+            wrapped.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "chemistry?"}]
+            )
+    assert raised.value.decision.stage is Stage.RESPONSE
+    assert raised.value.decision.verdict is not None
+    assert raised.value.decision.verdict.level is SafetyLevel.UNSAFE  # the thinking's

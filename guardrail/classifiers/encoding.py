@@ -2,10 +2,14 @@
 
 :class:`GuardEncoder` turns a :class:`~guardrail.qwen3guard.GuardInput` into the ids
 a Qwen3Guard-Gen checkpoint reads. Markup comes only from the checkpoint's chat
-template; message text is always encoded as plain text, so ``<|im_end|>``,
-``<think>`` and the like inside a message can never become markup. An input longer
-than the limit keeps the template and the END of the conversation (content is
-dropped from the start).
+template; message text is encoded as plain text, so ``<|im_end|>``,
+``<|im_start|>`` and the like inside a message can never become markup. The one
+exception is a reasoning model's ``<think>``/``</think>``: the model's own
+evaluation tokenizes them as its think tokens wherever they appear, so when the
+tokenizer has them, content encodes them so too (they delimit thinking inside an
+answer; they cannot end a message or start a turn). An input longer than the
+limit keeps the template and the END of the conversation (content is dropped
+from the start).
 
 Pure tokenizer work: the tokenizer is passed in, nothing here imports torch or
 transformers.
@@ -18,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardrail.errors import InputError, ModelLoadError
-from guardrail.qwen3guard import GuardInput, GuardMessage, render_segments
+from guardrail.qwen3guard import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    GuardInput,
+    GuardMessage,
+    render_segments,
+)
 from guardrail.types import Stage
 
 __all__ = ["EncodedInput", "GuardEncoder"]
@@ -86,6 +96,8 @@ class GuardEncoder:
         self._control_re = (
             re.compile("(" + "|".join(map(re.escape, added)) + ")") if added else None
         )
+        think = [t for t in (THINK_CLOSE, THINK_OPEN) if t in self._control_ids]
+        self._think_re = re.compile("(" + "|".join(map(re.escape, think)) + ")") if think else None
 
     @property
     def tokenizer(self) -> Any:
@@ -121,10 +133,11 @@ class GuardEncoder:
         ids: list[int] = []
         run = ""
         for segment in segments:
-            if segment.is_content or self._control_re is None:
+            splitter = self._think_re if segment.is_content else self._control_re
+            if splitter is None:
                 run += segment.text
                 continue
-            for k, piece in enumerate(self._control_re.split(segment.text)):
+            for k, piece in enumerate(splitter.split(segment.text)):
                 if k % 2 == 0:
                     run += piece
                 else:
@@ -150,6 +163,15 @@ class GuardEncoder:
             pieces = [p for p, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
         return [t.id for piece in pieces for t in backend.model.tokenize(piece)]
 
+    def content_ids(self, text: str) -> list[int]:
+        """A message's text as the guard prompt encodes it: plain, think tags as their tokens."""
+        if self._think_re is None:
+            return self.plain_ids(text)
+        ids: list[int] = []
+        for k, piece in enumerate(self._think_re.split(text)):
+            ids += self.plain_ids(piece) if k % 2 == 0 else [self._control_ids[piece]]
+        return ids
+
     def drop_leading_content(
         self, guard_input: GuardInput, excess: int, max_tokens: int
     ) -> GuardInput:
@@ -162,7 +184,7 @@ class GuardEncoder:
         """
         messages: list[GuardMessage] = []
         for message in guard_input.messages:
-            ids = self.plain_ids(message.content) if excess else []
+            ids = self.content_ids(message.content) if excess else []
             if len(ids) <= excess:
                 excess -= len(ids)
                 messages.append(message if not ids else GuardMessage(message.role, ""))

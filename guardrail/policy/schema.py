@@ -681,9 +681,10 @@ class Policy(_Model):
     controversial: ControversialMode = ControversialMode.STRICT
     """How the ``unsafe`` condition reads a Controversial verdict: ``strict`` counts it
     as unsafe, ``loose`` as safe. Conditions on ``levels`` are unaffected."""
-    reasoning: ReasoningMode = ReasoningMode.ANSWER
-    """What the guard sees of a reasoning model's answer: ``answer`` (final answer only),
-    ``separate`` (thinking and answer judged apart; unsafe if either is) or ``joint``."""
+    reasoning: ReasoningMode = ReasoningMode.SEPARATE
+    """What the guard sees of a reasoning model's answer: ``separate`` (the default:
+    thinking and answer judged apart; unsafe if either is), ``joint`` (together) or
+    ``answer`` (the final answer only: a separate ``reasoning_content`` is not judged)."""
     include_system: StrictBool = False
     """Show the guard the conversation's system messages as context."""
     execution: ExecutionConfig = ExecutionConfig()
