@@ -16,7 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guardrail.audit import AuditRecord, AuditSink, NullSink, json_writer, sink_from_settings
+from guardrail.audit import AuditRecord, AuditSink, NullSink, json_writer, sink_from_config
+from guardrail.audit.keys import AuditKey
 from guardrail.audit.record import PolicyRef
 from guardrail.chat import content_text
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
@@ -72,17 +73,15 @@ class Guard:
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
         audit = policy.audit
-        self.sink = (
-            sink
-            if sink is not None
-            else sink_from_settings(audit.sink, audit.path, audit.fsync, logger)
-        )
+        key = AuditKey.from_env(audit.hmac_key_env) if audit.hmac_key_env else None
+        self.sink = sink if sink is not None else sink_from_config(audit, logger, key=key)
         self._recording = Recording(
             policy=PolicyRef(
                 name=policy.name, version=str(policy.version), hash=policy.content_hash
             ),
             content=audit.content,
             truncate_chars=audit.truncate_chars,
+            content_key=key,
         )
         # Two pools: upstream calls (which may be abandoned, still running) can never
         # starve guard checks of workers.

@@ -97,10 +97,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 # --------------------------------------------------------------------------- verify
 
 
+def _head(log: Path) -> str:
+    head: str = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])["hash"]
+    return head
+
+
 def test_verify_ok(capsys: pytest.CaptureFixture[str], log: Path) -> None:
     code, out, _ = run(capsys, "verify", str(log))
     assert code == 0
-    assert out == f"OK  {log}  6 records, chain intact\n"
+    assert out == f"OK  {log}  6 records, chain intact\n  head        {_head(log)}\n"
 
 
 def test_verify_edited_record(capsys: pytest.CaptureFixture[str], log: Path) -> None:
@@ -111,8 +116,12 @@ def test_verify_edited_record(capsys: pytest.CaptureFixture[str], log: Path) -> 
     log.write_text("".join(lines), encoding="utf-8")
     code, out, _ = run(capsys, "verify", str(log))
     assert code == 1
-    assert out.startswith(f"{log}:3: hash mismatch, the record was edited")
-    assert out.count("\n") == 1
+    first_hash = json.loads(lines[1])["hash"]
+    assert out.splitlines()[0].startswith(f"{log}:3: hash mismatch, the record was edited")
+    assert out.splitlines()[1:] == [
+        f"    {log}  2 records verified before line 3",
+        f"  head        {first_hash}",
+    ]
 
 
 def test_verify_deleted_record(capsys: pytest.CaptureFixture[str], log: Path) -> None:
@@ -303,6 +312,9 @@ def test_through_the_dispatcher(capsys: pytest.CaptureFixture[str], log: Path) -
     from guardrail.cli import main
 
     assert main(["audit", "verify", str(log)]) == 0
-    assert capsys.readouterr().out == f"OK  {log}  6 records, chain intact\n"
+    assert (
+        capsys.readouterr().out
+        == f"OK  {log}  6 records, chain intact\n  head        {_head(log)}\n"
+    )
     assert main(["audit", "verify", str(log.parent / "missing.jsonl")]) == 2
     assert "cannot open audit log" in capsys.readouterr().err

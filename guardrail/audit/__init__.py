@@ -15,13 +15,36 @@ or, for sinks that take models, the same dict validated::
 - :mod:`~guardrail.audit.build`: the write side, :func:`record_dict` and :func:`content_view`;
 - :mod:`~guardrail.audit.record`: the read side, :class:`AuditRecord` and its parts;
 - :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`;
-- :mod:`~guardrail.audit.sinks`: JSONL file, stdout, app logger and null sinks;
-- :mod:`~guardrail.audit.reader`: reading, searching, summarising and verifying files.
+- :mod:`~guardrail.audit.sinks`: JSONL file, stdout, app logger and null sinks, and
+  :func:`write_event` for records that are not guarded calls;
+- :mod:`~guardrail.audit.logfile`: a JSONL log's bytes: its tail, and torn tails
+  moved aside after a crash (crash recovery);
+- :mod:`~guardrail.audit.keys`: :class:`AuditKey`, keyed content hashes and signatures;
+- :mod:`~guardrail.audit.checkpoints`: a log's count and head kept outside it;
+- :mod:`~guardrail.audit.reader`: reading, searching, summarising and verifying files;
+- :mod:`~guardrail.audit.verify`: :func:`verify_log`, the chain with its anchors
+  and recoveries, as ``guardrail audit verify`` reports it.
+
+A log holds one record per guarded call and, apart from those, records with a
+``kind`` field: ``recovery`` (written after a crash) and ``event`` (e.g. a
+circuit breaker's transition)::
+
+    write_event(sink, "breaker.open", {"backend": "guard", "failures": 5})
 """
 
 from __future__ import annotations
 
-from guardrail.audit.build import SCHEMA_VERSION, content_view, record_dict, stage_dict
+from guardrail.audit.build import (
+    CALL_KIND,
+    EVENT_KIND,
+    RECORD_KINDS,
+    RECOVERY_KIND,
+    SCHEMA_VERSION,
+    content_view,
+    event_dict,
+    record_dict,
+    stage_dict,
+)
 from guardrail.audit.chain import (
     GENESIS_HASH,
     ChainProblem,
@@ -33,6 +56,14 @@ from guardrail.audit.chain import (
     record_line,
     verify_chain,
 )
+from guardrail.audit.checkpoints import (
+    BadCheckpoint,
+    Checkpoint,
+    default_checkpoint_path,
+    read_checkpoints,
+)
+from guardrail.audit.keys import AuditKey
+from guardrail.audit.logfile import QUARANTINE_INFIX
 from guardrail.audit.params import CONTENT_MODES, ContentMode, RecordParams
 from guardrail.audit.reader import (
     AuditFileError,
@@ -40,21 +71,25 @@ from guardrail.audit.reader import (
     RecordFilter,
     Summary,
     filter_records,
+    read_entries,
     read_records,
     summarize,
     verify_file,
 )
 from guardrail.audit.record import (
+    AuditEntry,
     AuditRecord,
     ContentRecord,
     DecisionSummary,
     ErrorEntry,
     ErrorInfo,
+    EventRecord,
     Latency,
     PolicyRef,
     RewardEntry,
     StageRecord,
     VerdictSummary,
+    parse_entry,
 )
 from guardrail.audit.sinks import (
     AUDIT_EVENT,
@@ -65,32 +100,48 @@ from guardrail.audit.sinks import (
     StdoutSink,
     StreamSink,
     json_writer,
+    sink_from_config,
     sink_from_settings,
+    write_event,
 )
+from guardrail.audit.verify import AnchorCheck, LogVerification, RecoveryNote, verify_log
 
 __all__ = [
     "AUDIT_EVENT",
+    "CALL_KIND",
     "CONTENT_MODES",
+    "EVENT_KIND",
     "GENESIS_HASH",
+    "QUARANTINE_INFIX",
+    "RECORD_KINDS",
+    "RECOVERY_KIND",
     "SCHEMA_VERSION",
+    "AnchorCheck",
+    "AuditEntry",
     "AuditFileError",
+    "AuditKey",
     "AuditRecord",
     "AuditSink",
+    "BadCheckpoint",
     "ChainProblem",
+    "Checkpoint",
     "ContentMode",
     "ContentRecord",
     "DecisionSummary",
     "ErrorEntry",
     "ErrorInfo",
+    "EventRecord",
     "HashChain",
     "JsonlSink",
     "Latency",
+    "LogVerification",
     "LoggerSink",
     "NullSink",
     "Percentiles",
     "PolicyRef",
     "RecordFilter",
     "RecordParams",
+    "RecoveryNote",
     "RewardEntry",
     "SealedRecord",
     "StageRecord",
@@ -101,15 +152,23 @@ __all__ = [
     "VerifyResult",
     "canonical_json",
     "content_view",
+    "default_checkpoint_path",
+    "event_dict",
     "filter_records",
     "json_writer",
+    "parse_entry",
+    "read_checkpoints",
+    "read_entries",
     "read_records",
     "record_dict",
     "record_hash",
     "record_line",
+    "sink_from_config",
     "sink_from_settings",
     "stage_dict",
     "summarize",
     "verify_chain",
     "verify_file",
+    "verify_log",
+    "write_event",
 ]

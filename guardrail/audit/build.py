@@ -15,18 +15,24 @@ floats as floats. Those models validate these dicts (``AuditRecord.build`` is
 
 What is kept of the prompt and response text is set by the content mode
 (:func:`content_view`); times are written by :func:`iso_ms`.
+
+Records that are not guarded calls (a crash recovery, an event such as a
+circuit breaker's transition) are built by :func:`event_dict`: they carry a
+``kind`` field, which call records never have (see :data:`RECORD_KINDS`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from guardrail.audit.keys import AuditKey
 from guardrail.audit.params import (
     CONTENT_MODES,
     DEFAULT_TRUNCATE_CHARS,
@@ -47,7 +53,19 @@ if TYPE_CHECKING:
     from guardrail.audit.params import RecordParams
 
 SCHEMA_VERSION = 1
-"""The record layout version written by this release (``schema_version``)."""
+"""The record layout version written by this release (``schema_version``).
+
+Still 1: a call record's layout is unchanged (old logs verify byte for byte),
+and records of other kinds are told apart by their ``kind`` field."""
+
+CALL_KIND = "call"
+"""The kind of a guarded call's record; implied by the absence of a ``kind`` field."""
+EVENT_KIND = "event"
+"""The kind of an event record (:func:`~guardrail.audit.sinks.write_event`)."""
+RECOVERY_KIND = "recovery"
+"""The kind of the record a JSONL sink writes after moving a torn last line aside."""
+RECORD_KINDS = (CALL_KIND, EVENT_KIND, RECOVERY_KIND)
+"""The kinds this release writes. Readers accept any other kind as an event-like record."""
 
 
 # ------------------------------------------------------------------ content and time
@@ -57,23 +75,30 @@ def content_view(
     text: str | None,
     mode: ContentMode | str,
     truncate_chars: int = DEFAULT_TRUNCATE_CHARS,
+    *,
+    key: AuditKey | None = None,
 ) -> str | None:
     """What an audit record keeps of ``text`` under a content mode.
 
     - ``full``: the text as it is;
     - ``truncated``: the first ``truncate_chars`` characters plus ``…[+K chars]``
       when ``K`` more were cut (short texts are kept whole);
-    - ``hash``: ``sha256:<hex>`` of the UTF-8 text, enough to tell whether a
-      known text was sent without storing it (an unsalted hash: short, guessable
-      texts can be recovered by trying candidates);
+    - ``hash``: without ``key``, ``sha256:<hex>`` of the UTF-8 text, enough to tell
+      whether a known text was sent without storing it (an unkeyed hash: anyone can
+      recover a short or guessable text by hashing candidates); with ``key``,
+      ``hmac-sha256:<hex>`` (:meth:`AuditKey.content_hash
+      <guardrail.audit.keys.AuditKey.content_hash>`), which only a holder of the
+      key can compute, so only they can match or guess texts;
     - ``none``: ``None``.
 
     ``None`` text stays ``None`` in every mode (e.g. no response for a blocked prompt).
     """
-    return _view(text, check_content_mode(mode), truncate_chars)
+    return _view(text, check_content_mode(mode), truncate_chars, key)
 
 
-def _view(text: str | None, mode: ContentMode, truncate_chars: int) -> str | None:
+def _view(
+    text: str | None, mode: ContentMode, truncate_chars: int, key: AuditKey | None = None
+) -> str | None:
     if mode == "full" or text is None:
         return text
     if mode == "truncated":
@@ -82,7 +107,10 @@ def _view(text: str | None, mode: ContentMode, truncate_chars: int) -> str | Non
         extra = len(text) - truncate_chars
         return text if extra <= 0 else f"{text[:truncate_chars]}…[+{extra} chars]"
     if mode == "hash":
-        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+        data = text.encode("utf-8")
+        if key is not None:
+            return key.content_hash(data)
+        return "sha256:" + hashlib.sha256(data).hexdigest()
     return None
 
 
@@ -335,7 +363,8 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     :class:`~guardrail.audit.params.RecordParams`; each says its default or how it
     is derived from the stages when not given (the final action, the blocked
     stage, the flags, the errors, the guard's latency...). The prompt and
-    response are kept per ``content_mode`` (:func:`content_view`), the guard's
+    response are kept per ``content_mode`` (:func:`content_view`, keyed by
+    ``content_key`` when given), the guard's
     raw output only in ``full`` mode. The result has ``prev_hash`` and ``hash``
     empty, ready for a sink's ``write_json``.
 
@@ -346,11 +375,12 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     check_params(params)
     cmode = check_content_mode(params.get("content_mode", "hash"))
     truncate_chars = params.get("truncate_chars", DEFAULT_TRUNCATE_CHARS)
+    key = params.get("content_key")
     keep_raw = cmode == "full"
     content = {
         "mode": cmode,
-        "prompt": _view(params.get("prompt"), cmode, truncate_chars),
-        "response": _view(params.get("response"), cmode, truncate_chars),
+        "prompt": _view(params.get("prompt"), cmode, truncate_chars, key),
+        "response": _view(params.get("response"), cmode, truncate_chars, key),
     }
     entries: list[dict[str, Any]] = []
     first_model = ""
@@ -422,6 +452,61 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
         "latency": lat,
         "errors": error_entries,
         "content": content,
+        "prev_hash": "",
+        "hash": "",
+    }
+
+
+# ------------------------------------------------------------------ records of other kinds
+
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+def check_event_names(kind: str, event: str) -> None:
+    """Raise ConfigurationError unless ``kind`` and ``event`` are valid record names.
+
+    ``kind``: lower-case letters, digits and ``_``, not ``call`` (a call record has
+    no ``kind`` field); ``event``: 1-100 letters, digits and ``_.:-``.
+    """
+    if not isinstance(kind, str) or not _KIND.match(kind) or kind == CALL_KIND:
+        raise ConfigurationError(
+            f"audit record kind {kind!r} is not valid: lower-case letters, digits and _, "
+            f"and not {CALL_KIND!r} (call records have no kind field)"
+        )
+    if not isinstance(event, str) or not _EVENT_TYPE.match(event):
+        raise ConfigurationError(
+            f"audit event type {event!r} is not valid: 1-100 letters, digits and _.:- "
+            "(e.g. 'breaker.open')"
+        )
+
+
+def event_dict(
+    event: str,
+    details: Mapping[str, Any] | None = None,
+    *,
+    kind: str = EVENT_KIND,
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """A record that is not a guarded call, as its plain JSON dict (ready for ``write_json``).
+
+    ``{"schema_version": 1, "kind": kind, "time": ..., "type": event, "details":
+    {...}, "prev_hash": "", "hash": ""}``: chained like every record. ``event``
+    names what happened (``breaker.open``); ``details`` holds JSON values under
+    string keys (a value JSON cannot hold exactly makes the write raise
+    ``AuditError``). ``time`` defaults to now (naive datetimes are UTC).
+    """
+    check_event_names(kind, event)
+    if details is None:
+        details = {}
+    if not isinstance(details, Mapping) or not all(isinstance(k, str) for k in details):
+        raise ConfigurationError("audit event details must be a mapping with string keys")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "time": iso_ms(utc_now() if time is None else as_utc(time)),
+        "type": event,
+        "details": dict(details),
         "prev_hash": "",
         "hash": "",
     }

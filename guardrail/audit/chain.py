@@ -19,14 +19,16 @@ What the chain detects, and where :func:`verify_chain` reports it:
 
 What it cannot detect alone: records cut from the END of a log, or a log
 rewritten wholesale with fresh hashes. Keep the last ``hash``
-(:attr:`VerifyResult.head`) somewhere else to anchor the log against those.
+(:attr:`VerifyResult.head`) and the count somewhere else to anchor the log
+against those: a checkpoint file (:mod:`~guardrail.audit.checkpoints`), checked
+by :func:`~guardrail.audit.verify.verify_log`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -169,13 +171,17 @@ def verify_chain(
     lines: Iterable[str | bytes | Mapping[str, Any] | AuditRecord],
     *,
     genesis: str | None = GENESIS_HASH,
+    on_record: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> VerifyResult:
     """Check a log's hash chain, stopping at the first problem.
 
     ``lines`` are raw JSON lines (as read from a file; trailing newlines are
     fine), parsed dicts, or records. The first record must follow ``genesis``;
     pass ``genesis=None`` to verify a slice of a log that starts mid-chain (a
-    rotated file, a ``tail``).
+    rotated file, a ``tail``). ``on_record(number, data)`` is called for each
+    record once it has verified (1-based; ``data["hash"]`` is its verified hash).
+
+    The chain is the same for records of every kind (calls, events, recoveries).
     """
     prev = genesis
     count = 0
@@ -192,6 +198,8 @@ def verify_chain(
             try:
                 data = json.loads(text)
             except ValueError as exc:
+                if not text.endswith("\n"):  # only a file's last line can lack one
+                    return _fail(count, head, number, "bad_json", _INCOMPLETE)
                 return _fail(
                     count,
                     head,
@@ -232,7 +240,16 @@ def verify_chain(
             )
         prev = head = computed
         count += 1
+        if on_record is not None:
+            on_record(number, data)
     return VerifyResult(ok=True, count=count, head=head)
+
+
+_INCOMPLETE = (
+    "incomplete last line (not valid JSON, no newline at its end): a write was "
+    "interrupted by a crash, or the line was cut; the next JSONL sink to open the log "
+    "moves it aside and chains a recovery record"
+)
 
 
 def _fail(count: int, head: str, line: int, kind: ProblemKind, message: str) -> VerifyResult:

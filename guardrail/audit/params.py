@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypedDict
 
+from guardrail.audit.keys import AuditKey
 from guardrail.types import Action, Decision, Stage
 
 ContentMode = Literal["full", "truncated", "hash", "none"]
@@ -174,6 +175,8 @@ class RecordParams(_RequiredParams, total=False):
     """The response text, kept per ``content_mode``. Default None."""
     content_mode: ContentMode | str
     """See ``content_view``; the guard's raw output is kept only in ``full``. Default ``hash``."""
+    content_key: AuditKey | None
+    """The ``hash`` mode's key: keyed (HMAC) hashes with it, plain sha256 without. Default None."""
     truncate_chars: int
     """The length kept by the ``truncated`` mode. Default 200."""
     request_id: str | None

@@ -3,6 +3,12 @@
 Everything here iterates lazily, so a bad line deep in a large file raises only
 after every record before it was yielded (a search prints what it found before
 reporting the problem).
+
+A log holds guarded calls' records (:class:`~guardrail.audit.record.AuditRecord`)
+and, since crash recovery and events exist, records of other kinds
+(:class:`~guardrail.audit.record.EventRecord`). :func:`read_entries` yields
+both; :func:`read_records` only the calls, so code written for call records
+keeps working on any log. Filters and summaries take either.
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from guardrail.audit.build import CALL_KIND
 from guardrail.audit.chain import GENESIS_HASH, VerifyResult, verify_chain
-from guardrail.audit.record import AuditRecord
+from guardrail.audit.record import AuditEntry, AuditRecord, EventRecord, parse_entry
 from guardrail.errors import AuditError
 from guardrail.types import Stage
 
@@ -48,13 +56,15 @@ def _open_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             raise AuditFileError(path, f"read failed: {exc}", line=number + 1) from exc
 
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
-    """Yield the records of a JSONL audit log in file order, lazily.
+def read_entries(path: str | os.PathLike[str]) -> Iterator[AuditEntry]:
+    """Yield every record of a JSONL audit log in file order, lazily: calls and other kinds.
 
-    Blank lines are skipped (:func:`verify_file` reports them). A line that is
-    not JSON, or not an audit record, raises :class:`AuditFileError` naming the
-    file and line, after the records before it were yielded. Reading does not
-    check the hash chain; use :func:`verify_file` for that.
+    A line with a ``kind`` field is an :class:`~guardrail.audit.record.EventRecord`
+    (a recovery, an event...), any other an :class:`AuditRecord`. Blank lines are
+    skipped (:func:`verify_file` reports them). A line that is not JSON, or not a
+    record, raises :class:`AuditFileError` naming the file and line, after the
+    records before it were yielded. Reading does not check the hash chain; use
+    :func:`verify_file` or :func:`~guardrail.audit.verify.verify_log` for that.
     """
     for number, line in _open_lines(path):
         if not line.strip():
@@ -63,8 +73,10 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
             data = json.loads(line)
         except ValueError as exc:
             raise AuditFileError(path, f"not valid JSON ({exc})", line=number) from exc
+        if not isinstance(data, dict):
+            raise AuditFileError(path, "not an audit record: not a JSON object", line=number)
         try:
-            yield AuditRecord.model_validate(data)
+            yield parse_entry(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "record"
@@ -73,15 +85,31 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
             ) from None
 
 
+def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
+    """Yield the guarded calls' records of a JSONL audit log in file order, lazily.
+
+    Records of other kinds (recoveries, events) are passed over: use
+    :func:`read_entries` to see them. Errors as :func:`read_entries`.
+    """
+    for entry in read_entries(path):
+        if isinstance(entry, AuditRecord):
+            yield entry
+
+
 def verify_file(
-    path: str | os.PathLike[str], *, genesis: str | None = GENESIS_HASH
+    path: str | os.PathLike[str],
+    *,
+    genesis: str | None = GENESIS_HASH,
+    on_record: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> VerifyResult:
     """Verify the hash chain of a JSONL audit log (see :func:`~guardrail.audit.chain.verify_chain`).
 
     Raises :class:`AuditFileError` only when the file cannot be read at all;
-    problems inside it are reported in the result.
+    problems inside it are reported in the result. Anchors, recoveries and counts
+    per kind: :func:`~guardrail.audit.verify.verify_log`.
     """
-    return verify_chain((line for _, line in _open_lines(path)), genesis=genesis)
+    lines = (line for _, line in _open_lines(path))
+    return verify_chain(lines, genesis=genesis, on_record=on_record)
 
 
 def _fold(value: str | None) -> str | None:
@@ -99,8 +127,12 @@ class RecordFilter:
     - ``request_id``: exact match;
     - ``stage``, ``rule_id``, ``level``, ``category``: must all hold for ONE
       check of the call (``stage=response, level=Unsafe`` finds calls whose
-      response was judged unsafe, not calls with an unsafe prompt and some response).
+      response was judged unsafe, not calls with an unsafe prompt and some response);
+    - ``kind``: the record's kind (``call``, ``event``, ``recovery``);
+    - ``event``: the type of a record that is not a call (``breaker.open``).
 
+    The criteria about a call (action, flag, request id, the checks) match no
+    record of another kind, and ``event`` no call; the times match both.
     Names compare case-insensitively (``unsafe`` matches ``Unsafe``).
     """
 
@@ -113,14 +145,24 @@ class RecordFilter:
     level: str | None = None
     category: str | None = None
     request_id: str | None = None
+    kind: str | None = None
+    event: str | None = None
 
-    def matches(self, record: AuditRecord) -> bool:
+    def matches(self, record: AuditEntry) -> bool:
         """Whether ``record`` meets every criterion."""
-        if self.request_id is not None and record.request_id != self.request_id:
+        if self.kind is not None and record.kind != self.kind.casefold():
             return False
         if self.since is not None and record.time < _utc(self.since):
             return False
         if self.until is not None and record.time >= _utc(self.until):
+            return False
+        if isinstance(record, EventRecord):
+            return self._call_criteria_unset() and (
+                self.event is None or record.type.casefold() == self.event.casefold()
+            )
+        if self.event is not None:
+            return False
+        if self.request_id is not None and record.request_id != self.request_id:
             return False
         if self.action is not None and record.final_action.value != self.action.casefold():
             return False
@@ -153,13 +195,27 @@ class RecordFilter:
             return True
         return False
 
+    def _call_criteria_unset(self) -> bool:
+        return (
+            self.action is None
+            and self.stage is None
+            and self.rule_id is None
+            and self.flag is None
+            and self.level is None
+            and self.category is None
+            and self.request_id is None
+        )
+
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def filter_records(records: Iterable[AuditRecord], criteria: RecordFilter) -> Iterator[AuditRecord]:
-    """Yield the records that match ``criteria``, lazily."""
+_E = TypeVar("_E", bound=AuditEntry)
+
+
+def filter_records(records: Iterable[_E], criteria: RecordFilter) -> Iterator[_E]:
+    """Yield the records that match ``criteria``, lazily (calls, other kinds, or both)."""
     return (r for r in records if criteria.matches(r))
 
 
@@ -192,6 +248,7 @@ class Summary(BaseModel):
     calls (a rule that fired on several checks of one call counts once);
     ``checks``, ``by_level``, ``by_category``, ``refusals`` and ``guard_errors``
     count guard checks (a regenerated response is checked more than once).
+    Records that are not calls are counted apart, in ``by_kind`` and ``by_event``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -218,13 +275,23 @@ class Summary(BaseModel):
     """Every error recorded (guard, upstream, reward...)."""
     latency: dict[str, Percentiles] = {}
     """``guard``, ``upstream``, ``total``."""
+    by_kind: dict[str, int] = {}
+    """Records per kind: ``call`` (= ``records``), ``event``, ``recovery``..."""
+    by_event: dict[str, int] = {}
+    """Records that are not calls, per type (``breaker.open``, ``torn_line``...)."""
 
 
 UNNECESSARY_REFUSAL = "unnecessary_refusal"
 
 
-def summarize(records: Iterable[AuditRecord]) -> Summary:
-    """Count a stream of records (see :class:`Summary`); consumes it in one pass."""
+def summarize(records: Iterable[AuditEntry]) -> Summary:
+    """Count a stream of records (see :class:`Summary`); consumes it in one pass.
+
+    Records of every kind may be given (:func:`read_entries`): calls are
+    summarised, the others counted per kind and type.
+    """
+    by_kind: Counter[str] = Counter()
+    by_event: Counter[str] = Counter()
     n = 0
     first: datetime | None = None
     last: datetime | None = None
@@ -239,6 +306,10 @@ def summarize(records: Iterable[AuditRecord]) -> Summary:
     upstream: list[float] = []
     total: list[float] = []
     for record in records:
+        by_kind[record.kind] += 1
+        if isinstance(record, EventRecord):
+            by_event[record.type] += 1
+            continue
         n += 1
         first = record.time if first is None or record.time < first else first
         last = record.time if last is None or record.time > last else last
@@ -279,4 +350,6 @@ def summarize(records: Iterable[AuditRecord]) -> Summary:
             "upstream": percentiles(upstream),
             "total": percentiles(total),
         },
+        by_kind={CALL_KIND: n, **dict(by_kind.most_common())},
+        by_event=dict(by_event.most_common()),
     )

@@ -11,6 +11,11 @@ derive nothing themselves.
 Records summarise verdicts and decisions instead of dumping them: reviewers need
 the level, category, rule and scores, not whole model objects, and the line must
 stay small and fast to write.
+
+A log may also hold records that are not guarded calls (:class:`EventRecord`:
+a crash recovery, a circuit breaker's transition...), told apart by their
+``kind`` field, which call records never carry; :func:`parse_entry` reads
+either, and :data:`AuditEntry` is their union.
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from guardrail.audit.build import (
+    CALL_KIND,
     as_utc,
+    check_event_names,
     decision_dict,
     error_info_dict,
     iso_ms,
@@ -276,3 +290,62 @@ class AuditRecord(_Model):
         """The checks of one stage, in the order they ran."""
         s = Stage(stage)
         return tuple(e for e in self.stages if e.stage is s)
+
+    @property
+    def kind(self) -> str:
+        """``call``: what every :class:`AuditRecord` is (the line has no ``kind`` field)."""
+        return CALL_KIND
+
+
+class EventRecord(_Model):
+    """A record that is not a guarded call, chained like every record.
+
+    ``kind`` says what sort of record it is: ``recovery`` (a JSONL sink moved a
+    torn last line aside; ``details`` name the quarantine file and the moved
+    bytes' ``sha256`` and length) or ``event`` (written by
+    :func:`~guardrail.audit.sinks.write_event`, e.g. a circuit breaker's
+    transition); readers accept other kinds of this layout too. ``type`` names
+    what happened and ``details`` holds its JSON facts.
+    """
+
+    schema_version: Literal[1] = 1
+    kind: str
+    time: datetime
+    """When it happened; UTC, written as ISO-8601 with milliseconds."""
+    type: str
+    details: dict[str, Any] = {}
+    prev_hash: str = ""
+    hash: str = ""
+
+    @model_validator(mode="after")
+    def _names(self) -> EventRecord:
+        check_event_names(self.kind, self.type)  # a ValueError: reported as a validation error
+        return self
+
+    @field_validator("time", mode="after")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+    @field_serializer("time")
+    def _time_json(self, value: datetime) -> str:
+        return iso_ms(value)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The record as plain JSON values (what sinks serialise)."""
+        return self.model_dump(mode="json")
+
+
+AuditEntry: TypeAlias = AuditRecord | EventRecord
+"""Any record of a log: a guarded call's, or another kind's."""
+
+
+def parse_entry(data: Mapping[str, Any]) -> AuditEntry:
+    """Validate one parsed log line as the record it is.
+
+    An :class:`EventRecord` when it has a ``kind`` field, else an :class:`AuditRecord`;
+    pydantic's ``ValidationError`` when it is neither.
+    """
+    if "kind" in data:
+        return EventRecord.model_validate(data)
+    return AuditRecord.model_validate(data)

@@ -1,35 +1,47 @@
 """``guardrail audit``: verify, search and summarise audit logs.
 
-- ``verify FILE``: check the hash chain; exit 0 when intact, 1 with ``FILE:LINE: problem``;
-- ``search FILE [filters] [--json]``: matching records as a table or JSON lines;
-- ``summary FILE [--json]``: counts by action, rule, flag, level, category, and latencies.
+- ``verify FILE [--expect-head H] [--min-count N] [--checkpoint F] [--key-env VAR]``:
+  check the hash chain and the anchors given; print the record count, the head hash,
+  recoveries and each anchor's outcome. Exit 0 when the chain is intact and every
+  anchor holds (recoveries are reported, not failures), 1 with ``WHERE: problem``
+  lines for each finding (tampering, a missing anchor, a bad checkpoint);
+- ``search FILE [filters] [--kind K] [--event T] [--json]``: matching records as a
+  table or JSON lines (calls, events and recoveries alike unless ``--kind`` says);
+- ``summary FILE [--json]``: counts by action, rule, flag, level, category, and
+  latencies; records that are not calls counted apart, per kind and type.
 
-A file that cannot be read, or a line that is not a record (search, summary),
-is reported in one line naming the file and line (exit 2); what was found
-before the bad line has already been printed.
+A file that cannot be read, a bad flag, or a line that is not a record (search,
+summary), is reported in one line naming the file and line (exit 2); what was
+found before the bad line has already been printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from guardrail.audit.build import iso_ms
+from guardrail.audit.build import RECORD_KINDS, iso_ms
 from guardrail.audit.chain import record_line
+from guardrail.audit.checkpoints import default_checkpoint_path
+from guardrail.audit.keys import AuditKey
 from guardrail.audit.reader import (
     RecordFilter,
     Summary,
     filter_records,
-    read_records,
+    read_entries,
     summarize,
-    verify_file,
 )
-from guardrail.audit.record import AuditRecord
+from guardrail.audit.record import AuditEntry, AuditRecord
+from guardrail.audit.verify import LogVerification, verify_log
+from guardrail.errors import ConfigurationError
 from guardrail.types import Action, Category, SafetyLevel, Stage
+
+DEFAULT_KEY_ENV = "GUARDRAIL_AUDIT_KEY"
 
 
 def add_parser(sub: Any) -> None:
@@ -44,10 +56,42 @@ def add_parser(sub: Any) -> None:
 
     verify = cmds.add_parser(
         "verify",
-        help="check a log's hash chain (edits, deletions, insertions, reordering)",
-        description="Exit 0 when the chain is intact, 1 with FILE:LINE of the first problem.",
+        help="check a log's hash chain and anchors (edits, deletions, a cut tail)",
+        description=(
+            "Check the hash chain (edits, deletions, insertions, reordering) and print the "
+            "record count and head hash. A log cut at the end still has an intact chain: "
+            "give an anchor kept elsewhere to catch that (--expect-head, --min-count, "
+            "--checkpoint). Exit 0 when the chain is intact and every anchor holds "
+            "(crash recoveries are listed, not failures), 1 with WHERE: problem for each "
+            "finding, 2 when a file cannot be read or a flag is wrong."
+        ),
     )
     verify.add_argument("file", metavar="FILE")
+    verify.add_argument(
+        "--expect-head",
+        metavar="HASH",
+        type=_hash_arg,
+        help="a head hash noted earlier: the log must still contain that record",
+    )
+    verify.add_argument(
+        "--min-count",
+        metavar="N",
+        type=_count_arg,
+        help="the log must hold at least N records (of every kind)",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a checkpoint file (audit.checkpoint_every): the log must reach each checkpoint",
+    )
+    verify.add_argument(
+        "--key-env",
+        metavar="VAR",
+        help=(
+            "environment variable holding the key that signed the checkpoints; then every "
+            f"checkpoint must be signed (default: {DEFAULT_KEY_ENV}, if set)"
+        ),
+    )
     verify.set_defaults(func=run_verify)
 
     search = cmds.add_parser(
@@ -69,6 +113,12 @@ def add_parser(sub: Any) -> None:
     search.add_argument("--since", type=_iso_time, metavar="ISO", help="time >= ISO")
     search.add_argument("--until", type=_iso_time, metavar="ISO", help="time < ISO")
     search.add_argument("--request-id", metavar="ID")
+    search.add_argument(
+        "--kind",
+        type=_kind_arg,
+        help=f"only records of this kind: {', '.join(RECORD_KINDS)} (default: all)",
+    )
+    search.add_argument("--event", metavar="TYPE", help="type of an event, e.g. breaker.open")
     search.add_argument("--json", action="store_true", help="print JSON lines (chain fields kept)")
     search.set_defaults(func=run_search)
 
@@ -96,6 +146,30 @@ def _choice(
     return parse
 
 
+def _hash_arg(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a record hash (64 hex digits)")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (an integer >= 0)")
+    return value
+
+
+def _kind_arg(text: str) -> str:
+    value = text.casefold()
+    if value not in RECORD_KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(RECORD_KINDS)}")
+    return value
+
+
 def _iso_time(text: str) -> datetime:
     """Parse ISO-8601 (``Z`` accepted, naive means UTC)."""
     try:
@@ -106,15 +180,73 @@ def _iso_time(text: str) -> datetime:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """``audit verify``: 0 when the chain is intact, 1 at the first problem."""
-    result = verify_file(args.file)
+    """``audit verify``: 0 when the chain is intact and every anchor holds, 1 otherwise."""
+    key = None
+    if args.key_env is not None and args.checkpoint is None:
+        raise ConfigurationError("--key-env is only used with --checkpoint")
+    if args.checkpoint is not None:
+        name = args.key_env or DEFAULT_KEY_ENV
+        # An explicit --key-env must be set; the default variable is used when it is.
+        if args.key_env is not None or os.environ.get(name):
+            key = AuditKey.from_env(name)
+    result = verify_log(
+        args.file,
+        expect_head=args.expect_head,
+        min_count=args.min_count,
+        checkpoints=args.checkpoint,
+        key=key,
+    )
+    print(_verify_text(args.file, result, checkpoint_given=args.checkpoint is not None))
+    return 0 if result.ok else 1
+
+
+def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) -> str:
+    lines = []
+    problem = result.chain.problem
+    if problem is not None:
+        lines.append(f"{path}:{problem.line}: {problem.message}")
+    for anchor in result.anchors:
+        if not anchor.ok:
+            where = anchor.anchor if anchor.line is None else f"{path}:{anchor.line}"
+            what = "" if anchor.line is None else f"{anchor.anchor}: "
+            lines.append(f"{where}: {what}{anchor.message}")
+    count = f"{result.count} records"
+    others = {k: n for k, n in result.kinds.items() if k != "call"}
+    if others:
+        parts = [_plural(result.kinds.get("call", 0), "call")]
+        parts += [_plural(n, k) for k, n in sorted(others.items())]
+        count += f" ({', '.join(parts)})"
     if result.ok:
-        print(f"OK  {args.file}  {result.count} records, chain intact")
-        return 0
-    problem = result.problem
-    assert problem is not None  # not ok implies a problem
-    print(f"{args.file}:{problem.line}: {problem.message}")
-    return 1
+        lines.append(f"OK  {path}  {count}, chain intact")
+    elif problem is None:
+        lines.append(f"    {path}  {count}, chain intact, anchor findings above")
+    else:
+        lines.append(f"    {path}  {count} verified before line {problem.line}")
+    lines.append(f"  head        {result.head}")
+    for r in result.recoveries:
+        sha = f"sha256 {r.sha256[:12]}…" if r.sha256 else "no sha256"
+        lines.append(
+            f"  recovery    record {r.record} ({r.time}): {r.bytes} torn bytes ({sha}) "
+            f"moved to {r.quarantine}: file {r.file}"
+        )
+    if result.recoveries:
+        lines.append(
+            "              (a recovery is not a failure: the moved bytes were a write "
+            "interrupted by a crash, never an acknowledged record)"
+        )
+    for anchor in result.anchors:  # failures are listed first, as findings
+        if anchor.ok:
+            lines.append(f"  anchor      {anchor.anchor}: ok, {anchor.message}")
+    sibling = default_checkpoint_path(path)
+    if not checkpoint_given and sibling.exists():
+        lines.append(f"  note        {sibling} exists: check the log against it with --checkpoint")
+    return "\n".join(lines)
+
+
+def _plural(n: int, kind: str) -> str:
+    if n == 1:
+        return f"1 {kind}"
+    return f"{n} {kind[:-1]}ies" if kind.endswith("y") else f"{n} {kind}s"
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -129,8 +261,10 @@ def run_search(args: argparse.Namespace) -> int:
         level=args.level,
         category=args.category,
         request_id=args.request_id,
+        kind=args.kind,
+        event=args.event,
     )
-    matches = filter_records(read_records(args.file), criteria)
+    matches = filter_records(read_entries(args.file), criteria)
     found = 0
     try:
         if not args.json:
@@ -169,7 +303,10 @@ def _verdict_cell(record: AuditRecord, stage: Stage) -> str:
     return cell + (" refusal" if v.refusal else "")
 
 
-def _row(record: AuditRecord) -> tuple[str, ...]:
+def _row(record: AuditEntry) -> tuple[str, ...]:
+    if not isinstance(record, AuditRecord):  # an event or a recovery: its type and details
+        details = json.dumps(record.details, ensure_ascii=False, sort_keys=True)
+        return (iso_ms(record.time), "-", record.kind, "-", record.type, details, "", "", "")
     rules = dict.fromkeys(e.decision.rule_id for e in record.stages)
     return (
         iso_ms(record.time),
@@ -186,7 +323,7 @@ def _row(record: AuditRecord) -> tuple[str, ...]:
 
 def run_summary(args: argparse.Namespace) -> int:
     """``audit summary``: counts and latency percentiles, as text or JSON."""
-    summary = summarize(read_records(args.file))
+    summary = summarize(read_entries(args.file))
     if args.json:
         print(summary.model_dump_json())
     else:
@@ -220,4 +357,8 @@ def _summary_text(path: str, s: Summary) -> str:
     for name, p in s.latency.items():
         value = "-" if p.p50 is None else f"p50={p.p50:.3f}  p95={p.p95:.3f}  (n={p.count})"
         lines.append(f"  {name + ' latency s':<22}{value}")
+    others = {k: n for k, n in s.by_kind.items() if k != "call"}
+    if others:
+        lines.append(f"  {'other records':<22}{_counts(others)}  (not calls, not counted above)")
+        lines.append(f"  {'event types':<22}{_counts(s.by_event)}")
     return "\n".join(lines)

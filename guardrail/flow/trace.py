@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardrail.audit import ContentMode, PolicyRef, record_dict, stage_dict
+from guardrail.audit import AuditKey, ContentMode, PolicyRef, record_dict, stage_dict
 from guardrail.chat import last_user_text
 from guardrail.report import GuardReport, StageOutcome
 from guardrail.reward.base import RewardScore
@@ -81,6 +81,8 @@ class Recording:
     policy: PolicyRef
     content: ContentMode = "hash"
     truncate_chars: int = 200
+    content_key: AuditKey | None = None
+    """The key of keyed content hashes (``content: hash`` with ``audit.hmac_key_env``)."""
 
 
 def audit_record(trace: Trace, recording: Recording, *, guard_model: str) -> dict[str, Any]:
@@ -136,6 +138,7 @@ def audit_record(trace: Trace, recording: Recording, *, guard_model: str) -> dic
         prompt=last_user_text(trace.messages),
         response="\n\n".join(trace.responses) if trace.responses else None,
         content_mode=content,
+        content_key=recording.content_key,
         truncate_chars=recording.truncate_chars,
         request_id=trace.request_id,
     )

@@ -269,11 +269,25 @@ class AuditConfig(_Model):
     """``content: truncated`` only: characters kept of each text."""
     fsync: StrictBool = False
     """``jsonl`` only: fsync after each record (durable, slower)."""
+    checkpoint_every: Annotated[StrictInt, Field(gt=0)] | None = None
+    """``jsonl`` only: after every N records (and when the sink closes), append the
+    log's record count and head hash to ``checkpoint_path``, an anchor that catches
+    records cut from the end of the log (``guardrail audit verify --checkpoint``).
+    Off by default: a checkpoint protects only when kept where whoever can rewrite
+    the log cannot rewrite it too."""
+    checkpoint_path: Text | None = None
+    """``checkpoint_every`` only: the checkpoint file (default: the log's path plus
+    ``.checkpoint``); best on another volume, or shipped off the host."""
+    hmac_key_env: EnvName | None = None
+    """The NAME of an environment variable holding a secret key (never the key itself).
+    With it, ``content: hash`` keeps HMAC-SHA256 (``hmac-sha256:...``) instead of a
+    plain sha256, so only the key's holders can match or guess texts, and
+    checkpoints are signed. The variable must be set when the guard is built."""
 
     @model_validator(mode="after")
     def _check_used(self) -> AuditConfig:
         given = self.model_fields_set
-        for name in ("path", "fsync"):
+        for name in ("path", "fsync", "checkpoint_every"):
             if name in given and self.sink != "jsonl":
                 raise FieldValueError(
                     f"only used with sink 'jsonl' (this sink is {self.sink!r})", name
@@ -282,6 +296,18 @@ class AuditConfig(_Model):
             raise FieldValueError(
                 f"only used with content 'truncated' (content is {self.content!r})",
                 "truncate_chars",
+            )
+        if "checkpoint_path" in given and self.checkpoint_every is None:
+            raise FieldValueError("only used with checkpoint_every", "checkpoint_path")
+        if (
+            self.hmac_key_env is not None
+            and self.content != "hash"
+            and self.checkpoint_every is None
+        ):  # the key would sign and hash nothing
+            raise FieldValueError(
+                f"only used with content 'hash' or checkpoint_every "
+                f"(content is {self.content!r}, no checkpoints)",
+                "hmac_key_env",
             )
         return self
 
