@@ -18,6 +18,7 @@ from typing import Any
 
 from guardrail.audit import AuditRecord, AuditSink, NullSink, json_writer, sink_from_settings
 from guardrail.audit.record import PolicyRef
+from guardrail.breaker import BreakerTransition, log_transition
 from guardrail.chat import content_text
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.errors import ConfigurationError
@@ -31,7 +32,7 @@ from guardrail.flow import (
     audit_record,
     check_flow,
 )
-from guardrail.parts import build_classifier, build_reward_gate
+from guardrail.parts import build_classifier, build_reward_gate, with_breaker
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
 from guardrail.types import Decision, Stage, Verdict
@@ -46,7 +47,8 @@ class Guard:
     tests); ``sink`` overrides its audit sink; ``logger`` is the structlog logger
     used by a ``logger`` audit sink; ``scorers`` maps reward model ids of the
     policy's ``reward`` section to ready scorers (the others are built);
-    ``max_workers`` bounds each of the two thread pools of sync calls.
+    ``max_workers`` bounds each of the two thread pools of sync calls. Backends are
+    called through their circuit breakers (``guard.breaker``, ``reward.breaker``).
     """
 
     def __init__(
@@ -67,8 +69,9 @@ class Guard:
         self.settings = FlowSettings.of(policy)
         """What this guard's flows read."""
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
+        self._judge = with_breaker(self.classifier, policy.guard.breaker, self._on_breaker)
         self.rewards = (
-            build_reward_gate(policy.reward, scorers) if policy.reward is not None else None
+            build_reward_gate(policy.reward, scorers, self._on_breaker) if policy.reward else None
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
         audit = policy.audit
@@ -113,7 +116,7 @@ class Guard:
     def classify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Judge conversations with the policy's reasoning and system-message settings."""
         return moderate_many(
-            self.classifier,
+            self._judge,
             conversations,
             reasoning=self.policy.reasoning,
             include_system=self.policy.include_system,
@@ -122,7 +125,7 @@ class Guard:
     async def aclassify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Async twin of :meth:`classify`."""
         return await amoderate_many(
-            self.classifier,
+            self._judge,
             conversations,
             reasoning=self.policy.reasoning,
             include_system=self.policy.include_system,
@@ -132,13 +135,17 @@ class Guard:
         """Score answers with the policy's reward models (``None`` where none applies)."""
         if self.rewards is None:
             return [None] * len(conversations)
-        return self.rewards.score([_pair(c) for c in conversations])
+        return self.rewards.score([(list(m), content_text(r)) for m, r in conversations])
 
     async def ascore(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
         """Async twin of :meth:`score`."""
         if self.rewards is None:
             return [None] * len(conversations)
-        return await self.rewards.ascore([_pair(c) for c in conversations])
+        return await self.rewards.ascore([(list(m), content_text(r)) for m, r in conversations])
+
+    def _on_breaker(self, transition: BreakerTransition) -> None:
+        """A circuit breaker of this guard's backends changed state."""
+        log_transition(transition)
 
     def audit(self, trace: Trace) -> None:
         """Write the audit record of one guarded call or check."""
@@ -235,11 +242,6 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _pair(conversation: Conversation) -> tuple[Sequence[Any], str]:
-    messages, response = conversation
-    return list(messages), content_text(response)
 
 
 def _no_upstream(params: dict[str, Any]) -> Any:
