@@ -212,8 +212,8 @@ def retry_policy(max_retries: int, wait: RetryWait | None = None) -> tuple[Retry
 class StopAtDeadline(stop_base):
     """A tenacity stop: as ``stop`` says, and at ``deadline`` (``time.monotonic()``).
 
-    Checked after a failed attempt, once the backoff is known: a retry whose
-    backoff would end past the deadline is not waited for either.
+    Checked after a failed attempt, once the backoff is known (tenacity >= 8.3):
+    a retry whose backoff would end past the deadline is not waited for either.
     """
 
     def __init__(self, deadline: float, stop: Callable[[RetryCallState], bool]) -> None:
@@ -222,7 +222,9 @@ class StopAtDeadline(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         """Whether to give up: ``stop`` says so, or the deadline passes before the retry."""
-        sleep = retry_state.upcoming_sleep or 0.0
+        # tenacity < 8.3 checks the stop before the wait and has no upcoming_sleep:
+        # there the request itself refuses to start past the deadline.
+        sleep = float(getattr(retry_state, "upcoming_sleep", 0.0) or 0.0)
         return self.stop(retry_state) or time.monotonic() + sleep >= self.deadline
 
 

@@ -22,7 +22,7 @@ from tenacity import wait_none
 
 from guardrail import Guard, deadline
 from guardrail.classifiers.remote import RemoteQwen3Guard
-from guardrail.errors import GuardHTTPError
+from guardrail.errors import ClassifierError, GuardHTTPError
 from guardrail.reward.remote import RemoteRewardScorer
 from guardrail.testing import ScriptedClassifier
 from guardrail.types import Action, Stage
@@ -95,6 +95,18 @@ async def test_a_dead_guard_fails_fast_in_async_checks_too() -> None:
             await guard.acheck_prompt(PROMPT)
     assert len(attempts) == 9
     assert errors(sink) == ["GuardConnectionError"] * 3 + ["CircuitOpenError"] * 3
+
+
+def test_the_default_policy_puts_any_guard_behind_a_breaker() -> None:
+    # A local model that crashed on its device: the default policy's breaker trips
+    # after 5 failed checks, and the model is not called again during the cool-down.
+    crashed = ScriptedClassifier(error=ClassifierError("CUDA error: out of memory"))
+    sink = ListSink()
+    with Guard(classifier=crashed, sink=sink) as guard:
+        for _ in range(8):
+            assert guard.check_prompt(PROMPT).action is Action.BLOCK  # fails closed
+    assert len(crashed.calls) == 5
+    assert errors(sink) == ["ClassifierError"] * 5 + ["CircuitOpenError"] * 3
 
 
 # -------------------------------------------------------------------- hanging guard
