@@ -12,6 +12,7 @@ from guardrail.classifiers.base import Classifier, amoderate, moderate
 from guardrail.errors import (
     AuditError,
     BlockedError,
+    CircuitOpenError,
     ClassifierError,
     ConfigurationError,
     GuardConnectionError,
@@ -75,6 +76,7 @@ __all__ = [
     "AuditError",
     "BlockedError",
     "Category",
+    "CircuitOpenError",
     "Classifier",
     "ClassifierError",
     "ConfigurationError",

@@ -11,6 +11,7 @@ The hierarchy::
     │   ├── ModelLoadError            a checkpoint could not be found or loaded
     │   ├── VerdictParseError         the guard's output is not a verdict
     │   ├── GuardTimeoutError         no verdict (or reward score) within its deadline
+    │   ├── CircuitOpenError          the backend's circuit breaker is open: failed fast
     │   └── RemoteGuardError          a guard server failed
     │       ├── RemoteGuardTimeoutError  the server did not answer in time
     │       │                            (also a GuardTimeoutError)
@@ -96,6 +97,25 @@ class RemoteGuardError(ClassifierError):
 
 class GuardTimeoutError(ClassifierError):
     """No verdict (or reward score) arrived within its deadline, local or remote."""
+
+
+class CircuitOpenError(ClassifierError):
+    """A guard or reward backend's circuit breaker is open: the call failed fast, unsent.
+
+    After repeated failures the backend is not called until its cool-down has
+    passed (``retry_after_s``, ``None`` while trial calls are under way); the
+    policy's failure mode decides the check, as for any guard failure.
+    ``backend`` names the breaker (``guard``, ``reward:<model id>``) and ``state``
+    is ``open`` or ``half_open``.
+    """
+
+    def __init__(
+        self, message: str, *, backend: str, state: str, retry_after_s: float | None = None
+    ) -> None:
+        self.backend = backend
+        self.state = state
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class RemoteGuardTimeoutError(GuardTimeoutError, RemoteGuardError):

@@ -16,9 +16,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guardrail.audit import AuditRecord, AuditSink, NullSink, json_writer, sink_from_config
+from guardrail.audit import (
+    AuditSink,
+    NullSink,
+    json_writer,
+    sink_from_config,
+    write_event,
+    write_record,
+)
 from guardrail.audit.keys import AuditKey
 from guardrail.audit.record import PolicyRef
+from guardrail.breaker import BreakerTransition, log_transition
 from guardrail.chat import content_text
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.errors import ConfigurationError
@@ -32,7 +40,7 @@ from guardrail.flow import (
     audit_record,
     check_flow,
 )
-from guardrail.parts import build_classifier, build_reward_gate
+from guardrail.parts import build_classifier, build_reward_gate, with_breaker
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
 from guardrail.types import Decision, Stage, Verdict
@@ -47,7 +55,8 @@ class Guard:
     tests); ``sink`` overrides its audit sink; ``logger`` is the structlog logger
     used by a ``logger`` audit sink; ``scorers`` maps reward model ids of the
     policy's ``reward`` section to ready scorers (the others are built);
-    ``max_workers`` bounds each of the two thread pools of sync calls.
+    ``max_workers`` bounds each of the two thread pools of sync calls. Backends are
+    called through their circuit breakers (``guard.breaker``, ``reward.breaker``).
     """
 
     def __init__(
@@ -68,8 +77,9 @@ class Guard:
         self.settings = FlowSettings.of(policy)
         """What this guard's flows read."""
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
+        self._judge = with_breaker(self.classifier, policy.guard.breaker, self._on_breaker)
         self.rewards = (
-            build_reward_gate(policy.reward, scorers) if policy.reward is not None else None
+            build_reward_gate(policy.reward, scorers, self._on_breaker) if policy.reward else None
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
         audit = policy.audit
@@ -93,26 +103,12 @@ class Guard:
         )
         self._pace = CheckPace()  # shared by this guard's sync calls
 
-    def decide(
-        self,
-        stage: Stage,
-        verdict: Verdict | None,
-        *,
-        prompt_verdict: Verdict | None = None,
-        error: BaseException | None = None,
-        reward: float | None = None,
-    ) -> Decision:
-        """The policy's decision for one verdict (and its reward), or for a guard failure."""
-        return self.settings.decide(
-            stage, verdict, prompt_verdict=prompt_verdict, error=error, reward=reward
-        )
-
     # -- what the drivers run ---------------------------------------------------------
 
     def classify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Judge conversations with the policy's reasoning and system-message settings."""
         return moderate_many(
-            self.classifier,
+            self._judge,
             conversations,
             reasoning=self.policy.reasoning,
             include_system=self.policy.include_system,
@@ -121,7 +117,7 @@ class Guard:
     async def aclassify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Async twin of :meth:`classify`."""
         return await amoderate_many(
-            self.classifier,
+            self._judge,
             conversations,
             reasoning=self.policy.reasoning,
             include_system=self.policy.include_system,
@@ -131,27 +127,26 @@ class Guard:
         """Score answers with the policy's reward models (``None`` where none applies)."""
         if self.rewards is None:
             return [None] * len(conversations)
-        return self.rewards.score([_pair(c) for c in conversations])
+        return self.rewards.score([(list(m), content_text(r)) for m, r in conversations])
 
     async def ascore(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
         """Async twin of :meth:`score`."""
         if self.rewards is None:
             return [None] * len(conversations)
-        return await self.rewards.ascore([_pair(c) for c in conversations])
+        return await self.rewards.ascore([(list(m), content_text(r)) for m, r in conversations])
+
+    def _on_breaker(self, transition: BreakerTransition) -> None:
+        """A circuit breaker of this guard's backends changed state: logged and audited."""
+        log_transition(transition)
+        # Sinks that take only call records (no write_json) still get the log line.
+        if not isinstance(self.sink, NullSink) and json_writer(self.sink) is not None:
+            write_event(self.sink, transition.event, transition.details(), time=transition.time)
 
     def audit(self, trace: Trace) -> None:
         """Write the audit record of one guarded call or check."""
-        sink = self.sink
-        if isinstance(sink, NullSink):  # nothing is kept: skip building the record
-            return
-        data = audit_record(trace, self._recording, guard_model=self.classifier.model_id)
-        # Sinks with a write_json (the built-in ones) take the dict; others get it
-        # validated as a record.
-        write_json = json_writer(sink)
-        if write_json is not None:
-            write_json(data)
-        else:
-            sink.write(AuditRecord.model_validate(data))
+        if not isinstance(self.sink, NullSink):  # nothing is kept: skip building the record
+            data = audit_record(trace, self._recording, guard_model=self.classifier.model_id)
+            write_record(self.sink, data)
 
     def sync_driver(self, upstream: Callable[[dict[str, Any]], Any] | None = None) -> SyncDriver:
         """A driver for one sync call whose upstream is ``upstream(params)``."""
@@ -234,11 +229,6 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _pair(conversation: Conversation) -> tuple[Sequence[Any], str]:
-    messages, response = conversation
-    return list(messages), content_text(response)
 
 
 def _no_upstream(params: dict[str, Any]) -> Any:

@@ -11,7 +11,9 @@ and own only their request bodies and response parsing. This module owns the res
   exposes (``close``/``aclose``, the sync and async context managers,
   ``timeout``, ``model_id``);
 - the retry policy (:func:`retry_policy`): :data:`RETRYABLE_STATUS`, timeouts and
-  connection failures, jittered backoff honouring a short ``Retry-After``;
+  connection failures, jittered backoff honouring a short ``Retry-After``, and no
+  attempt started (nor backoff slept into) past the check's deadline
+  (:func:`retrying_until`);
 - error reporting helpers (:func:`raise_for_status`, :func:`error_snippet`,
   :func:`public_url`, :func:`transport_errors`), worded for the caller's server.
 
@@ -29,6 +31,7 @@ import contextlib
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -42,6 +45,7 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from guardrail.errors import (
     ConfigurationError,
@@ -56,12 +60,14 @@ __all__ = [
     "HTTPBackend",
     "PooledHTTP",
     "RetryWait",
+    "StopAtDeadline",
     "error_snippet",
     "is_retryable",
     "parse_base_url",
     "public_url",
     "raise_for_status",
     "retry_policy",
+    "retrying_until",
     "transport_errors",
     "wait_with_retry_after",
 ]
@@ -77,6 +83,7 @@ RetryWait = Callable[[RetryCallState], float]
 
 _SNIPPET_CHARS = 200
 _B = TypeVar("_B", bound="HTTPBackend")
+_R = TypeVar("_R", Retrying, AsyncRetrying)
 
 
 # --------------------------------------------------------------------------- urls
@@ -202,6 +209,37 @@ def retry_policy(max_retries: int, wait: RetryWait | None = None) -> tuple[Retry
     return Retrying(**policy), AsyncRetrying(**policy)
 
 
+class StopAtDeadline(stop_base):
+    """A tenacity stop: as ``stop`` says, and at ``deadline`` (``time.monotonic()``).
+
+    Checked after a failed attempt, once the backoff is known (tenacity >= 8.3):
+    a retry whose backoff would end past the deadline is not waited for either.
+    """
+
+    def __init__(self, deadline: float, stop: Callable[[RetryCallState], bool]) -> None:
+        self.deadline = deadline
+        self.stop = stop
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        """Whether to give up: ``stop`` says so, or the deadline passes before the retry."""
+        # tenacity < 8.3 checks the stop before the wait and has no upcoming_sleep:
+        # there the request itself refuses to start past the deadline.
+        sleep = float(getattr(retry_state, "upcoming_sleep", 0.0) or 0.0)
+        return self.stop(retry_state) or time.monotonic() + sleep >= self.deadline
+
+
+def retrying_until(policy: _R, deadline: float | None) -> _R:
+    """A copy of ``policy`` for one call, which also stops at ``deadline`` (if any).
+
+    The deadline is the running check's (:mod:`guardrail.deadline`): work nobody
+    waits for any more is not retried, even on a worker thread still running an
+    abandoned check.
+    """
+    if deadline is None:
+        return policy.copy()
+    return policy.copy(stop=StopAtDeadline(deadline, policy.stop))
+
+
 # ------------------------------------------------------------------------ clients
 
 
@@ -273,18 +311,38 @@ class PooledHTTP:
             self._aclient_loop = loop
         return self._aclient
 
-    def post(self, body: Mapping[str, Any]) -> httpx.Response:
-        """POST ``body`` as JSON; the response whatever its status."""
-        with transport_errors(self.server, self.public_url, self.timeout):
+    def _timeout_until(self, deadline: float | None) -> float:
+        """The request timeout, cut to what is left before ``deadline``."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RemoteGuardTimeoutError(
+                f"{self.server} {self.public_url}: the check's deadline passed before "
+                "the request was sent",
+                url=self.public_url,
+            )
+        return min(self.timeout, left)
+
+    def post(self, body: Mapping[str, Any], *, deadline: float | None = None) -> httpx.Response:
+        """POST ``body`` as JSON; the response whatever its status.
+
+        With a ``deadline`` (``time.monotonic()``) the request gives up there.
+        """
+        timeout = self._timeout_until(deadline)
+        with transport_errors(self.server, self.public_url, timeout):
             return self._sync_client().post(
-                self.url, json=body, headers=self._headers, timeout=self.timeout
+                self.url, json=body, headers=self._headers, timeout=timeout
             )
 
-    async def apost(self, body: Mapping[str, Any]) -> httpx.Response:
+    async def apost(
+        self, body: Mapping[str, Any], *, deadline: float | None = None
+    ) -> httpx.Response:
         """Async twin of :meth:`post`."""
-        with transport_errors(self.server, self.public_url, self.timeout):
+        timeout = self._timeout_until(deadline)
+        with transport_errors(self.server, self.public_url, timeout):
             return await self._async_client().post(
-                self.url, json=body, headers=self._headers, timeout=self.timeout
+                self.url, json=body, headers=self._headers, timeout=timeout
             )
 
     def close(self) -> None:

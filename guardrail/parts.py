@@ -1,8 +1,9 @@
 """The parts a policy describes, built: the guard backend and the reward gate.
 
 This is the one place that turns a policy's ``guard`` and ``reward`` sections into
-live objects (loading local models, opening HTTP pools); the classifiers and
-scorers themselves know nothing of policies.
+live objects (loading local models, opening HTTP pools, putting a circuit breaker
+in front of each backend); the classifiers and scorers themselves know nothing of
+policies.
 """
 
 from __future__ import annotations
@@ -10,8 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from guardrail.breaker import (
+    BreakerClassifier,
+    BreakerScorer,
+    BreakerSettings,
+    CircuitBreaker,
+    TransitionCallback,
+)
 from guardrail.classifiers.base import Classifier
-from guardrail.policy.schema import GuardConfig, RewardConfig, RewardModelConfig
+from guardrail.policy.schema import BreakerConfig, GuardConfig, RewardConfig, RewardModelConfig
 from guardrail.reward.base import RewardScorer
 from guardrail.reward.gate import RewardGate
 
@@ -34,6 +42,31 @@ def build_classifier(settings: GuardConfig) -> Classifier:
     return LocalQwen3Guard(
         settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
     )
+
+
+def breaker_settings(config: BreakerConfig) -> BreakerSettings:
+    """The state-machine settings of a policy's ``breaker`` section."""
+    return BreakerSettings(
+        failures=config.failures,
+        failure_rate=config.failure_rate,
+        window_s=config.window_s,
+        min_calls=config.min_calls,
+        cooldown_s=config.cooldown_s,
+        probes=config.probes,
+        successes=config.successes,
+    )
+
+
+def with_breaker(
+    classifier: Classifier,
+    config: BreakerConfig,
+    on_transition: TransitionCallback | None = None,
+) -> Classifier:
+    """``classifier`` behind the guard's circuit breaker (as it is when that is disabled)."""
+    if not config.enabled:
+        return classifier
+    breaker = CircuitBreaker("guard", breaker_settings(config), on_transition=on_transition)
+    return BreakerClassifier(classifier, breaker)
 
 
 def build_scorer(config: RewardModelConfig) -> RewardScorer:
@@ -66,15 +99,23 @@ def build_scorer(config: RewardModelConfig) -> RewardScorer:
 
 
 def build_reward_gate(
-    config: RewardConfig, scorers: Mapping[str, RewardScorer] | None = None
+    config: RewardConfig,
+    scorers: Mapping[str, RewardScorer] | None = None,
+    on_transition: TransitionCallback | None = None,
 ) -> RewardGate:
     """The reward gate of a policy's ``reward`` section.
 
     ``scorers`` maps model ids to ready scorers (to share loaded models, or fakes in
-    tests); the models missing from it are built.
+    tests); the models missing from it are built. Each model gets its own circuit
+    breaker (``reward:<id>``) unless ``reward.breaker`` disables them.
     """
     built = dict(scorers or {})
     for model in config.models:
         if model.id not in built:
             built[model.id] = build_scorer(model)
+    if config.breaker.enabled:
+        settings = breaker_settings(config.breaker)
+        for model in config.models:
+            breaker = CircuitBreaker(f"reward:{model.id}", settings, on_transition=on_transition)
+            built[model.id] = BreakerScorer(built[model.id], breaker)
     return RewardGate(config, built)

@@ -18,7 +18,7 @@ Usage::
 A route's handler is one of:
 
 - a response object (:class:`JSONResponse`, :class:`SSEResponse`, :class:`RawResponse`,
-  :class:`Drop`): returned for every request;
+  :class:`Drop`, :class:`Truncated`): returned for every request;
 - a list of them: a queue, one per request, the last one repeated once the queue runs dry;
 - a callable ``handler(request: Request) -> response`` (``request.json`` is the parsed
   body); it may also return a plain dict/list, sent as a 200 JSON response.
@@ -53,6 +53,7 @@ __all__ = [
     "RawResponse",
     "Request",
     "SSEResponse",
+    "Truncated",
     "chat_completion",
     "chat_completion_chunks",
     "closed_port_url",
@@ -126,7 +127,17 @@ class Drop:
     delay: float = 0.0
 
 
-Response = JSONResponse | RawResponse | SSEResponse | Drop
+@dataclass(frozen=True)
+class Truncated:
+    """Announce ``length`` bytes of body, send only ``body``, then close: a cut mid-body."""
+
+    body: bytes | str = b""
+    length: int = 1000
+    status: int = 200
+    delay: float = 0.0
+
+
+Response = JSONResponse | RawResponse | SSEResponse | Drop | Truncated
 Handler = Response | Sequence[Response] | Callable[[Request], Any]
 
 
@@ -142,7 +153,7 @@ class _Route:
                 return self._queue.pop(0) if len(self._queue) > 1 else self._queue[0]
         if callable(self._handler):
             result = self._handler(request)
-            if isinstance(result, (JSONResponse, RawResponse, SSEResponse, Drop)):
+            if isinstance(result, (JSONResponse, RawResponse, SSEResponse, Drop, Truncated)):
                 return result
             return JSONResponse(result)
         return self._handler  # type: ignore[return-value]
@@ -289,6 +300,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if isinstance(response, Drop):
+            self.close_connection = True
+        elif isinstance(response, Truncated):
+            raw = response.body.encode() if isinstance(response.body, str) else response.body
+            self.send_response(response.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(response.length))
+            self.end_headers()
+            self.wfile.write(raw)
+            self.wfile.flush()
             self.close_connection = True
         elif isinstance(response, SSEResponse):
             self._send_sse(response)

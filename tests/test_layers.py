@@ -19,11 +19,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "guardrail"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("guardrail.types", "guardrail.errors"),
+    ("guardrail.types", "guardrail.errors", "guardrail.deadline"),
     ("guardrail.chat", "guardrail.report"),
     ("guardrail.qwen3guard",),
     ("guardrail.http",),
-    ("guardrail.classifiers", "guardrail.reward", "guardrail.testing"),
+    ("guardrail.classifiers", "guardrail.reward", "guardrail.testing", "guardrail.breaker"),
     ("guardrail.policy", "guardrail.audit"),
     ("guardrail.parts",),
     ("guardrail.flow",),

@@ -103,6 +103,7 @@ from guardrail.audit.sinks import (
     sink_from_config,
     sink_from_settings,
     write_event,
+    write_record,
 )
 from guardrail.audit.verify import AnchorCheck, LogVerification, RecoveryNote, verify_log
 
@@ -171,4 +172,5 @@ __all__ = [
     "verify_file",
     "verify_log",
     "write_event",
+    "write_record",
 ]

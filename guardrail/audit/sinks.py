@@ -111,6 +111,19 @@ def json_writer(sink: AuditSink) -> Callable[[dict[str, Any]], None] | None:
     return write_json if callable(write_json) else None
 
 
+def write_record(sink: AuditSink, data: dict[str, Any]) -> None:
+    """Write a call's record, given as its JSON dict, to ``sink``.
+
+    Sinks with a ``write_json`` (the built-in ones) take the dict; others get it
+    validated as an :class:`~guardrail.audit.record.AuditRecord`.
+    """
+    write_json = json_writer(sink)
+    if write_json is not None:
+        write_json(data)
+    else:
+        sink.write(AuditRecord.model_validate(data))
+
+
 class NullSink(_Sink):
     """Discards every record (``audit: {sink: none}``)."""
 

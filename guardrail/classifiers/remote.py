@@ -15,6 +15,7 @@ subclasses, and an answer that is not a verdict raises
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from guardrail import deadline as deadlines
 from guardrail.classifiers.batching import arun_batch, run_batch
 from guardrail.errors import ConfigurationError, GuardHTTPError, RemoteGuardError
 from guardrail.http import MAX_RETRY_AFTER_S as MAX_RETRY_AFTER_S
@@ -35,6 +37,7 @@ from guardrail.http import (
     public_url,
     raise_for_status,
     retry_policy,
+    retrying_until,
 )
 from guardrail.qwen3guard import (
     DEFAULT_MODEL,
@@ -184,7 +187,9 @@ class RemoteQwen3Guard(HTTPBackend):
 
     Timeouts, connection failures and the statuses in :data:`RETRYABLE_STATUS` are
     retried up to ``max_retries`` times with jittered exponential backoff (or
-    ``retry_wait``), honouring a short ``Retry-After``. Batches run up to
+    ``retry_wait``), honouring a short ``Retry-After``; within a guarded check no
+    attempt starts, and no request runs, past the check's deadline
+    (:mod:`guardrail.deadline`). Batches run up to
     ``max_concurrency`` requests at once. Injected ``http_client`` /
     ``async_http_client`` are used as they are and never closed here; otherwise one
     pooled client per flavour is created on first use and closed by :meth:`close` /
@@ -263,18 +268,19 @@ class RemoteQwen3Guard(HTTPBackend):
 
     # -------------------------------------------------------------------- sync
 
-    def _post(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        return self._read(self._http.post(body))
+    def _post(self, body: Mapping[str, Any], deadline: float | None) -> Mapping[str, Any]:
+        return self._read(self._http.post(body, deadline=deadline))
 
-    def _classify_one(self, guard_input: GuardInput) -> Verdict:
+    def _classify_one(self, guard_input: GuardInput, deadline: float | None = None) -> Verdict:
         start = time.perf_counter()
         body = self._body(guard_input)
         try:
-            choice = self._retrying.copy()(self._post, body)
+            choice = retrying_until(self._retrying, deadline)(self._post, body, deadline)
         except GuardHTTPError as exc:
             if not self._give_up_logprobs(exc, body):
                 raise
-            choice = self._retrying.copy()(self._post, self._body(guard_input))
+            body = self._body(guard_input)
+            choice = retrying_until(self._retrying, deadline)(self._post, body, deadline)
         return self._verdict(choice, guard_input, start)
 
     def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
@@ -283,25 +289,30 @@ class RemoteQwen3Guard(HTTPBackend):
         If any input fails, the remaining ones are cancelled or allowed to finish and
         the first failed input's error is raised (no partial results).
         """
-        return run_batch(self._classify_one, list(inputs), self.max_concurrency, "guardrail-remote")
+        one = functools.partial(self._classify_one, deadline=deadlines.current())
+        return run_batch(one, list(inputs), self.max_concurrency, "guardrail-remote")
 
     # ------------------------------------------------------------------- async
 
-    async def _apost(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        return self._read(await self._http.apost(body))
+    async def _apost(self, body: Mapping[str, Any], deadline: float | None) -> Mapping[str, Any]:
+        return self._read(await self._http.apost(body, deadline=deadline))
 
-    async def _aclassify_one(self, guard_input: GuardInput) -> Verdict:
+    async def _aclassify_one(
+        self, guard_input: GuardInput, deadline: float | None = None
+    ) -> Verdict:
         start = time.perf_counter()
         body = self._body(guard_input)
         choice: Mapping[str, Any]
         try:
-            choice = await self._aretrying.copy()(self._apost, body)
+            choice = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
         except GuardHTTPError as exc:
             if not self._give_up_logprobs(exc, body):
                 raise
-            choice = await self._aretrying.copy()(self._apost, self._body(guard_input))
+            body = self._body(guard_input)
+            choice = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
         return self._verdict(choice, guard_input, start)
 
     async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
         """Async twin of :meth:`classify`: concurrent requests bounded by ``max_concurrency``."""
-        return await arun_batch(self._aclassify_one, list(inputs), self.max_concurrency)
+        one = functools.partial(self._aclassify_one, deadline=deadlines.current())
+        return await arun_batch(one, list(inputs), self.max_concurrency)

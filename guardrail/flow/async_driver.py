@@ -1,7 +1,8 @@
 """The async driver: performs a flow's effects with tasks and never blocks the event loop.
 
 Every started job is a task; a check's deadline counts from when it was
-started. Audit writes (file I/O, maybe fsync) run in a worker thread.
+started, and is set (:mod:`guardrail.deadline`) for the code the check runs.
+Audit writes (file I/O, maybe fsync) run in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from guardrail import deadline
 from guardrail.classifiers.base import Conversation
 from guardrail.errors import ConfigurationError
 from guardrail.flow.drive import Stepper, timeout_error
@@ -56,6 +58,13 @@ def _aclose_result(task: asyncio.Future[Any]) -> None:
         result = close()
         if inspect.isawaitable(result):
             asyncio.ensure_future(result).add_done_callback(_retrieve)
+
+
+async def _within(timeout: float | None, start: Callable[[], Awaitable[T]]) -> T:
+    # Runs in the job's own task, whose context is its own copy; the job's coroutine
+    # is created here, so a task cancelled before it runs leaves none unawaited.
+    with deadline.scope(None if timeout is None else time.monotonic() + timeout):
+        return await start()
 
 
 async def _next_or_end(stream: Any) -> Any:
@@ -138,11 +147,14 @@ class AsyncDriver:
     async def _start(self, effect: Start[Any]) -> Handle[Any]:
         job = effect.job
         if isinstance(job, Classify):
-            return _Task(job, self._classify(job.stage, job.conversations))
+            classify, stage, conversations = self._classify, job.stage, job.conversations
+            return _Task(job, _within(self._timeout, lambda: classify(stage, conversations)))
         if isinstance(job, Score):
-            if self._score is None:
+            score = self._score
+            if score is None:
                 raise ConfigurationError("no reward models are configured")
-            return _Task(job, self._score(job.conversations))
+            pairs = job.conversations
+            return _Task(job, _within(self._timeout, lambda: score(pairs)))
         if isinstance(job, CallUpstream):
             return _Task(job, self._upstream(job.params))
         if isinstance(job, ReadChunk):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar, cast
 
+from guardrail import deadline
 from guardrail.classifiers.base import Conversation
 from guardrail.errors import ConfigurationError, GuardTimeoutError
 from guardrail.flow.drive import Stepper, timeout_error
@@ -82,13 +83,18 @@ class CheckPace:
 
 
 class _Timed(Handle[T]):
-    """A check or a scoring: on the check pool, or already run inline; has a deadline."""
+    """A check or a scoring: on the check pool, or already run inline; has a deadline.
 
-    __slots__ = ("fn", "future", "started", "t0")
+    The deadline is set (:mod:`guardrail.deadline`) for the code it runs, so a
+    backend still working on an abandoned check stops retrying there.
+    """
 
-    def __init__(self, job: Job[T], fn: Callable[[], T]) -> None:
+    __slots__ = ("fn", "future", "started", "t0", "timeout")
+
+    def __init__(self, job: Job[T], fn: Callable[[], T], timeout: float | None) -> None:
         super().__init__(job)
         self.fn = fn
+        self.timeout = timeout
         self.started = threading.Event()
         self.t0 = 0.0
         self.future: Future[T] | None = None
@@ -96,7 +102,9 @@ class _Timed(Handle[T]):
     def __call__(self) -> T:
         self.t0 = time.perf_counter()
         self.started.set()
-        return self.fn()
+        timeout = self.timeout
+        with deadline.scope(None if timeout is None else time.monotonic() + timeout):
+            return self.fn()
 
     def run_here(self, timeout: float | None) -> None:
         """Run on the caller's thread; an overrun of ``timeout`` becomes a timeout error."""
@@ -208,14 +216,17 @@ class SyncDriver:
         if isinstance(job, Classify):
             stage, conversations = job.stage, job.conversations
             return self._start_timed(
-                _Timed(job, lambda: self._paced(stage, conversations)), inline=self._pace.inline
+                _Timed(job, lambda: self._paced(stage, conversations), self._timeout),
+                inline=self._pace.inline,
             )
         if isinstance(job, Score):
             score = self._score
             if score is None:
                 raise ConfigurationError("no reward models are configured")
             conversations = job.conversations
-            return self._start_timed(_Timed(job, lambda: score(conversations)), inline=False)
+            return self._start_timed(
+                _Timed(job, lambda: score(conversations), self._timeout), inline=False
+            )
         if isinstance(job, CallUpstream):
             return self._defer(_Deferred(job, self._upstream, job.params))
         if isinstance(job, ReadChunk):

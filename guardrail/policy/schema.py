@@ -64,6 +64,7 @@ __all__ = [
     "RESERVED_RULE_IDS",
     "AuditConfig",
     "BlockConfig",
+    "BreakerConfig",
     "Conditions",
     "DefaultsConfig",
     "ExecutionConfig",
@@ -139,6 +140,57 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- settings
 
 
+class BreakerConfig(_Model):
+    """A circuit breaker around one backend (the guard, or each reward model).
+
+    After repeated failures the backend is left alone for ``cooldown_s``: its
+    checks fail at once, unsent, with ``CircuitOpenError``, and the stage's
+    ``failure`` mode decides them (a reward model's answers stay unscored). Then
+    ``probes`` trial calls go through; ``successes`` of them in a row close the
+    breaker, one failure opens it again. Failures are errors, timeouts and calls
+    still running at the check's deadline; a conversation the guard cannot take
+    (an input error) is not one.
+    """
+
+    enabled: StrictBool = True
+    """``false``: never fail fast (every check calls the backend, however often it fails)."""
+    failures: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = 5
+    """Open after this many failed calls in a row; ``null``: only ``failure_rate`` opens it."""
+    failure_rate: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] | None = 0.5
+    """Open when at least this share of the calls of the last ``window_s`` failed (once
+    ``min_calls`` were made in it); ``null``: only ``failures`` opens it."""
+    window_s: Seconds = 30.0
+    """The failure-rate window, in seconds."""
+    min_calls: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 20
+    """Calls the window must hold before ``failure_rate`` is read."""
+    cooldown_s: Seconds = 10.0
+    """How long an open breaker fails calls fast before it lets trial calls through."""
+    probes: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    """Trial calls let through at once while half-open; other calls fail fast meanwhile."""
+    successes: Annotated[StrictInt, Field(ge=1, le=1000)] = 2
+    """Successful trial calls in a row that close the breaker again."""
+
+    @model_validator(mode="after")
+    def _check_triggers(self) -> BreakerConfig:
+        given = self.model_fields_set
+        if not self.enabled:
+            for name in type(self).model_fields:
+                if name != "enabled" and name in given:
+                    raise FieldValueError("only used when the breaker is enabled", name)
+            return self
+        if self.failures is None and self.failure_rate is None:
+            raise FieldValueError(
+                "failures and failure_rate cannot both be null: the breaker could never "
+                "open (set enabled: false to turn it off)",
+                "failures" if "failures" in given else "failure_rate",
+            )
+        if self.failure_rate is None:
+            for name in ("window_s", "min_calls"):
+                if name in given:
+                    raise FieldValueError("only used with failure_rate (which is null here)", name)
+        return self
+
+
 class GuardConfig(_Model):
     """Which guard model judges the traffic, and how to reach it."""
 
@@ -163,7 +215,10 @@ class GuardConfig(_Model):
     """Remote only: the HTTP timeout of one request to the guard server, in seconds."""
     max_retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
     """Remote only: retries of a failed request (connection errors, 5xx) before the
-    check counts as failed."""
+    check counts as failed. No retry starts past the check's deadline."""
+    breaker: BreakerConfig = BreakerConfig()
+    """The guard's circuit breaker (local or remote): fail fast while the guard keeps
+    failing, then try it again."""
 
     @model_validator(mode="after")
     def _check_backend(self) -> GuardConfig:
@@ -403,6 +458,9 @@ class RewardConfig(_Model):
     best_of_n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
     """Ask the upstream for this many candidates (when the caller asks for one) and
     return the best-scoring one that passes the safety gate."""
+    breaker: BreakerConfig = BreakerConfig()
+    """The circuit breaker of each reward model (one per model, these settings):
+    while open, its answers stay unscored at once."""
 
     @model_validator(mode="after")
     def _unique(self) -> RewardConfig:

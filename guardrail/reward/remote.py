@@ -37,6 +37,7 @@ clients, retry policy) is :mod:`guardrail.http`'s and the bounded batches
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from typing import Any, Literal
 
 import httpx
 
+from guardrail import deadline as deadlines
 from guardrail.classifiers.batching import arun_batch, run_batch
 from guardrail.errors import ConfigurationError, RemoteGuardError
 from guardrail.http import (
@@ -52,6 +54,7 @@ from guardrail.http import (
     RetryWait,
     parse_base_url,
     retry_policy,
+    retrying_until,
 )
 from guardrail.reward.base import (
     Normalizer,
@@ -130,7 +133,9 @@ class RemoteRewardScorer(HTTPBackend):
     the ``api_key_env`` variable, is sent as a bearer token and never appears in
     ``repr`` or messages. Pairs are scored one request each, up to
     ``max_concurrency`` at once; if one fails its error is raised (no partial
-    results). Injected HTTP clients are used as they are and never closed here.
+    results). Within a guarded call no attempt starts, and no request runs, past
+    the scoring's deadline (:mod:`guardrail.deadline`). Injected HTTP clients are
+    used as they are and never closed here.
     """
 
     def __init__(
@@ -221,29 +226,34 @@ class RemoteRewardScorer(HTTPBackend):
 
     # -------------------------------------------------------------------- sync
 
-    def _post(self, body: Mapping[str, Any]) -> float:
-        return self._read(self._http.post(body))
+    def _post(self, body: Mapping[str, Any], deadline: float | None) -> float:
+        return self._read(self._http.post(body, deadline=deadline))
 
-    def _score_one(self, body: Mapping[str, Any]) -> RewardScore:
+    def _score_one(self, body: Mapping[str, Any], deadline: float | None = None) -> RewardScore:
         started = time.perf_counter()
-        return self._result(self._retrying.copy()(self._post, body), started)
+        value: float = retrying_until(self._retrying, deadline)(self._post, body, deadline)
+        return self._result(value, started)
 
     def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """Score every pair, up to ``max_concurrency`` requests at once; scores in order."""
         bodies = [self._body(pair) for pair in pairs]  # malformed input fails before any I/O
-        return run_batch(self._score_one, bodies, self.max_concurrency, "guardrail-reward")
+        one = functools.partial(self._score_one, deadline=deadlines.current())
+        return run_batch(one, bodies, self.max_concurrency, "guardrail-reward")
 
     # ------------------------------------------------------------------- async
 
-    async def _apost(self, body: Mapping[str, Any]) -> float:
-        return self._read(await self._http.apost(body))
+    async def _apost(self, body: Mapping[str, Any], deadline: float | None) -> float:
+        return self._read(await self._http.apost(body, deadline=deadline))
 
-    async def _ascore_one(self, body: Mapping[str, Any]) -> RewardScore:
+    async def _ascore_one(
+        self, body: Mapping[str, Any], deadline: float | None = None
+    ) -> RewardScore:
         started = time.perf_counter()
-        value: float = await self._aretrying.copy()(self._apost, body)
+        value: float = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
         return self._result(value, started)
 
     async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """Async twin of :meth:`score`: concurrent requests bounded by ``max_concurrency``."""
         bodies = [self._body(pair) for pair in pairs]
-        return await arun_batch(self._ascore_one, bodies, self.max_concurrency)
+        one = functools.partial(self._ascore_one, deadline=deadlines.current())
+        return await arun_batch(one, bodies, self.max_concurrency)

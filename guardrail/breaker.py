@@ -1,0 +1,523 @@
+"""Circuit breakers: a backend that keeps failing is left alone until it may have recovered.
+
+Without one, every check against a dead guard server pays its full cost (all
+retries, or a whole timeout when the server hangs), call after call. A
+:class:`CircuitBreaker` watches one backend's outcomes and moves between three
+states::
+
+    closed --(N consecutive failures, or a failure rate over a window)--> open
+    open --(cool-down passed; the next call is admitted as a trial)--> half_open
+    half_open --(enough trial calls succeeded)--> closed
+    half_open --(a trial call failed)--> open
+
+While open (and, while half-open, beyond the trial calls admitted) calls fail
+fast, unsent, with :class:`~guardrail.errors.CircuitOpenError`; the policy's
+failure mode decides the check as for any guard failure. Every transition is
+reported as a :class:`BreakerTransition` to ``on_transition``.
+
+A call admitted with a deadline that is still running when the deadline passes
+counts as failed from then on (its late outcome is ignored): a hanging backend
+trips the breaker even where the hung call cannot be interrupted (a sync
+check on a worker thread, a local model).
+
+The state machine is pure: time comes from an injectable ``clock`` (monotonic
+seconds), no thread or I/O is started, and its lock is held only for a few
+counter updates, so sync and async callers share it without blocking an event
+loop. :class:`BreakerClassifier` and :class:`BreakerScorer` put one in front of
+any :class:`~guardrail.classifiers.base.Classifier` or
+:class:`~guardrail.reward.base.RewardScorer` (:mod:`guardrail.parts` does so for
+the policy's backends).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, TypeVar
+
+from guardrail import deadline
+from guardrail.classifiers.base import Classifier
+from guardrail.errors import CircuitOpenError, ConfigurationError, InputError
+from guardrail.qwen3guard import GuardInput
+from guardrail.reward.base import RewardPair, RewardScore, RewardScorer
+from guardrail.types import Verdict
+
+__all__ = [
+    "BreakerClassifier",
+    "BreakerScorer",
+    "BreakerSettings",
+    "BreakerState",
+    "BreakerTransition",
+    "CircuitBreaker",
+    "Permit",
+    "TransitionCallback",
+    "log_transition",
+]
+
+R = TypeVar("R")
+
+_BUCKETS = 10
+"""The failure-rate window is kept as this many buckets (a tenth of it each)."""
+
+_OVERDUE = "no answer within its deadline"
+
+
+class BreakerState(str, Enum):
+    """Where a breaker stands."""
+
+    CLOSED = "closed"
+    """Calls go through; failures are counted."""
+    OPEN = "open"
+    """Calls fail fast until the cool-down has passed."""
+    HALF_OPEN = "half_open"
+    """A few trial calls go through; the others fail fast until they succeed."""
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """When a breaker opens, how long it stays open, and how it closes again.
+
+    ``failures``: consecutive failed calls that open it (``None``: no such
+    trigger). ``failure_rate``: the failed share of the calls made in the last
+    ``window_s`` seconds that opens it, counted once at least ``min_calls`` calls
+    were made in the window (``None``: no such trigger). ``cooldown_s``: how long
+    it stays open. ``probes``: trial calls admitted at once while half-open;
+    ``successes``: consecutive successful trial calls that close it (one failed
+    trial call opens it again).
+    """
+
+    failures: int | None = 5
+    failure_rate: float | None = 0.5
+    window_s: float = 30.0
+    min_calls: int = 20
+    cooldown_s: float = 10.0
+    probes: int = 1
+    successes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.failures is None and self.failure_rate is None:
+            raise ConfigurationError("a breaker needs failures or failure_rate to open on")
+        if self.failures is not None and self.failures < 1:
+            raise ConfigurationError(f"failures must be at least 1, got {self.failures!r}")
+        if self.failure_rate is not None and not 0 < self.failure_rate <= 1:
+            raise ConfigurationError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
+        for name in ("window_s", "cooldown_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        for name in ("min_calls", "probes", "successes"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class BreakerTransition:
+    """One change of a breaker's state, and why."""
+
+    backend: str
+    """The breaker's backend: ``guard``, or ``reward:<model id>``."""
+    from_state: BreakerState
+    to_state: BreakerState
+    reason: str
+    """Why, in words: ``5 consecutive failures (last: GuardConnectionError)``..."""
+    consecutive_failures: int
+    """Failed calls in a row when it happened."""
+    window_calls: int
+    """Calls counted in the failure-rate window when it happened (cleared on closing)."""
+    window_failures: int
+    """Failed calls among them."""
+    at: float
+    """When, as a ``time.time()`` timestamp."""
+
+    @property
+    def event(self) -> str:
+        """The audit event's name: ``breaker.open``, ``breaker.half_open``, ``breaker.closed``."""
+        return f"breaker.{self.to_state.value}"
+
+    @property
+    def time(self) -> datetime:
+        """When, as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.at, timezone.utc)
+
+    def details(self) -> dict[str, Any]:
+        """The transition's facts as JSON values (an audit event's details)."""
+        return {
+            "backend": self.backend,
+            "from": self.from_state.value,
+            "to": self.to_state.value,
+            "reason": self.reason,
+            "consecutive_failures": self.consecutive_failures,
+            "window_calls": self.window_calls,
+            "window_failures": self.window_failures,
+        }
+
+
+TransitionCallback = Callable[[BreakerTransition], None]
+"""Told of every transition, outside the breaker's lock, on the thread (or event
+loop) of the call that caused it. What it raises reaches that call."""
+
+
+class Permit:
+    """One admitted call, handed back to its breaker once it has ended."""
+
+    __slots__ = ("deadline", "epoch", "probe", "settled")
+
+    def __init__(self, deadline: float | None, epoch: int, probe: bool) -> None:
+        self.deadline = deadline
+        self.epoch = epoch
+        self.probe = probe
+        self.settled = False
+
+
+class _Window:
+    """Calls and failures over about the last ``window_s`` seconds, in tenths."""
+
+    def __init__(self, window_s: float) -> None:
+        self._bucket_s = window_s / _BUCKETS
+        self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures]
+
+    def _prune(self, index: int) -> None:
+        while self._buckets and self._buckets[0][0] <= index - _BUCKETS:
+            self._buckets.popleft()
+
+    def add(self, now: float, failed: bool) -> None:
+        index = math.floor(now / self._bucket_s)
+        self._prune(index)
+        if not self._buckets or self._buckets[-1][0] != index:
+            self._buckets.append([index, 0, 0])
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        bucket[2] += failed
+
+    def totals(self, now: float) -> tuple[int, int]:
+        self._prune(math.floor(now / self._bucket_s))
+        return sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets)
+
+    def clear(self) -> None:
+        self._buckets.clear()
+
+
+class CircuitBreaker:
+    """The breaker of one backend (see the module doc); thread-safe and asyncio-safe.
+
+    ``backend`` names it in errors and transitions. ``clock`` gives monotonic
+    seconds (deadlines handed to :meth:`acquire` are on the same clock).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        settings: BreakerSettings | None = None,
+        *,
+        on_transition: TransitionCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings if settings is not None else BreakerSettings()
+        self._on_transition = on_transition
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._epoch = 0  # bumped by every transition: outcomes of older calls are ignored
+        self._reason = ""
+        self._opened_at = 0.0
+        self._consecutive = 0
+        self._window = _Window(self.settings.window_s)
+        self._probes = 0  # trial calls under way
+        self._probe_successes = 0
+        self._deadlines: list[tuple[float, int, Permit]] = []  # heap of admitted calls
+        self._tracked = 0  # unsettled permits in the heap
+        self._seq = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.backend!r}, state={self._state.value!r})"
+
+    @property
+    def state(self) -> BreakerState:
+        """The state as of the last call.
+
+        An open breaker turns half-open on the first call after its cool-down.
+        """
+        return self._state
+
+    # -- the caller's side --------------------------------------------------------------
+
+    def acquire(self, deadline: float | None = None) -> Permit:
+        """Admit one call, or raise :class:`~guardrail.errors.CircuitOpenError` at once.
+
+        ``deadline`` (``clock`` seconds): past it, the call counts as failed even
+        while it is still running.
+        """
+        notes: list[BreakerTransition] = []
+        permit: Permit | None = None
+        with self._lock:
+            now = self._clock()
+            self._expire(now, notes)
+            settings = self.settings
+            if self._state is BreakerState.OPEN and now - self._opened_at >= settings.cooldown_s:
+                reason = f"cool-down of {settings.cooldown_s:g} s passed"
+                self._move(BreakerState.HALF_OPEN, reason, now, notes)
+            if self._state is BreakerState.OPEN:
+                left = settings.cooldown_s - (now - self._opened_at)
+                rejection = CircuitOpenError(
+                    f"circuit breaker {self.backend!r} is open ({self._reason}); "
+                    f"calls fail fast for {left:.1f} s more",
+                    backend=self.backend,
+                    state=self._state.value,
+                    retry_after_s=left,
+                )
+            elif self._state is BreakerState.HALF_OPEN and self._probes >= settings.probes:
+                rejection = CircuitOpenError(
+                    f"circuit breaker {self.backend!r} is half-open: {self._probes} trial "
+                    "call(s) under way, other calls fail fast until they succeed",
+                    backend=self.backend,
+                    state=self._state.value,
+                )
+            else:
+                probe = self._state is BreakerState.HALF_OPEN
+                permit = Permit(deadline, self._epoch, probe)
+                self._probes += probe
+                if deadline is not None:
+                    heapq.heappush(self._deadlines, (deadline, next(self._seq), permit))
+                    self._tracked += 1
+        if permit is None:
+            self._notify(notes)
+            raise rejection
+        try:
+            self._notify(notes)
+        except BaseException:
+            self.release(permit)
+            raise
+        return permit
+
+    def succeeded(self, permit: Permit) -> None:
+        """The admitted call returned a result."""
+        self._settle(permit, failed=False, cause="")
+
+    def failed(self, permit: Permit, error: BaseException | None = None) -> None:
+        """The admitted call failed (``error`` names the cause in transitions)."""
+        self._settle(permit, failed=True, cause=type(error).__name__ if error else "an error")
+
+    def release(self, permit: Permit) -> None:
+        """The admitted call ended with no verdict on the backend (cancelled, bad input)."""
+        with self._lock:
+            if self._take(permit) and permit.probe:
+                self._probes -= 1
+
+    def ended(self, permit: Permit, error: BaseException) -> None:
+        """The admitted call raised ``error``: a failure if it tells of the backend.
+
+        Otherwise the permit is released (:meth:`release`): input and configuration
+        errors are the caller's, not the backend's, and a cancellation (or another
+        ``BaseException``) counts only once the call's deadline has passed, when
+        the deadline is what cut it short.
+        """
+        if isinstance(error, (InputError, ConfigurationError, CircuitOpenError)):
+            self.release(permit)
+        elif isinstance(error, Exception):
+            self.failed(permit, error)
+        elif permit.deadline is not None and self._clock() >= permit.deadline:
+            self._settle(permit, failed=True, cause=_OVERDUE)
+        else:
+            self.release(permit)
+
+    # -- the state machine ---------------------------------------------------------------
+
+    def _take(self, permit: Permit) -> bool:
+        """Settle ``permit``; whether it was unsettled and of the current state."""
+        if permit.settled:
+            return False
+        permit.settled = True
+        if permit.deadline is not None:
+            self._tracked -= 1
+            if len(self._deadlines) > 2 * self._tracked + 64:  # drop settled entries
+                self._deadlines = [e for e in self._deadlines if not e[2].settled]
+                heapq.heapify(self._deadlines)
+        return permit.epoch == self._epoch
+
+    def _settle(self, permit: Permit, *, failed: bool, cause: str) -> None:
+        notes: list[BreakerTransition] = []
+        with self._lock:
+            now = self._clock()
+            if self._take(permit):
+                self._count(permit, failed, cause, now, notes)
+            self._expire(now, notes)
+        self._notify(notes)
+
+    def _expire(self, now: float, notes: list[BreakerTransition]) -> None:
+        """Count admitted calls still running past their deadline as failed."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, permit = heapq.heappop(self._deadlines)
+            if self._take(permit):
+                self._count(permit, True, _OVERDUE, now, notes)
+
+    def _count(
+        self, permit: Permit, failed: bool, cause: str, now: float, notes: list[BreakerTransition]
+    ) -> None:
+        settings = self.settings
+        if permit.probe:
+            self._probes -= 1
+            if failed:
+                self._open(now, f"a trial call failed ({cause})", notes)
+            else:
+                self._probe_successes += 1
+                if self._probe_successes >= settings.successes:
+                    reason = f"{self._probe_successes} trial call(s) succeeded"
+                    self._move(BreakerState.CLOSED, reason, now, notes)
+            return
+        self._window.add(now, failed)
+        if not failed:
+            self._consecutive = 0
+            return
+        self._consecutive += 1
+        calls, failures = self._window.totals(now)
+        if settings.failures is not None and self._consecutive >= settings.failures:
+            self._open(now, f"{self._consecutive} consecutive failures (last: {cause})", notes)
+        elif (
+            settings.failure_rate is not None
+            and calls >= settings.min_calls
+            and failures / calls >= settings.failure_rate
+        ):
+            self._open(
+                now,
+                f"{failures} of {calls} calls failed in the last {settings.window_s:g} s "
+                f"(last: {cause})",
+                notes,
+            )
+
+    def _open(self, now: float, reason: str, notes: list[BreakerTransition]) -> None:
+        self._opened_at = now
+        self._reason = reason
+        self._move(BreakerState.OPEN, reason, now, notes)
+
+    def _move(
+        self, to: BreakerState, reason: str, now: float, notes: list[BreakerTransition]
+    ) -> None:
+        calls, failures = self._window.totals(now)
+        notes.append(
+            BreakerTransition(
+                backend=self.backend,
+                from_state=self._state,
+                to_state=to,
+                reason=reason,
+                consecutive_failures=self._consecutive,
+                window_calls=calls,
+                window_failures=failures,
+                at=time.time(),
+            )
+        )
+        self._state = to
+        self._epoch += 1
+        self._probes = self._probe_successes = 0
+        if to is BreakerState.CLOSED:
+            self._consecutive = 0
+            self._window.clear()
+
+    def _notify(self, notes: list[BreakerTransition]) -> None:
+        if self._on_transition is not None:
+            for transition in notes:
+                self._on_transition(transition)
+
+
+# ------------------------------------------------------------------------ wrappers
+
+
+def _guarded(breaker: CircuitBreaker, fn: Callable[[], R]) -> R:
+    permit = breaker.acquire(deadline.current())
+    try:
+        result = fn()
+    except BaseException as exc:
+        breaker.ended(permit, exc)
+        raise
+    breaker.succeeded(permit)
+    return result
+
+
+async def _aguarded(breaker: CircuitBreaker, fn: Callable[[], Awaitable[R]]) -> R:
+    permit = breaker.acquire(deadline.current())
+    try:
+        result = await fn()
+    except BaseException as exc:
+        breaker.ended(permit, exc)
+        raise
+    breaker.succeeded(permit)
+    return result
+
+
+class BreakerClassifier:
+    """A :class:`~guardrail.classifiers.base.Classifier` behind a :class:`CircuitBreaker`.
+
+    Each ``classify`` call is one call of the breaker, with the running check's
+    deadline (:mod:`guardrail.deadline`); ``inner`` is the wrapped classifier.
+    """
+
+    def __init__(self, inner: Classifier, breaker: CircuitBreaker) -> None:
+        self.inner = inner
+        self.breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"BreakerClassifier({self.inner!r}, {self.breaker!r})"
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped classifier's model id."""
+        return self.inner.model_id
+
+    def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
+        """The wrapped ``classify``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
+        return _guarded(self.breaker, lambda: self.inner.classify(inputs))
+
+    async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
+        """Async twin of :meth:`classify`."""
+        return await _aguarded(self.breaker, lambda: self.inner.aclassify(inputs))
+
+
+class BreakerScorer:
+    """A :class:`~guardrail.reward.base.RewardScorer` behind a :class:`CircuitBreaker`."""
+
+    def __init__(self, inner: RewardScorer, breaker: CircuitBreaker) -> None:
+        self.inner = inner
+        self.breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"BreakerScorer({self.inner!r}, {self.breaker!r})"
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped scorer's model id."""
+        return self.inner.model_id
+
+    def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
+        """The wrapped ``score``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
+        return _guarded(self.breaker, lambda: self.inner.score(pairs))
+
+    async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
+        """Async twin of :meth:`score`."""
+        return await _aguarded(self.breaker, lambda: self.inner.ascore(pairs))
+
+
+def log_transition(transition: BreakerTransition) -> None:
+    """Log a transition on the ``guardrail`` structlog logger (a warning when it opens)."""
+    import structlog  # bound on use: the application configures structlog first
+
+    log = structlog.get_logger("guardrail")
+    report = log.warning if transition.to_state is BreakerState.OPEN else log.info
+    report(
+        "circuit_breaker",
+        backend=transition.backend,
+        from_state=transition.from_state.value,
+        to_state=transition.to_state.value,
+        reason=transition.reason,
+        consecutive_failures=transition.consecutive_failures,
+        window_calls=transition.window_calls,
+        window_failures=transition.window_failures,
+        at=transition.at,
+    )
