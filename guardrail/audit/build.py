@@ -65,7 +65,8 @@ def content_view(
       when ``K`` more were cut (short texts are kept whole);
     - ``hash``: ``sha256:<hex>`` of the UTF-8 text, enough to tell whether a
       known text was sent without storing it (an unsalted hash: short, guessable
-      texts can be recovered by trying candidates);
+      texts can be recovered by trying candidates); a lone surrogate, which UTF-8
+      cannot encode, is hashed as its three-byte form (``surrogatepass``);
     - ``none``: ``None``.
 
     ``None`` text stays ``None`` in every mode (e.g. no response for a blocked prompt).
@@ -82,7 +83,7 @@ def _view(text: str | None, mode: ContentMode, truncate_chars: int) -> str | Non
         extra = len(text) - truncate_chars
         return text if extra <= 0 else f"{text[:truncate_chars]}…[+{extra} chars]"
     if mode == "hash":
-        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return None
 
 
