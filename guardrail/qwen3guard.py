@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from guardrail.chat import as_mapping
-from guardrail.errors import InputError, VerdictParseError
+from guardrail.chat import as_mapping, describe, message_list
+from guardrail.errors import ConfigurationError, InputError, VerdictParseError
 from guardrail.types import (
     Category,
     ReasoningMode,
@@ -167,6 +167,11 @@ def split_reasoning(content: str) -> tuple[str | None, str]:
 def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     lines: list[str] = []
     calls = message.get("tool_calls") or []
+    if not isinstance(calls, (list, tuple)):
+        raise InputError(
+            f"tool_calls must be a list of tool calls, not {describe(calls)}",
+            where=f"{where}.tool_calls",
+        )
     legacy = message.get("function_call")
     if legacy:
         calls = [*calls, {"function": legacy}]
@@ -180,11 +185,11 @@ def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     return lines
 
 
-def _normalise(messages: Sequence[Any] | Iterable[Any], *, include_system: bool) -> _Normalised:
+def _normalise(items: Sequence[Any], *, include_system: bool, response: bool) -> _Normalised:
     out = _Normalised()
-    items = list(messages)
+    last = len(items) - 1
     for i, raw in enumerate(items):
-        where = f"messages[{i}]"
+        where = "response" if response and i == last else f"messages[{i}]"
         message = as_mapping(raw, where)
         role = message.get("role")
         text = _content_text(message.get("content"), f"{where}.content", out.skipped)
@@ -229,14 +234,25 @@ def guard_inputs(
     appended and judged (response moderation). ``reasoning`` picks what the guard
     sees of a reasoning model's thinking (see :class:`~guardrail.types.ReasoningMode`);
     ``separate`` yields two inputs whose verdicts :func:`combine_verdicts` merges.
+
+    Whatever the messages hold, a conversation that cannot be judged raises
+    :class:`~guardrail.errors.InputError` naming where (``messages[2].tool_calls``,
+    ``response``); an unknown ``reasoning`` raises
+    :class:`~guardrail.errors.ConfigurationError`.
     """
-    mode = ReasoningMode(reasoning)
-    items = list(messages)
+    try:
+        mode = ReasoningMode(reasoning)
+    except ValueError:
+        choices = ", ".join(m.value for m in ReasoningMode)
+        raise ConfigurationError(
+            f"unknown reasoning mode {reasoning!r}; expected {choices}"
+        ) from None
+    items = message_list(messages)
     if response is not None:
         items.append(
             {"role": "assistant", "content": response} if isinstance(response, str) else response
         )
-    norm = _normalise(items, include_system=include_system)
+    norm = _normalise(items, include_system=include_system, response=response is not None)
     convo = norm.messages
     skipped = tuple(norm.skipped)
     if not convo:
