@@ -34,6 +34,7 @@ from guardrail.flow import (
 from guardrail.parts import build_classifier, build_reward_gate
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
+from guardrail.secrets import Masker
 from guardrail.types import Decision, Stage, Verdict
 
 
@@ -64,13 +65,13 @@ class Guard:
         elif not isinstance(policy, Policy):
             policy = load_policy(policy)
         self.policy = policy
-        self.settings = FlowSettings.of(policy)
-        """What this guard's flows read."""
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
         self.rewards = (
             build_reward_gate(policy.reward, scorers) if policy.reward is not None else None
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
+        self.settings = FlowSettings.of(policy, mask=Masker.of(self.classifier, self.rewards))
+        """What this guard's flows read (its mask hides the backends' API keys)."""
         audit = policy.audit
         self.sink = (
             sink
@@ -146,8 +147,7 @@ class Guard:
         if isinstance(sink, NullSink):  # nothing is kept: skip building the record
             return
         data = audit_record(trace, self._recording, guard_model=self.classifier.model_id)
-        # Sinks with a write_json (the built-in ones) take the dict; others get it
-        # validated as a record.
+        # Sinks with a write_json (the built-in ones) take the dict; others, a record.
         write_json = json_writer(sink)
         if write_json is not None:
             write_json(data)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from guardrail.flow.async_driver import AsyncDriver
 from guardrail.flow.buffer import StreamState
-from guardrail.flow.checks import check_flow
+from guardrail.flow.checks import check_flow, refuse
 from guardrail.flow.completion import completion_flow
 from guardrail.flow.settings import FlowSettings
 from guardrail.flow.stream import stream_flow
@@ -45,5 +45,6 @@ __all__ = [
     "audit_record",
     "check_flow",
     "completion_flow",
+    "refuse",
     "stream_flow",
 ]
