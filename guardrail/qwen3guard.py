@@ -26,7 +26,8 @@ What the guard sees of a conversation
   user turn and dilute it); ``include_system=True`` shows them as a user turn
   headed ``System:``.
 - Text content parts are joined with newlines; image, audio and file parts are
-  skipped and listed in ``Verdict.skipped_parts``.
+  skipped and listed in ``Verdict.skipped_parts``. A lone surrogate (text that is
+  not valid Unicode) is seen as U+FFFD.
 - For a prompt check, anything after the last user or tool turn (an assistant
   prefill) is not judged.
 """
@@ -74,12 +75,30 @@ GuardRole = Literal["user", "assistant"]
 # --------------------------------------------------------------------------- inputs
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate becomes U+FFFD, a surrogate pair its character.
+
+    Text from the application may hold lone surrogates (e.g. file names decoded with
+    ``surrogateescape``), which no tokenizer or JSON request can carry; the guard
+    judges the text around them. Audit records keep the original text.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 @dataclass(frozen=True)
 class GuardMessage:
-    """One turn as the guard sees it."""
+    """One turn as the guard sees it (always valid Unicode, see :func:`valid_text`)."""
 
     role: GuardRole
     content: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content", valid_text(self.content))
 
 
 @dataclass(frozen=True)
