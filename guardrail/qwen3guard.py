@@ -437,9 +437,17 @@ def parse_verdict(
     extra lines after the verdict, and a ``Refusal`` line on prompts (ignored).
     The first meaningful line must be ``Safety: <level>``; a chatty answer, an
     unknown level, category or refusal value raises
-    :class:`~guardrail.errors.VerdictParseError`, so it can never read as Safe.
+    :class:`~guardrail.errors.VerdictParseError`, so it can never read as Safe
+    (as does output that is not text). An unknown ``stage`` raises
+    :class:`~guardrail.errors.ConfigurationError`.
     """
-    stage = Stage(stage)
+    try:
+        stage = Stage(stage)
+    except ValueError:
+        raise ConfigurationError(f"unknown stage {stage!r}; expected prompt or response") from None
+    if not isinstance(text, str):
+        shown = repr(text)
+        raise VerdictParseError(f"guard output must be text, not {type(text).__name__}", text=shown)
     level, categories, refusal = _parse_fields(text, stage)
     return Verdict(
         stage=stage,
