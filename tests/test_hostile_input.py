@@ -670,6 +670,28 @@ def test_wrapped_client_refusals_are_typed_and_recorded(
     assert upstream.requests == []  # nothing was sent
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_parse_with_stream_is_refused_and_recorded(
+    upstream: Any, tmp_path: Path, is_async: bool
+) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with guard_for(tmp_path) as guard:
+        if is_async:
+            raw: Any = openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k", max_retries=0)
+            client = guardrail.wrap(raw, guard=guard)
+            with pytest.raises(ConfigurationError, match="does not stream"):
+                asyncio.run(
+                    client.chat.completions.parse(model="m", messages=messages, stream=True)
+                )
+        else:
+            raw = openai.OpenAI(base_url=upstream.base_url, api_key="k", max_retries=0)
+            client = guardrail.wrap(raw, guard=guard)
+            with pytest.raises(ConfigurationError, match="does not stream"):
+                client.chat.completions.parse(model="m", messages=messages, stream=True)
+    assert audit_lines(tmp_path / "audit.jsonl") == 1
+    assert upstream.requests == []
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
 def test_a_lone_surrogate_through_the_client_is_recorded_with_the_upstreams_own_error(
     upstream: Any, tmp_path: Path, stream: bool

@@ -32,13 +32,15 @@ OPENAI_SHAPES = ChatShapes(completion=ChatCompletion, chunk=ChatCompletionChunk)
 _CHECKED_PARAMS = ("messages", "n", "stream", "stream_options")
 
 
-def normalise_params(params: dict[str, Any]) -> dict[str, Any]:
+def normalise_params(params: dict[str, Any], *, streams: bool = True) -> dict[str, Any]:
     """The call's parameters with ``messages`` as a list; refuses what would bypass the guard.
 
     Raises :class:`~guardrail.errors.InputError` when ``messages`` is not a list of
     messages, :class:`~guardrail.errors.ConfigurationError` for parameters the
-    guard cannot honour.
+    guard cannot honour (``stream`` for a method that does not stream, ``streams=False``).
     """
+    if params.get("stream") and not streams:
+        raise ConfigurationError("parse() does not stream; use create(stream=True)")
     if "messages" not in params:
         raise ConfigurationError("chat.completions.create() needs messages=")
     extra = params.get("extra_body")
@@ -59,16 +61,24 @@ def _trace(guard: Guard, params: dict[str, Any], mask: Masker) -> Trace:
     return Trace.begin(mode, model=str(params.get("model", "")), mask=mask)
 
 
-def complete(guard: Guard, create: Callable[..., Any], params: dict[str, Any], mask: Masker) -> Any:
+def complete(
+    guard: Guard,
+    create: Callable[..., Any],
+    params: dict[str, Any],
+    mask: Masker,
+    *,
+    streams: bool = True,
+) -> Any:
     """A guarded sync ``create(**params)``: a completion, or a started guarded stream.
 
-    ``mask`` knows the secrets of the guard and of the wrapped client. Every call
-    leaves one audit record, a refused one included.
+    ``mask`` knows the secrets of the guard and of the wrapped client; ``streams``
+    is False for a method that cannot stream (``parse``). Every call leaves one
+    audit record, a refused one included.
     """
     trace = _trace(guard, params, mask)
     driver = guard.sync_driver(sync_upstream(create, mask))
     try:
-        params = normalise_params(params)
+        params = normalise_params(params, streams=streams)
     except GuardrailError as exc:
         return driver.run(refuse(trace, exc))
     trace.messages = params["messages"]
@@ -79,13 +89,18 @@ def complete(guard: Guard, create: Callable[..., Any], params: dict[str, Any], m
 
 
 async def acomplete(
-    guard: Guard, create: Callable[..., Awaitable[Any]], params: dict[str, Any], mask: Masker
+    guard: Guard,
+    create: Callable[..., Awaitable[Any]],
+    params: dict[str, Any],
+    mask: Masker,
+    *,
+    streams: bool = True,
 ) -> Any:
     """A guarded async ``await create(**params)``: a completion, or a started guarded stream."""
     trace = _trace(guard, params, mask)
     driver = guard.async_driver(async_upstream(create, mask))
     try:
-        params = normalise_params(params)
+        params = normalise_params(params, streams=streams)
     except GuardrailError as exc:
         return await driver.run(refuse(trace, exc))
     trace.messages = params["messages"]

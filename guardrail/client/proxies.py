@@ -90,9 +90,7 @@ class _GuardedCompletions(_Proxy):
 
     def parse(self, **params: Any) -> Any:
         """Guarded ``chat.completions.parse`` (structured outputs)."""
-        if params.get("stream"):
-            raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return complete(self._guard, self._wrapped.parse, params, self._mask)
+        return complete(self._guard, self._wrapped.parse, params, self._mask, streams=False)
 
 
 class _AsyncGuardedCompletions(_GuardedCompletions):
@@ -102,9 +100,7 @@ class _AsyncGuardedCompletions(_GuardedCompletions):
 
     async def parse(self, **params: Any) -> Any:
         """Guarded async ``chat.completions.parse``."""
-        if params.get("stream"):
-            raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return await acomplete(self._guard, self._wrapped.parse, params, self._mask)
+        return await acomplete(self._guard, self._wrapped.parse, params, self._mask, streams=False)
 
 
 class _GuardedChat(_Proxy):
