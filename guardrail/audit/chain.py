@@ -78,12 +78,8 @@ def _escape_surrogates(encoded: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", joined)
 
 
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one serialisation hashes are computed over; always encodable as UTF-8.
-
-    Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
-    exactly (NaN, infinities, non-JSON types, circular references).
-    """
+def _canonical(data: Mapping[str, Any]) -> tuple[str, bytes]:
+    """Canonical JSON as text and as the UTF-8 bytes hashed, encoded once."""
     try:
         if _C_ENCODE is not None and type(data) is dict:
             encoded = "".join(_C_ENCODE(data, 0))
@@ -91,10 +87,20 @@ def canonical_json(data: Mapping[str, Any]) -> str:
             encoded = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
-    # isascii() is O(1) in CPython: only non-ASCII records are searched.
-    if not encoded.isascii() and _SURROGATE.search(encoded) is not None:
-        return _escape_surrogates(encoded)
-    return encoded
+    try:
+        return encoded, encoded.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates, which UTF-8 cannot hold (see the module notes)
+        encoded = _escape_surrogates(encoded)
+        return encoded, encoded.encode("utf-8")
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """The one serialisation hashes are computed over; always encodable as UTF-8.
+
+    Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
+    exactly (NaN, infinities, non-JSON types, circular references).
+    """
+    return _canonical(data)[0]
 
 
 def _with_hash(body_json: str, digest: str) -> str:
@@ -116,7 +122,7 @@ def record_line(data: Mapping[str, Any]) -> str:
 
 def record_hash(data: Mapping[str, Any]) -> str:
     """SHA-256 hex of a record's canonical JSON without its ``hash`` field."""
-    return hashlib.sha256(canonical_json(_body(data)).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(_body(data))[1]).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -149,8 +155,8 @@ class HashChain:
         head = self.head
         body = _body(data)
         body["prev_hash"] = head
-        encoded = canonical_json(body)
-        digest = hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+        encoded, raw = _canonical(body)
+        digest = hashlib.sha256(raw).hexdigest()
         return SealedRecord(line=_with_hash(encoded, digest), prev_hash=head, hash=digest)
 
     def advance(self, sealed: SealedRecord) -> None:
