@@ -23,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from guardrail.secrets import Masker, mask_exception
+from guardrail.secrets import NO_SECRETS, Masker, mask_exception
 
 
 def _shutdown_socket(stream: Any) -> None:
@@ -41,7 +41,7 @@ def _shutdown_socket(stream: Any) -> None:
 class ClosableStream(Iterator[Any]):
     """Iterates an upstream stream; :meth:`close` also ends a read running on another thread."""
 
-    def __init__(self, stream: Any, mask: Masker) -> None:
+    def __init__(self, stream: Any, mask: Masker = NO_SECRETS) -> None:
         self._stream = stream
         self._mask = mask
         self._chunks = iter(stream)
@@ -111,11 +111,16 @@ def sync_upstream(create: Callable[..., Any], mask: Masker) -> Callable[[dict[st
         except Exception as exc:
             mask_exception(exc, mask)
             raise
-        if hasattr(result, "__next__") and callable(getattr(result, "close", None)):
-            return ClosableStream(result, mask)
-        return result
+        return closable(result, mask)
 
     return call
+
+
+def closable(result: Any, mask: Masker = NO_SECRETS) -> Any:
+    """An upstream call's result, with a stream made safe to close during a read."""
+    if hasattr(result, "__next__") and callable(getattr(result, "close", None)):
+        return ClosableStream(result, mask)
+    return result
 
 
 def async_upstream(

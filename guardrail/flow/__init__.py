@@ -14,7 +14,8 @@ Modules, in the order data flows:
 
 - :mod:`~guardrail.flow.settings`: what a flow reads (the policy, best-of-n);
 - :mod:`~guardrail.flow.effects`: the effects, the jobs they start, typed handles;
-- :mod:`~guardrail.flow.checks`: one checked step, the prompt phase, direct checks;
+- :mod:`~guardrail.flow.checks`: one checked step, the prompt phase, direct checks,
+  refused calls;
 - :mod:`~guardrail.flow.completion`: the non-streaming call;
 - :mod:`~guardrail.flow.buffer`: the sans-I/O stream buffer (``StreamState``);
 - :mod:`~guardrail.flow.stream`: the streaming call;
