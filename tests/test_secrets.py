@@ -36,11 +36,14 @@ from guardrail.classifiers.remote import RemoteQwen3Guard
 from guardrail.errors import GuardHTTPError, VerdictParseError
 from guardrail.http import error_snippet
 from guardrail.policy import load_policy_text
+from guardrail.reward import RemoteRewardScorer
 from guardrail.secrets import MASK, Masker, mask_exception, mask_secrets
+from guardrail.testing import ScriptedClassifier
 
 UPSTREAM_KEY = "sk-upstream-7f3a9c1e5b2d8f4a"
 GUARD_KEY = "gk-guard-2b8e4d6f1a3c5e7b"
-SECRETS = (UPSTREAM_KEY, GUARD_KEY)
+REWARD_KEY = "rk-reward-9d1f3b5a7c2e4f6a"
+SECRETS = (UPSTREAM_KEY, GUARD_KEY, REWARD_KEY)
 GUARD_PATH = "/guard/v1/chat/completions"
 UPSTREAM_PATH = "/v1/chat/completions"
 
@@ -129,13 +132,18 @@ def server() -> Iterator[LoopbackServer]:
         yield srv
 
 
+def echo(request: Request) -> str:
+    """What a careless server says back: the header, and the key alone."""
+    header = request.headers.get("authorization", "")
+    return f"key {header.removeprefix('Bearer ')} (header: {header!r})"
+
+
 def guard_answers(text: str | None = None, *, status: int = 200) -> Any:
     """The guard server's route: a verdict, chatter, or an error, echoing its key."""
 
     def handle(request: Request) -> JSONResponse:
         if status != 200:
-            echoed = request.headers.get("authorization", "")
-            return JSONResponse({"error": {"message": f"rejected {echoed}"}}, status=status)
+            return JSONResponse({"error": {"message": f"rejected {echo(request)}"}}, status=status)
         return JSONResponse(chat_completion(text))
 
     return handle
@@ -145,8 +153,7 @@ def upstream_answers(*, status: int = 200, midstream: bool = False) -> Any:
     """The upstream's route: an answer, or an error body echoing the client's bearer token."""
 
     def handle(request: Request) -> JSONResponse | SSEResponse:
-        echoed = request.headers.get("authorization", "")
-        error = {"message": f"Incorrect API key provided: {echoed}", "type": "invalid_request"}
+        error = {"message": f"Incorrect API key: {echo(request)}", "type": "invalid_request"}
         if status != 200:
             return JSONResponse({"error": error}, status=status)
         if request.json.get("stream"):
@@ -331,3 +338,37 @@ def test_a_guard_shared_by_two_clients_masks_each_clients_key(
     assert data.count(b"\n") == 4
     assert UPSTREAM_KEY.encode() not in data
     assert other_key.encode() not in data
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_reward_server_echoing_its_key(
+    server: LoopbackServer, tmp_path: Path, is_async: bool
+) -> None:
+    def handle(request: Request) -> JSONResponse:
+        return JSONResponse({"error": {"message": f"no access: {echo(request)}"}}, status=401)
+
+    server.route("POST", "/pooling", handle)
+    text = f"""
+version: 1
+name: reward-secrets
+audit: {{sink: jsonl, path: "{tmp_path / "audit.jsonl"}", content: full}}
+reward:
+  models:
+    - {{id: remote-rm, kind: remote, model: rm, base_url: "{server.url}"}}
+rules: []
+"""
+    scorer = RemoteRewardScorer(server.url, model="rm", api_key=REWARD_KEY, max_retries=0)
+    guard = Guard(
+        load_policy_text(text), classifier=ScriptedClassifier(), scorers={"remote-rm": scorer}
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    if is_async:
+        decision = asyncio.run(guard.acheck_response(messages, "an answer"))
+    else:
+        decision = guard.check_response(messages, "an answer")
+    guard.close()
+    assert decision.action.value == "allow"  # a reward failure leaves the answer unscored
+    data = (tmp_path / "audit.jsonl").read_bytes()
+    assert b"reward model: " in data  # the failure is recorded...
+    assert MASK.encode() in data
+    assert REWARD_KEY.encode() not in data  # ...without the key
