@@ -58,6 +58,35 @@ def as_mapping(message: Any, where: str) -> Mapping[str, Any]:
     )
 
 
+def message_list(messages: Any, where: str = "messages") -> list[Any]:
+    """A conversation as a list of messages; ``where`` names it in errors.
+
+    Raises :class:`~guardrail.errors.InputError` unless ``messages`` is an
+    iterable of messages: not ``None``, a number, text, bytes, or a single
+    message (a mapping or a pydantic object).
+    """
+    single = isinstance(messages, Mapping) or callable(getattr(messages, "model_dump", None))
+    if single or isinstance(messages, (str, bytes, bytearray)):
+        raise InputError(
+            f"expected a list of messages, got {describe(messages)} "
+            "(wrap a single message in a list)",
+            where=where,
+        )
+    if not isinstance(messages, Iterable):
+        raise InputError(f"expected a list of messages, got {describe(messages)}", where=where)
+    return list(messages)
+
+
+def describe(value: Any) -> str:
+    """What a value is, for error messages: its type, and its length for containers."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    if isinstance(value, (str, bytes, bytearray, Mapping, list, tuple)):
+        return f"{kind} of length {len(value)}"
+    return kind
+
+
 def as_dict(message: Any) -> dict[str, Any]:
     """A copy of a message as a plain dict (pydantic messages without their unset fields)."""
     if isinstance(message, Mapping):

@@ -43,6 +43,7 @@ from guardrail.flow import (
 from guardrail.parts import build_classifier, build_reward_gate, with_breaker
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
+from guardrail.secrets import Masker
 from guardrail.types import Decision, Stage, Verdict
 
 
@@ -74,14 +75,14 @@ class Guard:
         elif not isinstance(policy, Policy):
             policy = load_policy(policy)
         self.policy = policy
-        self.settings = FlowSettings.of(policy)
-        """What this guard's flows read."""
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
         self._judge = with_breaker(self.classifier, policy.guard.breaker, self._on_breaker)
         self.rewards = (
             build_reward_gate(policy.reward, scorers, self._on_breaker) if policy.reward else None
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
+        self.settings = FlowSettings.of(policy, mask=Masker.of(self.classifier, self.rewards))
+        """What this guard's flows read (its mask hides the backends' API keys)."""
         audit = policy.audit
         key = AuditKey.from_env(audit.hmac_key_env) if audit.hmac_key_env else None
         self.sink = sink if sink is not None else sink_from_config(audit, logger, key=key)

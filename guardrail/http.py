@@ -53,6 +53,7 @@ from guardrail.errors import (
     GuardHTTPError,
     RemoteGuardTimeoutError,
 )
+from guardrail.secrets import Masker
 
 __all__ = [
     "MAX_RETRY_AFTER_S",
@@ -109,7 +110,11 @@ def parse_base_url(base_url: str) -> httpx.URL:
 
 
 def error_snippet(response: httpx.Response, secret: str | None) -> str:
-    """Shorten the server's error message to one line (the body only, never headers)."""
+    """Shorten the server's error message to one line (the body only, never headers).
+
+    ``secret`` (the key the request carried) and any credential the body echoes
+    are masked (:class:`~guardrail.secrets.Masker`) before the line is cut short.
+    """
     text = response.text
     message: Any = None
     with contextlib.suppress(ValueError):
@@ -118,9 +123,8 @@ def error_snippet(response: httpx.Response, secret: str | None) -> str:
             error = data.get("error", data)
             message = error.get("message") if isinstance(error, Mapping) else error
             message = message or data.get("detail") or data.get("message")
-    snippet = " ".join(str(message or text).split())
-    if secret:  # a proxy could echo the request back
-        snippet = snippet.replace(secret, "***")
+    # A proxy could echo the request back: mask before cutting, so no prefix of a key survives.
+    snippet = Masker([secret])(" ".join(str(message or text).split()))
     return snippet if len(snippet) <= _SNIPPET_CHARS else snippet[:_SNIPPET_CHARS] + "..."
 
 
@@ -288,6 +292,11 @@ class PooledHTTP:
     def __repr__(self) -> str:
         return f"PooledHTTP({self.public_url!r})"
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The API key sent, if any: what error messages and records must never show."""
+        return (self.api_key,) if self.api_key else ()
+
     def raise_for_status(self, response: httpx.Response) -> None:
         """:func:`raise_for_status` for this server, the API key masked."""
         raise_for_status(response, server=self.server, url=self.public_url, secret=self.api_key)
@@ -374,6 +383,11 @@ class HTTPBackend:
     def model_id(self) -> str:
         """The served model name sent in every request."""
         return self.model
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The API key this backend sends (:class:`~guardrail.secrets.HasSecrets`)."""
+        return self._http.secrets
 
     @property
     def timeout(self) -> float:

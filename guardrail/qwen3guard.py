@@ -26,7 +26,8 @@ What the guard sees of a conversation
   user turn and dilute it); ``include_system=True`` shows them as a user turn
   headed ``System:``.
 - Text content parts are joined with newlines; image, audio and file parts are
-  skipped and listed in ``Verdict.skipped_parts``.
+  skipped and listed in ``Verdict.skipped_parts``. A lone surrogate (text that is
+  not valid Unicode) is seen as U+FFFD.
 - For a prompt check, anything after the last user or tool turn (an assistant
   prefill) is not judged.
 """
@@ -40,8 +41,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from guardrail.chat import as_mapping
-from guardrail.errors import InputError, VerdictParseError
+from guardrail.chat import as_mapping, describe, message_list
+from guardrail.errors import ConfigurationError, InputError, VerdictParseError
 from guardrail.types import (
     Category,
     ReasoningMode,
@@ -74,12 +75,30 @@ GuardRole = Literal["user", "assistant"]
 # --------------------------------------------------------------------------- inputs
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate becomes U+FFFD, a surrogate pair its character.
+
+    Text from the application may hold lone surrogates (e.g. file names decoded with
+    ``surrogateescape``), which no tokenizer or JSON request can carry; the guard
+    judges the text around them. Audit records keep the original text.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 @dataclass(frozen=True)
 class GuardMessage:
-    """One turn as the guard sees it."""
+    """One turn as the guard sees it (always valid Unicode, see :func:`valid_text`)."""
 
     role: GuardRole
     content: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content", valid_text(self.content))
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,11 @@ def split_reasoning(content: str) -> tuple[str | None, str]:
 def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     lines: list[str] = []
     calls = message.get("tool_calls") or []
+    if not isinstance(calls, (list, tuple)):
+        raise InputError(
+            f"tool_calls must be a list of tool calls, not {describe(calls)}",
+            where=f"{where}.tool_calls",
+        )
     legacy = message.get("function_call")
     if legacy:
         calls = [*calls, {"function": legacy}]
@@ -180,11 +204,11 @@ def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     return lines
 
 
-def _normalise(messages: Sequence[Any] | Iterable[Any], *, include_system: bool) -> _Normalised:
+def _normalise(items: Sequence[Any], *, include_system: bool, response: bool) -> _Normalised:
     out = _Normalised()
-    items = list(messages)
+    last = len(items) - 1
     for i, raw in enumerate(items):
-        where = f"messages[{i}]"
+        where = "response" if response and i == last else f"messages[{i}]"
         message = as_mapping(raw, where)
         role = message.get("role")
         text = _content_text(message.get("content"), f"{where}.content", out.skipped)
@@ -229,14 +253,25 @@ def guard_inputs(
     appended and judged (response moderation). ``reasoning`` picks what the guard
     sees of a reasoning model's thinking (see :class:`~guardrail.types.ReasoningMode`);
     ``separate`` yields two inputs whose verdicts :func:`combine_verdicts` merges.
+
+    Whatever the messages hold, a conversation that cannot be judged raises
+    :class:`~guardrail.errors.InputError` naming where (``messages[2].tool_calls``,
+    ``response``); an unknown ``reasoning`` raises
+    :class:`~guardrail.errors.ConfigurationError`.
     """
-    mode = ReasoningMode(reasoning)
-    items = list(messages)
+    try:
+        mode = ReasoningMode(reasoning)
+    except ValueError:
+        choices = ", ".join(m.value for m in ReasoningMode)
+        raise ConfigurationError(
+            f"unknown reasoning mode {reasoning!r}; expected {choices}"
+        ) from None
+    items = message_list(messages)
     if response is not None:
         items.append(
             {"role": "assistant", "content": response} if isinstance(response, str) else response
         )
-    norm = _normalise(items, include_system=include_system)
+    norm = _normalise(items, include_system=include_system, response=response is not None)
     convo = norm.messages
     skipped = tuple(norm.skipped)
     if not convo:
@@ -402,9 +437,17 @@ def parse_verdict(
     extra lines after the verdict, and a ``Refusal`` line on prompts (ignored).
     The first meaningful line must be ``Safety: <level>``; a chatty answer, an
     unknown level, category or refusal value raises
-    :class:`~guardrail.errors.VerdictParseError`, so it can never read as Safe.
+    :class:`~guardrail.errors.VerdictParseError`, so it can never read as Safe
+    (as does output that is not text). An unknown ``stage`` raises
+    :class:`~guardrail.errors.ConfigurationError`.
     """
-    stage = Stage(stage)
+    try:
+        stage = Stage(stage)
+    except ValueError:
+        raise ConfigurationError(f"unknown stage {stage!r}; expected prompt or response") from None
+    if not isinstance(text, str):
+        shown = repr(text)
+        raise VerdictParseError(f"guard output must be text, not {type(text).__name__}", text=shown)
     level, categories, refusal = _parse_fields(text, stage)
     return Verdict(
         stage=stage,

@@ -19,7 +19,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "guardrail"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("guardrail.types", "guardrail.errors", "guardrail.deadline"),
+    ("guardrail.types", "guardrail.errors", "guardrail.deadline", "guardrail.secrets"),
     ("guardrail.chat", "guardrail.report"),
     ("guardrail.qwen3guard",),
     ("guardrail.http",),

@@ -65,7 +65,7 @@ def test_validate_reports_each_invalid_file(
     one_rule.write_text(BROKEN.replace("levls", "levels"), encoding="utf-8")
     missing = tmp_path / "missing.yaml"
     code = run("policy", "validate", str(broken), str(one_rule), str(missing))
-    assert code == 1
+    assert code == 2  # an unreadable file is an I/O error, which outranks findings
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         f"OK  {one_rule}  (broken v1, 1 rule, "
@@ -75,6 +75,19 @@ def test_validate_reports_each_invalid_file(
         f"{broken}:7:7: rules[0].when.levls: unknown key 'levls'; did you mean 'levels'?",
         f"{missing}: cannot read the policy file: No such file or directory",
     ]
+
+
+def test_validate_exit_status_says_findings_or_io_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN, encoding="utf-8")
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(BROKEN.replace("levls", "levels"), encoding="utf-8")
+    assert run("policy", "validate", str(fixed)) == 0
+    assert run("policy", "validate", str(fixed), str(broken)) == 1
+    assert run("policy", "validate", str(fixed), str(tmp_path)) == 2  # a directory
+    capsys.readouterr()
 
 
 def test_validate_reads_stdin(

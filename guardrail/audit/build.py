@@ -88,7 +88,8 @@ def content_view(
       recover a short or guessable text by hashing candidates); with ``key``,
       ``hmac-sha256:<hex>`` (:meth:`AuditKey.content_hash
       <guardrail.audit.keys.AuditKey.content_hash>`), which only a holder of the
-      key can compute, so only they can match or guess texts;
+      key can compute, so only they can match or guess texts; a lone surrogate,
+      which UTF-8 cannot encode, is hashed as its three-byte form (``surrogatepass``);
     - ``none``: ``None``.
 
     ``None`` text stays ``None`` in every mode (e.g. no response for a blocked prompt).
@@ -107,7 +108,7 @@ def _view(
         extra = len(text) - truncate_chars
         return text if extra <= 0 else f"{text[:truncate_chars]}…[+{extra} chars]"
     if mode == "hash":
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "surrogatepass")
         if key is not None:
             return key.content_hash(data)
         return "sha256:" + hashlib.sha256(data).hexdigest()

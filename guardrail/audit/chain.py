@@ -6,6 +6,13 @@ the record's canonical JSON without its ``hash`` field. Canonical JSON is
 ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 encoded as UTF-8, so any tool can recompute a hash from the parsed line.
 
+Text that is not valid Unicode (a lone surrogate such as ``"\udc80"``, which
+UTF-8 cannot encode) is kept losslessly: canonical JSON writes each lone
+surrogate as its JSON escape (the six characters ``\udc80``), which every JSON
+reader turns back into the same string, and a surrogate pair (two code units
+of UTF-16) as the one character it encodes, as a JSON reader reads it. Text
+without surrogates, the usual case, is unaffected.
+
 A written line is exactly that canonical JSON with ``"hash":"<hex>"`` appended
 as the last member: the record is encoded once per write (the dominant cost),
 and the hashed bytes are the line minus its last member.
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -59,18 +67,42 @@ else:
     )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(encoded: str) -> str:
+    r"""JSON text with its surrogates made UTF-8-safe (see the module notes).
+
+    Surrogates occur only inside JSON strings (everything else is ASCII), where a
+    ``\uXXXX`` escape stands for the code unit itself.
+    """
+    joined = encoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", joined)
+
+
+def _canonical(data: Mapping[str, Any]) -> tuple[str, bytes]:
+    """Canonical JSON as text and as the UTF-8 bytes hashed, encoded once."""
+    try:
+        if _C_ENCODE is not None and type(data) is dict:
+            encoded = "".join(_C_ENCODE(data, 0))
+        else:
+            encoded = _ENCODER.encode(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
+    try:
+        return encoded, encoded.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates, which UTF-8 cannot hold (see the module notes)
+        encoded = _escape_surrogates(encoded)
+        return encoded, encoded.encode("utf-8")
+
+
 def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one serialisation hashes are computed over.
+    """The one serialisation hashes are computed over; always encodable as UTF-8.
 
     Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
     exactly (NaN, infinities, non-JSON types, circular references).
     """
-    try:
-        if _C_ENCODE is not None and type(data) is dict:
-            return "".join(_C_ENCODE(data, 0))
-        return _ENCODER.encode(data)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
+    return _canonical(data)[0]
 
 
 def _with_hash(body_json: str, digest: str) -> str:
@@ -92,7 +124,7 @@ def record_line(data: Mapping[str, Any]) -> str:
 
 def record_hash(data: Mapping[str, Any]) -> str:
     """SHA-256 hex of a record's canonical JSON without its ``hash`` field."""
-    return hashlib.sha256(canonical_json(_body(data)).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(_body(data))[1]).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -125,8 +157,8 @@ class HashChain:
         head = self.head
         body = _body(data)
         body["prev_hash"] = head
-        encoded = canonical_json(body)
-        digest = hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+        encoded, raw = _canonical(body)
+        digest = hashlib.sha256(raw).hexdigest()
         return SealedRecord(line=_with_hash(encoded, digest), prev_hash=head, hash=digest)
 
     def advance(self, sealed: SealedRecord) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -49,6 +49,7 @@ from guardrail.qwen3guard import (
     field_probabilities,
     parse_verdict,
 )
+from guardrail.secrets import Masker
 from guardrail.types import Verdict
 
 __all__ = ["RETRYABLE_STATUS", "RemoteQwen3Guard"]
@@ -124,12 +125,20 @@ def _token_logprobs(logprobs: Any) -> list[TokenLogprobs]:
 
 
 def verdict_from_choice(
-    choice: Mapping[str, Any], guard_input: GuardInput, *, model: str, latency_s: float
+    choice: Mapping[str, Any],
+    guard_input: GuardInput,
+    *,
+    model: str,
+    latency_s: float,
+    mask: Callable[[str], str] | None = None,
 ) -> Verdict:
     """Parse ``choices[0]`` into a verdict, with probabilities when logprobs match the text.
 
     An empty ``content`` falls back to ``reasoning_content`` / ``reasoning``: a
-    reasoning parser on the server can move the whole verdict there.
+    reasoning parser on the server can move the whole verdict there. ``mask``
+    (the backend's :class:`~guardrail.secrets.Masker`) is applied to the text
+    first, so a server that echoes its API key never puts it into the verdict's
+    raw text or a :class:`~guardrail.errors.VerdictParseError`.
     """
     message = choice.get("message")
     if not isinstance(message, Mapping):
@@ -147,6 +156,8 @@ def verdict_from_choice(
     spelled = _STOP_SUFFIX.sub("", "".join(t.token for t in tokens))
     aligned = bool(tokens) and spelled.strip() == text.strip()
     probs = field_probabilities(tokens) if aligned else FieldProbabilities()
+    if mask is not None:
+        text = mask(text)
     return parse_verdict(
         text,
         stage=guard_input.stage,
@@ -238,6 +249,7 @@ class RemoteQwen3Guard(HTTPBackend):
             async_http_client=async_http_client,
         )
         self._retrying, self._aretrying = retry_policy(max_retries, retry_wait)
+        self._mask = Masker(self.secrets)
 
     def __repr__(self) -> str:
         return f"RemoteQwen3Guard(base_url={self._public_base_url!r}, model={self.model!r})"
@@ -264,7 +276,9 @@ class RemoteQwen3Guard(HTTPBackend):
 
     def _verdict(self, choice: Mapping[str, Any], guard_input: GuardInput, start: float) -> Verdict:
         latency = time.perf_counter() - start  # includes retries: what the caller waited
-        return verdict_from_choice(choice, guard_input, model=self.model, latency_s=latency)
+        return verdict_from_choice(
+            choice, guard_input, model=self.model, latency_s=latency, mask=self._mask
+        )
 
     # -------------------------------------------------------------------- sync
 

@@ -43,7 +43,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--exit-code",
         action="store_true",
-        help="exit 1 when any verdict is not Safe (Controversial counts as unsafe)",
+        help="exit 1 when any verdict is not Safe (Controversial counts as unsafe); "
+        "without it, 0 whatever the verdicts",
     )
     p.set_defaults(func=run)
 
@@ -81,7 +82,10 @@ def _table(rows: dict[str, Verdict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the check; 0 on success (1 with --exit-code when something is not Safe)."""
+    """Run the check; 0 on success (1 with ``--exit-code`` when something is not Safe).
+
+    A guard that cannot be loaded or reached raises, and the CLI exits with 2.
+    """
     classifier = _classifier(args)
     messages = [{"role": "user", "content": args.text}]
     rows = {"prompt": moderate(classifier, messages)}

@@ -5,7 +5,8 @@
     OK  policies/default.yaml  (default v1, 7 rules, sha256:4089d9c6)
     policies/broken.yaml:14:7: rules[1].when.levls: unknown key 'levls'; did you mean 'levels'?
 
-(the second on stderr) and exits 0 when every file is valid, 1 otherwise.
+(the second on stderr) and exits 0 when every file is valid, 1 when some are
+invalid, 2 when some could not be read (the CLI's one exit-status rule).
 ``guardrail policy schema [--output FILE]`` prints or writes the JSON Schema.
 """
 
@@ -16,8 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from guardrail.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, error
 from guardrail.errors import PolicyError
-from guardrail.policy import load_policy, load_policy_text, policy_json_schema
+from guardrail.policy import load_policy_text, policy_json_schema
+from guardrail.policy.loader import MAX_POLICY_BYTES
 
 __all__ = ["add_parser", "run_schema", "run_validate"]
 
@@ -38,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Validate policy files. Prints 'OK  FILE  (name vN, K rules, sha256:...)' for "
             "each valid file and 'FILE:LINE:COL: FIELD: problem' on stderr for each "
-            "invalid one. Exit status: 0 all valid, 1 some invalid. '-' reads stdin."
+            "invalid one. Exit status: 0 all valid, 1 some invalid, 2 some could not be "
+            "read. '-' reads stdin."
         ),
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="policy YAML files")
@@ -53,23 +57,35 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     schema.set_defaults(func=run_schema)
 
 
+def _read(name: str) -> bytes:
+    """A policy file's bytes (stdin for ``-``), never more than one past the size cap."""
+    if name == "-":
+        return sys.stdin.buffer.read(MAX_POLICY_BYTES + 1)
+    with open(name, "rb") as file:
+        return file.read(MAX_POLICY_BYTES + 1)
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    """Validate every file in ``args.files``; 0 if all are valid, else 1."""
-    status = 0
+    """Validate every file in ``args.files``: 0 all valid, 1 some invalid, 2 some unreadable."""
+    invalid = unreadable = False
     for name in args.files:
         try:
-            if name == "-":
-                policy = load_policy_text(sys.stdin.buffer.read(), "<stdin>")
-            else:
-                policy = load_policy(name)
+            raw = _read(name)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            unreadable = True
+            reason = getattr(exc, "strerror", None) or exc
+            print(f"{name}: cannot read the policy file: {reason}", file=sys.stderr)
+            continue
+        try:
+            policy = load_policy_text(raw, "<stdin>" if name == "-" else name)
         except PolicyError as exc:
             print(exc, file=sys.stderr)
-            status = 1
+            invalid = True
             continue
         rules = f"{len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}"
         summary = f"{policy.name} v{policy.version}, {rules}, sha256:{policy.content_hash[:8]}"
         print(f"OK  {name}  ({summary})")
-    return status
+    return EXIT_ERROR if unreadable else EXIT_FINDINGS if invalid else EXIT_OK
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -81,9 +97,6 @@ def run_schema(args: argparse.Namespace) -> int:
     try:
         Path(args.output).write_text(text, encoding="utf-8")
     except OSError as exc:
-        print(
-            f"guardrail: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr
-        )
-        return 2
+        return error(f"cannot write {args.output}: {exc.strerror or exc}")
     print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from guardrail.client.calls import acomplete, complete
 from guardrail.errors import ConfigurationError, UnguardedAccessError
+from guardrail.secrets import Masker
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
@@ -45,14 +46,19 @@ def _refuse(path: str) -> UnguardedAccessError:
 
 
 class _Proxy:
-    """Delegates every attribute it does not define to the wrapped object."""
+    """Delegates every attribute it does not define to the wrapped object.
+
+    ``mask`` knows the guard's secrets and the wrapped client's API key.
+    """
 
     _wrapped: Any
     _guard: Guard
+    _mask: Masker
 
-    def __init__(self, wrapped: Any, guard: Guard) -> None:
+    def __init__(self, wrapped: Any, guard: Guard, mask: Masker) -> None:
         object.__setattr__(self, "_wrapped", wrapped)
         object.__setattr__(self, "_guard", guard)
+        object.__setattr__(self, "_mask", mask)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)
@@ -63,11 +69,11 @@ class _Proxy:
     def __repr__(self) -> str:
         return f"<guarded {self._wrapped!r}>"
 
-    def _child(self, name: str, inner: Any, make: Callable[[Any, Guard], ProxyT]) -> ProxyT:
+    def _child(self, name: str, inner: Any, make: Callable[[Any, Guard, Masker], ProxyT]) -> ProxyT:
         # Wrappers of the client's (stable) sub-resources are built once, not per call.
         cached = self.__dict__.get(name)
         if cached is None or cached._wrapped is not inner:
-            cached = make(inner, self._guard)
+            cached = make(inner, self._guard, self._mask)
             object.__setattr__(self, name, cached)
         return cast("ProxyT", cached)
 
@@ -80,25 +86,21 @@ class _GuardedCompletions(_Proxy):
 
     def create(self, **params: Any) -> Any:
         """Guarded ``chat.completions.create``: same parameters, same return types."""
-        return complete(self._guard, self._wrapped.create, params)
+        return complete(self._guard, self._wrapped.create, params, self._mask)
 
     def parse(self, **params: Any) -> Any:
         """Guarded ``chat.completions.parse`` (structured outputs)."""
-        if params.get("stream"):
-            raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return complete(self._guard, self._wrapped.parse, params)
+        return complete(self._guard, self._wrapped.parse, params, self._mask, streams=False)
 
 
 class _AsyncGuardedCompletions(_GuardedCompletions):
     async def create(self, **params: Any) -> Any:
         """Guarded async ``chat.completions.create``."""
-        return await acomplete(self._guard, self._wrapped.create, params)
+        return await acomplete(self._guard, self._wrapped.create, params, self._mask)
 
     async def parse(self, **params: Any) -> Any:
         """Guarded async ``chat.completions.parse``."""
-        if params.get("stream"):
-            raise ConfigurationError("parse() does not stream; use create(stream=True)")
-        return await acomplete(self._guard, self._wrapped.parse, params)
+        return await acomplete(self._guard, self._wrapped.parse, params, self._mask, streams=False)
 
 
 class _GuardedChat(_Proxy):
@@ -112,11 +114,11 @@ class _GuardedChat(_Proxy):
         return self._child("_completions", self._wrapped.completions, _completions)
 
 
-def _completions(inner: Any, guard: Guard) -> _GuardedCompletions:
+def _completions(inner: Any, guard: Guard, mask: Masker) -> _GuardedCompletions:
     # openai decorates create(); unwrap to see whether it is a coroutine function.
     is_async = inspect.iscoroutinefunction(inspect.unwrap(inner.create))
     cls = _AsyncGuardedCompletions if is_async else _GuardedCompletions
-    return cls(inner, guard)
+    return cls(inner, guard, mask)
 
 
 class _GuardedBeta(_Proxy):
@@ -144,11 +146,11 @@ class _GuardedClient(_Proxy):
 
     def with_options(self, **options: Any) -> Any:
         """A wrapped copy of the client with other options (same guard)."""
-        return _GuardedClient(self._wrapped.with_options(**options), self._guard)
+        return _guarded_client(self._wrapped.with_options(**options), self._guard)
 
     def copy(self, **options: Any) -> Any:
         """A wrapped copy of the client (same guard)."""
-        return _GuardedClient(self._wrapped.copy(**options), self._guard)
+        return _guarded_client(self._wrapped.copy(**options), self._guard)
 
     def close(self) -> Any:
         """Close the client, and the guard when ``wrap()`` created it."""
@@ -195,6 +197,14 @@ def wrap(
             f"{type(client).__name__} has no 'chat' attribute; wrap an openai.OpenAI "
             "or openai.AsyncOpenAI client"
         )
-    wrapped = _GuardedClient(client, guard if guard is not None else Guard(policy))
+    wrapped = _guarded_client(client, guard if guard is not None else Guard(policy))
     object.__setattr__(wrapped, "_owns_guard", guard is None)
     return cast(Any, wrapped)
+
+
+def _guarded_client(client: Any, guard: Guard) -> _GuardedClient:
+    # The client's own API key joins the guard's secrets for its calls (a guard may
+    # be shared by clients with different keys).
+    key = getattr(client, "api_key", None)
+    mask = guard.settings.mask.with_secrets(key if isinstance(key, str) else None)
+    return _GuardedClient(client, guard, mask)

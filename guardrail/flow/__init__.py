@@ -14,7 +14,8 @@ Modules, in the order data flows:
 
 - :mod:`~guardrail.flow.settings`: what a flow reads (the policy, best-of-n);
 - :mod:`~guardrail.flow.effects`: the effects, the jobs they start, typed handles;
-- :mod:`~guardrail.flow.checks`: one checked step, the prompt phase, direct checks;
+- :mod:`~guardrail.flow.checks`: one checked step, the prompt phase, direct checks,
+  refused calls;
 - :mod:`~guardrail.flow.completion`: the non-streaming call;
 - :mod:`~guardrail.flow.buffer`: the sans-I/O stream buffer (``StreamState``);
 - :mod:`~guardrail.flow.stream`: the streaming call;
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from guardrail.flow.async_driver import AsyncDriver
 from guardrail.flow.buffer import StreamState
-from guardrail.flow.checks import check_flow
+from guardrail.flow.checks import check_flow, refuse
 from guardrail.flow.completion import completion_flow
 from guardrail.flow.settings import FlowSettings
 from guardrail.flow.stream import stream_flow
@@ -45,5 +46,6 @@ __all__ = [
     "audit_record",
     "check_flow",
     "completion_flow",
+    "refuse",
     "stream_flow",
 ]

@@ -3,19 +3,21 @@
 :func:`check` is one checked step (a prompt, or a batch of answers):
 classify, score answers when reward models are configured, and turn each
 verdict (or the guard's failure) into the policy's decision, recorded on the
-trace. :func:`prompt_phase` is the start of every guarded call, and
-:func:`check_flow` the whole of a direct ``Guard.check_*`` call.
+trace. :func:`prompt_phase` is the start of every guarded call,
+:func:`check_flow` the whole of a direct ``Guard.check_*`` call, and
+:func:`refuse` the whole of a call whose arguments are not a conversation.
+Failures are stated in decisions with the trace's secrets masked.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from guardrail.chat import content_text, replace_judged_turn, with_instruction
+from guardrail.chat import content_text, message_list, replace_judged_turn, with_instruction
 from guardrail.classifiers.base import Conversation
-from guardrail.errors import BlockedError, ClassifierError, GuardrailError
+from guardrail.errors import BlockedError, ClassifierError, GuardrailError, InputError
 from guardrail.flow.effects import (
     Audit,
     CallUpstream,
@@ -69,8 +71,10 @@ def decide(
         error = ClassifierError(f"the guard's verdicts do not fit a {stage.value} check")
     else:
         checked = verdicts
+    failure: str | None = None  # the error as decisions state it, secrets masked
     if error is not None:
         trace.errors.append((stage.value, error))
+        failure = trace.mask(f"{type(error).__name__}: {error}")
     trace.guard_s += elapsed
     decisions = []
     for k, verdict in enumerate(checked):
@@ -82,7 +86,7 @@ def decide(
             stage,
             verdict,
             prompt_verdict=prompt_verdict,
-            error=error,
+            error=failure,
             reward=reward.goodness if reward is not None else None,
         )
         if error is not None:
@@ -184,6 +188,19 @@ def raise_if_raising(settings: FlowSettings, trace: Trace, decision: Decision) -
         )
 
 
+def refuse(trace: Trace, error: GuardrailError) -> Flow[NoReturn]:
+    """End a call whose arguments are not a conversation: recorded, audited, raised.
+
+    Nothing was judged or sent upstream; the record says ``block`` with the error.
+    """
+    trace.errors.append(("input", error))
+    trace.took(Action.BLOCK)
+    try:
+        raise error
+    finally:
+        yield Audit(trace)
+
+
 def check_flow(
     settings: FlowSettings,
     stage: Stage,
@@ -191,9 +208,20 @@ def check_flow(
     response: Any,
     prompt_verdict: Verdict | None,
 ) -> Flow[Decision]:
-    """A direct check of a prompt or an answer: decided, audited, never raised."""
-    items = list(messages)
-    trace = Trace.begin("check", messages=items)
+    """A direct check of a prompt or an answer: decided, audited, never raised.
+
+    Arguments that are no conversation to judge (``messages`` not a list, no
+    ``response`` to a response check) raise :class:`~guardrail.errors.InputError`,
+    audited too.
+    """
+    trace = Trace.begin("check", mask=settings.mask)
+    try:
+        items = message_list(messages)
+        if stage is Stage.RESPONSE and response is None:
+            raise InputError("a response check needs the answer to judge", where="response")
+    except InputError as exc:
+        yield from refuse(trace, exc)
+    trace.messages = items
     try:
         (decision,) = yield from check(
             settings, trace, stage, [(items, response)], prompt_verdict=prompt_verdict

@@ -7,10 +7,11 @@ the flow reads settings and yields effects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from guardrail.policy import Policy, evaluate
 from guardrail.policy.schema import StreamingConfig
+from guardrail.secrets import NO_SECRETS, Masker
 from guardrail.types import Decision, Stage, Verdict
 
 
@@ -23,15 +24,19 @@ class FlowSettings:
     """Candidates requested per single-answer call (the policy's ``reward.best_of_n``)."""
     scores: bool = False
     """Whether answers are scored by reward models (the policy has a ``reward`` section)."""
+    mask: Masker = field(default=NO_SECRETS, compare=False)
+    """Hides the guard's and reward servers' API keys in decisions and records; a call
+    through a wrapped client adds the client's key (:attr:`Trace.mask`)."""
 
     @classmethod
-    def of(cls, policy: Policy) -> FlowSettings:
-        """The settings a policy implies."""
+    def of(cls, policy: Policy, *, mask: Masker = NO_SECRETS) -> FlowSettings:
+        """The settings a policy implies; ``mask`` knows the secrets of the guard's backends."""
         reward = policy.reward
         return cls(
             policy=policy,
             best_of_n=reward.best_of_n if reward is not None else 1,
             scores=reward is not None,
+            mask=mask,
         )
 
     @property
@@ -59,10 +64,13 @@ class FlowSettings:
         verdict: Verdict | None,
         *,
         prompt_verdict: Verdict | None = None,
-        error: BaseException | None = None,
+        error: BaseException | str | None = None,
         reward: float | None = None,
     ) -> Decision:
-        """The policy's decision for one verdict (and its reward), or for a guard failure."""
+        """The policy's decision for one verdict (and its reward), or for a guard failure.
+
+        ``error`` is the failure, or its text as the decision should state it.
+        """
         return evaluate(
             self.policy, stage, verdict, prompt_verdict=prompt_verdict, error=error, reward=reward
         )

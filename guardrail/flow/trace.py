@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from guardrail.audit import AuditKey, ContentMode, PolicyRef, record_dict, stage
 from guardrail.chat import last_user_text
 from guardrail.report import GuardReport, StageOutcome
 from guardrail.reward.base import RewardScore
+from guardrail.secrets import NO_SECRETS
 from guardrail.types import Action, Stage
 
 _ACTION_RANK = {Action.ALLOW: 0, Action.FLAG: 1, Action.REWRITE: 2, Action.BLOCK: 3}
@@ -34,7 +35,8 @@ class Trace:
     started: float = field(default_factory=time.perf_counter)
     outcomes: list[StageOutcome] = field(default_factory=list)
     errors: list[tuple[str, BaseException]] = field(default_factory=list)
-    """``(where, error)``: where is a stage's value, ``"upstream"`` or ``"reward"``."""
+    """``(where, error)``: where is a stage's value, ``"upstream"``, ``"reward"``, or
+    ``"input"`` (the call's arguments are not a conversation)."""
     guard_s: float = 0.0
     upstream_s: float = 0.0
     action: Action = Action.ALLOW
@@ -45,11 +47,26 @@ class Trace:
     """(candidate, score, hybrid score) for every scored answer."""
     outcome_errors: dict[int, BaseException] = field(default_factory=dict)
     """The guard exception behind each outcome decided by the failure mode, by position."""
+    mask: Callable[[str], str] = NO_SECRETS
+    """Masks the call's secrets (:class:`~guardrail.secrets.Masker`) in every error text
+    that becomes part of a decision or the audit record."""
 
     @classmethod
-    def begin(cls, mode: str, *, model: str = "", messages: Any = ()) -> Trace:
-        """The trace of a call starting now, with a fresh request id."""
-        return cls(request_id=uuid.uuid4().hex, mode=mode, model=model, messages=messages)
+    def begin(
+        cls,
+        mode: str,
+        *,
+        model: str = "",
+        messages: Any = (),
+        mask: Callable[[str], str] = NO_SECRETS,
+    ) -> Trace:
+        """The trace of a call starting now, with a fresh request id.
+
+        ``mask`` hides the secrets the call's backends and upstream send.
+        """
+        return cls(
+            request_id=uuid.uuid4().hex, mode=mode, model=model, messages=messages, mask=mask
+        )
 
     def took(self, action: Action, *, flags: Sequence[str] = ()) -> None:
         """Record an action applied to the call (the strongest one is reported)."""
@@ -85,30 +102,46 @@ class Recording:
     """The key of keyed content hashes (``content: hash`` with ``audit.hmac_key_env``)."""
 
 
+_ERROR_STAGES = {"reward": Stage.RESPONSE.value, "input": Stage.PROMPT.value}
+_ERROR_PREFIXES = {"reward": "reward model: "}
+
+
 def audit_record(trace: Trace, recording: Recording, *, guard_model: str) -> dict[str, Any]:
-    """The audit record of a finished call, as the JSON dict sinks write."""
+    """The audit record of a finished call, as the JSON dict sinks write.
+
+    Every error message, the reasons of decisions taken on a failure and the
+    guard's raw output pass through the trace's mask: what a server echoed
+    (an API key...) never reaches the record.
+    """
     content = recording.content
-    stages = [
-        stage_dict(
+    mask = trace.mask
+    stages = []
+    for i, o in enumerate(trace.outcomes):
+        error = trace.outcome_errors.get(i)
+        entry = stage_dict(
             o.decision,
             latency_s=o.latency_s,
-            error=trace.outcome_errors.get(i),
+            error=error,
             attempt=o.attempt + 1,
             candidate=o.candidate,
             raw_text=content == "full",
         )
-        for i, o in enumerate(trace.outcomes)
-    ]
-    # Guard failures are recorded with their stage; upstream and reward-model
+        if entry["error"] is not None:
+            entry["error"]["message"] = mask(entry["error"]["message"])
+            entry["decision"]["reason"] = mask(entry["decision"]["reason"])
+        if entry["raw_text"]:
+            entry["raw_text"] = mask(entry["raw_text"])
+        stages.append(entry)
+    # Guard failures are recorded with their stage; upstream, reward-model and input
     # failures (which no stage decision carries) are added here.
     errors = [
         {
-            "stage": Stage.RESPONSE.value if where == "reward" else None,
+            "stage": _ERROR_STAGES.get(where),
             "type": type(exc).__name__,
-            "message": f"reward model: {exc}" if where == "reward" else str(exc),
+            "message": mask(_ERROR_PREFIXES.get(where, "") + str(exc)),
         }
         for where, exc in trace.errors
-        if where in ("upstream", "reward")
+        if where in ("upstream", "reward", "input")
     ]
     return record_dict(
         policy=recording.policy,

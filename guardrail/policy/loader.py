@@ -12,12 +12,21 @@ rewrites it for a human::
 This module owns reading (files, bytes, YAML) and the errors about the YAML
 itself; :mod:`~guardrail.policy.humanize` owns the wording of every error about
 what the policy says.
+
+Whatever a file holds, loading it either returns a :class:`Policy` or raises
+:class:`~guardrail.errors.PolicyError`, within a bounded time: a file is
+refused before it is parsed when it is larger than :data:`MAX_POLICY_BYTES` or
+holds characters YAML does not allow (control characters, lone surrogates),
+and parsing stops at :data:`MAX_POLICY_DEPTH` levels of nesting or
+:data:`MAX_POLICY_NODES` values. Each error says which limit was hit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +46,36 @@ from guardrail.policy.schema import Policy
 
 # format_field_path (humanize) and DEFAULT_POLICY_TEXT (package data) are still
 # reachable here for code that imported them from this module.
-__all__ = ["default_policy", "load_policy", "load_policy_text"]
+__all__ = [
+    "MAX_POLICY_BYTES",
+    "MAX_POLICY_DEPTH",
+    "MAX_POLICY_NODES",
+    "default_policy",
+    "load_policy",
+    "load_policy_text",
+]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-# Aliases share nodes, so a few lines of YAML can expand exponentially; a policy is
-# small, and anything this large or deep is a mistake or an attack.
-_MAX_NODES = 100_000
-_MAX_DEPTH = 64
+_INT_TAG = "tag:yaml.org,2002:int"
+
+# A policy is small (the default is 6 KB); anything this large or deep is a mistake or
+# an attack, and PyYAML's pure-Python parser takes about a second per 100 KB of
+# densely packed values. The limits keep any file's load well under a second.
+MAX_POLICY_BYTES = 64 * 1024
+"""The largest policy file (or text, UTF-8 encoded) that is parsed, in bytes."""
+MAX_POLICY_DEPTH = 64
+"""The deepest nesting of mappings and lists a policy may have."""
+MAX_POLICY_NODES = 10_000
+"""The most YAML values (keys, scalars, collections) a policy file may hold."""
+# Aliases share nodes, so a few lines of YAML can expand exponentially: the values a
+# policy expands to, aliases followed, are bounded too.
+_MAX_EXPANDED = 20_000
+# What YAML 1.1 refuses to read (PyYAML's Reader.NON_PRINTABLE).
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
 
 # ---------------------------------------------------------------------- public API
@@ -60,13 +90,21 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     :class:`~guardrail.errors.PolicyError` naming the file and, when it applies,
     the 1-based line and column and the field path.
     """
-    source = os.fspath(path)
     try:
-        raw = Path(source).read_bytes()
+        source = os.fspath(path)
+    except TypeError:
+        raise PolicyError(
+            f"a policy path must be a string or path, not {type(path).__name__}"
+        ) from None
+    try:
+        with Path(source).open("rb") as file:
+            raw = file.read(MAX_POLICY_BYTES + 1)  # never more, whatever the file is
     except OSError as exc:
         raise PolicyError(
             f"cannot read the policy file: {exc.strerror or exc}", source=source
         ) from exc
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise PolicyError(f"cannot read the policy file: {exc}", source=source) from None
     return load_policy_text(raw, source)
 
 
@@ -74,7 +112,18 @@ def load_policy_text(text: str | bytes, source: str = "<string>") -> Policy:
     """Validate a policy given as YAML text; ``source`` names it in errors.
 
     Bytes must be UTF-8. The content hash is the sha256 of the UTF-8 bytes.
+    Anything wrong, the text's type and size included, raises
+    :class:`~guardrail.errors.PolicyError`.
     """
+    if isinstance(text, (bytearray, memoryview)):
+        text = bytes(text)
+    if not isinstance(text, (str, bytes)):
+        raise PolicyError(
+            f"a policy must be YAML text or bytes, not {type(text).__name__}", source=source
+        )
+    # A str is at least one UTF-8 byte per character: too many characters is too large.
+    if len(text) > MAX_POLICY_BYTES:
+        raise _too_large(source)
     if isinstance(text, bytes):
         raw = text
         try:
@@ -85,8 +134,12 @@ def load_policy_text(text: str | bytes, source: str = "<string>") -> Policy:
             raise PolicyError(
                 "the file is not UTF-8 text", source=source, line=line, column=column
             ) from None
+        _check_characters(text, source)
     else:
+        _check_characters(text, source)  # before encoding: a lone surrogate has no UTF-8
         raw = text.encode("utf-8")
+        if len(raw) > MAX_POLICY_BYTES:
+            raise _too_large(source)
     data, marks = _parse(text, source)
     policy = _validate(data, marks, source)
     policy._source = source
@@ -133,8 +186,96 @@ class _Marks:
         return mark.line + 1, mark.column + 1
 
 
+def _too_large(source: str) -> PolicyError:
+    return PolicyError(
+        f"the policy is too large: policy files are limited to {MAX_POLICY_BYTES:,} bytes "
+        f"({MAX_POLICY_BYTES // 1024} KiB)",
+        source=source,
+    )
+
+
+def _check_characters(text: str, source: str) -> None:
+    """Refuse, with its place, the first character YAML does not allow."""
+    found = _NON_PRINTABLE.search(text)
+    if found is None:
+        return
+    char = found.group()
+    code = ord(char)
+    if 0xD800 <= code <= 0xDFFF:
+        what = f"a lone surrogate (U+{code:04X}), which is not valid Unicode text"
+    elif unicodedata.category(char) == "Cc":
+        name = _CONTROL_NAMES.get(code)
+        what = (
+            f"the control character U+{code:04X}"
+            + (f" ({name})" if name else "")
+            + f', which YAML does not allow; write it as "\\x{code:02x}" inside double quotes'
+        )
+    else:
+        what = f"the character U+{code:04X}, which YAML does not allow"
+    start = found.start()
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    raise PolicyError(
+        f"the policy contains {what}",
+        source=source,
+        line=line,
+        column=column,
+    )
+
+
+_CONTROL_NAMES = {0: "NUL", 7: "BEL", 8: "backspace", 0x1B: "ESC", 0x7F: "DEL"}
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: nesting and value count are checked while composing.
+
+    PyYAML composes nested collections recursively, so without a bound deep
+    nesting ends in ``RecursionError``; values it cannot build (an integer of
+    5,000 digits, the 31st of February) raise a located YAML error instead of
+    ``ValueError``.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        self.nodes += 1
+        try:
+            if self.depth > MAX_POLICY_DEPTH or self.nodes > MAX_POLICY_NODES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                limit = (
+                    f"policies may nest at most {MAX_POLICY_DEPTH} levels deep"
+                    if self.depth > MAX_POLICY_DEPTH
+                    else f"policies may hold at most {MAX_POLICY_NODES:,} values"
+                )
+                raise PolicyError(
+                    f"the policy is too large or too deeply nested: {limit}",
+                    source=self.source,
+                    line=mark.line + 1,
+                    column=mark.column + 1,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            problem = (
+                "this integer has too many digits to read"
+                if node.tag == _INT_TAG
+                else f"cannot read this value ({exc})"
+            )
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
 def _parse(text: str, source: str) -> tuple[Any, _Marks]:
-    loader = yaml.SafeLoader(text)
+    loader = _PolicyLoader(text, source)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -183,10 +324,12 @@ class _Walker:
 
     def walk(self, node: yaml.Node, path: FieldPath, depth: int = 0) -> None:
         self.visited += 1
-        if self.visited > _MAX_NODES or depth > _MAX_DEPTH:
+        if self.visited > _MAX_EXPANDED or depth > MAX_POLICY_DEPTH:
             mark = node.start_mark
             raise PolicyError(
-                "the policy is too large or too deeply nested (a recursive YAML alias?)",
+                "the policy is too large or too deeply nested once its aliases are followed "
+                f"(at most {MAX_POLICY_DEPTH} levels and {_MAX_EXPANDED:,} values; "
+                "a recursive YAML alias?)",
                 source=self.source,
                 line=mark.line + 1,
                 column=mark.column + 1,

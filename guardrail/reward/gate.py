@@ -17,6 +17,7 @@ from guardrail.chat import user_texts
 from guardrail.errors import ConfigurationError
 from guardrail.reward.base import RewardPair, RewardScore, RewardScorer
 from guardrail.reward.language import detect_language
+from guardrail.secrets import secrets_of
 
 
 class RouteConfig(Protocol):
@@ -66,6 +67,11 @@ class RewardGate:
             raise ConfigurationError(f"no scorer for reward model(s) {', '.join(missing)}")
         self.config = config
         self.scorers: dict[str, RewardScorer] = {m.id: scorers[m.id] for m in config.models}
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The API keys its scorers send (:class:`~guardrail.secrets.HasSecrets`)."""
+        return secrets_of(*self.scorers.values())
 
     @property
     def best_of_n(self) -> int:
