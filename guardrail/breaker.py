@@ -292,7 +292,8 @@ class CircuitBreaker:
             self._notify(notes)
             raise rejection
         try:
-            self._notify(notes)
+            if notes:  # almost never: skip the call
+                self._notify(notes)
         except BaseException:
             self.release(permit)
             raise
@@ -350,7 +351,8 @@ class CircuitBreaker:
             if self._take(permit):
                 self._count(permit, failed, cause, now, notes)
             self._expire(now, notes)
-        self._notify(notes)
+        if notes:
+            self._notify(notes)
 
     def _expire(self, now: float, notes: list[BreakerTransition]) -> None:
         """Count admitted calls still running past their deadline as failed."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
-__all__ = ["current", "expired", "remaining", "scope"]
+__all__ = ["current", "enter", "expired", "leave", "remaining", "scope"]
 
 _DEADLINE: ContextVar[float | None] = ContextVar("guardrail_check_deadline", default=None)
 
@@ -41,6 +41,16 @@ def remaining(deadline: float | None) -> float | None:
 def expired(deadline: float | None) -> bool:
     """Whether ``deadline`` has passed (never, without one)."""
     return deadline is not None and time.monotonic() >= deadline
+
+
+def enter(deadline: float | None) -> Token[float | None]:
+    """Make ``deadline`` the current one until :func:`leave` (the cheap form of :func:`scope`)."""
+    return _DEADLINE.set(deadline)
+
+
+def leave(token: Token[float | None]) -> None:
+    """Restore the deadline that was current before the :func:`enter` that gave ``token``."""
+    _DEADLINE.reset(token)
 
 
 @contextlib.contextmanager

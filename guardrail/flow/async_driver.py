@@ -63,8 +63,11 @@ def _aclose_result(task: asyncio.Future[Any]) -> None:
 async def _within(timeout: float | None, start: Callable[[], Awaitable[T]]) -> T:
     # Runs in the job's own task, whose context is its own copy; the job's coroutine
     # is created here, so a task cancelled before it runs leaves none unawaited.
-    with deadline.scope(None if timeout is None else time.monotonic() + timeout):
+    token = deadline.enter(None if timeout is None else time.monotonic() + timeout)
+    try:
         return await start()
+    finally:
+        deadline.leave(token)
 
 
 async def _next_or_end(stream: Any) -> Any:

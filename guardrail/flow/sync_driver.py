@@ -86,39 +86,56 @@ class _Timed(Handle[T]):
     """A check or a scoring: on the check pool, or already run inline; has a deadline.
 
     The deadline is set (:mod:`guardrail.deadline`) for the code it runs, so a
-    backend still working on an abandoned check stops retrying there.
+    backend still working on an abandoned check stops retrying there. A job run
+    inline keeps its outcome itself: no future or event is made for it (they cost
+    as much as an instant check).
     """
 
-    __slots__ = ("fn", "future", "started", "t0", "timeout")
+    __slots__ = ("error", "fn", "future", "ran_here", "started", "t0", "timeout", "value")
 
     def __init__(self, job: Job[T], fn: Callable[[], T], timeout: float | None) -> None:
         super().__init__(job)
         self.fn = fn
         self.timeout = timeout
-        self.started = threading.Event()
         self.t0 = 0.0
+        self.started: threading.Event | None = None
+        """Set once a pooled job starts running (its deadline counts from then)."""
         self.future: Future[T] | None = None
+        self.ran_here = False
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def __call__(self) -> T:
         self.t0 = time.perf_counter()
-        self.started.set()
+        if self.started is not None:
+            self.started.set()
         timeout = self.timeout
-        with deadline.scope(None if timeout is None else time.monotonic() + timeout):
+        token = deadline.enter(None if timeout is None else time.monotonic() + timeout)
+        try:
             return self.fn()
+        finally:
+            deadline.leave(token)
 
     def run_here(self, timeout: float | None) -> None:
         """Run on the caller's thread; an overrun of ``timeout`` becomes a timeout error."""
-        future: Future[T] = Future()
+        self.ran_here = True
         try:
-            result = self()
+            self.value = self()
         except Exception as exc:
-            future.set_exception(exc)
+            self.error = exc
         else:
             if timeout is not None and time.perf_counter() - self.t0 > timeout:
-                future.set_exception(timeout_error(self.job, timeout))
-            else:
-                future.set_result(result)
-        self.future = future
+                self.value, self.error = None, timeout_error(self.job, timeout)
+
+    def done(self) -> bool:
+        """Whether the job has finished."""
+        return self.ran_here or (self.future is not None and self.future.done())
+
+    def outcome(self) -> T:
+        """The value of a job run inline (or its error, raised)."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[no-any-return]
 
 
 class _Deferred(Handle[T]):
@@ -245,6 +262,7 @@ class SyncDriver:
             handle.run_here(self._timeout)
             return handle
         self._launch()  # the caller is about to wait: start deferred calls first
+        handle.started = threading.Event()
         handle.future = self._checks.submit(handle)
         return handle
 
@@ -263,6 +281,8 @@ class SyncDriver:
     def _await(self, effect: Await[Any]) -> Any:
         handle = effect.handle
         if isinstance(handle, _Timed):
+            if handle.ran_here:
+                return handle.outcome()
             assert handle.future is not None
             if not handle.future.done():
                 self._launch()
@@ -283,6 +303,7 @@ class SyncDriver:
         """Seconds left before the job's deadline (waiting for it to start if queued)."""
         if self._timeout is None:
             return None
+        assert handle.started is not None  # only pooled jobs are waited for
         if not handle.started.wait(QUEUE_LIMIT_S):
             assert handle.future is not None
             handle.future.cancel()
@@ -292,9 +313,9 @@ class SyncDriver:
     def _wait_first(self, effect: WaitFirst) -> First:
         # Handles come from this driver's own _start.
         check, read = cast("_Timed[Any]", effect.check), cast("_Deferred[Any]", effect.read)
-        assert check.future is not None
-        if check.future.done():
+        if check.done():
             return "check"
+        assert check.future is not None
         self._launch()
         assert read.future is not None
         done, _ = concurrent.futures.wait(
