@@ -3,6 +3,7 @@
 #   ./dev.sh demo    run the quickstart: a wrapped OpenAI client, guarded end to end
 #   ./dev.sh test    lint (ruff), type-check (mypy --strict) and run the test suite
 #   ./dev.sh bench   run the benchmark suite (quick mode; FULL=1 for the full run)
+#   ./dev.sh mutation  mutation-test the core with mutmut ([tool.mutmut] in pyproject.toml)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,8 +33,22 @@ case "${1:-test}" in
     bench)
         python -m benchmarks ${FULL:+--full}
         ;;
+    mutation)
+        # A fresh run each time: mutants/ holds mutmut's copies, results and cache.
+        rm -rf mutants
+        mutmut run --max-children "${JOBS:-2}"
+        # Per module: mutants, killed, survived, timeouts, no covering test, not run.
+        mutmut results --all true \
+            | sed -E 's/^ *([A-Za-z0-9_.]+)\.x[^:]*: (.*)$/\1 \2/' \
+            | awk '{n[$1]++; c[$1 " " $2]++}
+                END {for (m in n) printf "%-28s %4d mutants %4d killed %3d survived %2d timeout %2d untested %2d unrun %5.1f%%\n",
+                     m, n[m], c[m " killed"], c[m " survived"], c[m " timeout"], c[m " no"], c[m " not"],
+                     100 * c[m " killed"] / n[m]}' \
+            | sort
+        echo "survivors: mutmut results; a mutant's diff: mutmut show NAME"
+        ;;
     *)
-        echo "usage: ./dev.sh [test|demo|bench]" >&2
+        echo "usage: ./dev.sh [test|demo|bench|mutation]" >&2
         exit 2
         ;;
 esac

@@ -234,11 +234,10 @@ class StreamState:
         return all(end <= self._choices[i].passed for i, end in held.ends.items())
 
     def _releasable(self) -> list[Any]:
+        # Once every choice's final check passed, every held chunk is ready (a final
+        # pass covers all the text its choice received): no end-of-stream flush needed.
         out: list[Any] = []
-        while self._held and (
-            self._ready(self._held[0])
-            or (self.finished and all(c.final_passed for c in self._choices.values()))
-        ):
+        while self._held and self._ready(self._held[0]):
             held = self._held.popleft()
             for i in held.finishes:
                 self._choices[i].finish_released = True

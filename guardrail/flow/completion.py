@@ -214,16 +214,11 @@ def completion_flow(
         for pos in keep:
             action, flags = checked.actions[pos]
             trace.took(action, flags=flags)
-        block = None
+        # Every choice ended blocked (with best-of-n: the kept candidate is blocked only
+        # when every candidate is, as blocked ones rank last).
         if len(checked.blocked) == len(completion.choices) > 0:
-            block = checked.blocked[0]  # every choice ended blocked
-        elif all(checked.actions[pos][0] is Action.BLOCK for pos in keep):
-            block = next(  # best-of-n: no candidate passed
-                (o.decision for o in trace.outcomes if o.decision.blocked), None
-            )
-        if block is not None:
             trace.blocked_stage = Stage.RESPONSE
-            raise_if_raising(settings, trace, block)
+            raise_if_raising(settings, trace, checked.blocked[0])
         result = replace_choices(completion, checked.replacements)
         if best_of > 1:
             chosen = result.choices[keep[0]].model_copy(update={"index": 0})

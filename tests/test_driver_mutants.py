@@ -1,0 +1,672 @@
+"""The two drivers, run directly: deadlines, inline checks, scoring, raced calls, streams.
+
+Waits are bounded by events (a test that would hang fails after WAIT_S instead);
+no test asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import logging
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import pytest
+from test_flow import SCRIPT, SHAPES, ask, chunk, completion, policy, stream_of, texts
+
+from guardrail.classifiers.base import Conversation, moderate_many
+from guardrail.errors import ConfigurationError
+from guardrail.flow import (
+    AsyncDriver,
+    CheckPace,
+    FlowSettings,
+    SyncDriver,
+    Trace,
+    check_flow,
+    completion_flow,
+    stream_flow,
+)
+from guardrail.flow.effects import CallUpstream, Classify, Flow, Job, await_job, start_job
+from guardrail.flow.sync_driver import INLINE_AFTER, INLINE_BELOW_S
+from guardrail.reward.base import RewardScore
+from guardrail.testing import ScriptedClassifier
+from guardrail.types import Action, Stage, Verdict
+
+WAIT_S = 5.0
+HI = ask("hello")["messages"]
+
+
+def verdicts(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+    return moderate_many(ScriptedClassifier(SCRIPT), conversations)
+
+
+def warm_pace() -> CheckPace:
+    pace = CheckPace()
+    for _ in range(INLINE_AFTER):
+        pace.record(0.0)
+    return pace
+
+
+@pytest.fixture
+def pools() -> Iterator[tuple[concurrent.futures.Executor, concurrent.futures.Executor]]:
+    checks = concurrent.futures.ThreadPoolExecutor(2)
+    io = concurrent.futures.ThreadPoolExecutor(2)
+    yield checks, io
+    checks.shutdown(wait=True, cancel_futures=True)
+    io.shutdown(wait=True, cancel_futures=True)
+
+
+class Audits(list[Trace]):
+    def __call__(self, trace: Trace) -> None:
+        self.append(trace)
+
+
+def sync_driver(
+    pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor],
+    classify: Any = verdicts,
+    upstream: Any = lambda params: completion("Fine."),
+    **options: Any,
+) -> tuple[SyncDriver, Audits]:
+    audits = Audits()
+    options.setdefault("timeout_s", WAIT_S)
+    checks, io = pools
+    return SyncDriver(classify, upstream, audits, checks=checks, io=io, **options), audits
+
+
+def direct_check(settings: FlowSettings | None = None) -> Flow[Any]:
+    return check_flow(settings or FlowSettings.of(policy()), Stage.PROMPT, HI, None, None)
+
+
+# ---------------------------------------------------------------------- the pace
+
+
+def test_a_check_at_the_handoff_threshold_is_not_fast() -> None:
+    pace = CheckPace()
+    for _ in range(INLINE_AFTER):
+        pace.record(INLINE_BELOW_S)
+    assert not pace.inline
+
+
+def test_a_slow_check_restarts_the_streak_from_zero() -> None:
+    pace = warm_pace()
+    pace.record(1.0)
+    for _ in range(INLINE_AFTER - 1):
+        pace.record(0.0)
+    assert not pace.inline
+    pace.record(0.0)
+    assert pace.inline
+
+
+# ------------------------------------------------------------------- sync checks
+
+
+def test_a_driver_without_a_pace_keeps_its_own(pools: Any) -> None:
+    driver, audits = sync_driver(pools)
+    assert driver.run(direct_check()).action is Action.ALLOW
+    assert len(audits) == 1
+
+
+def test_an_inline_check_runs_on_the_callers_thread_and_is_decided(pools: Any) -> None:
+    threads: list[int] = []
+    stages: list[Stage] = []
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        threads.append(threading.get_ident())
+        stages.append(stage)
+        return verdicts(stage, conversations)
+
+    driver, _ = sync_driver(pools, classify, pace=warm_pace())
+    flow = check_flow(
+        FlowSettings.of(policy()), Stage.PROMPT, ask("a bomb")["messages"], None, None
+    )
+    assert driver.run(flow).rule_id == "block-unsafe-prompt"
+    assert threads == [threading.get_ident()]
+    assert stages == [Stage.PROMPT]
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_failing_check_is_decided_by_the_failure_mode(pools: Any, warm: bool) -> None:
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        raise RuntimeError("guard crashed")
+
+    driver, _ = sync_driver(pools, classify, pace=warm_pace() if warm else CheckPace())
+    decision = driver.run(direct_check())
+    assert decision.rule_id == "failure"
+    assert decision.error == "ClassifierError: the guard failed: RuntimeError: guard crashed"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_check_past_its_deadline_names_its_stage(pools: Any, warm: bool) -> None:
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        time.sleep(0.3)
+        return verdicts(stage, conversations)
+
+    pace = warm_pace() if warm else CheckPace()
+    driver, _ = sync_driver(pools, classify, timeout_s=0.05, pace=pace)
+    decision = driver.run(direct_check())
+    assert decision.action is Action.BLOCK
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+
+
+def test_sync_checks_are_judged_at_their_stage(pools: Any) -> None:
+    stages: list[Stage] = []
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        stages.append(stage)
+        return verdicts(stage, conversations)
+
+    driver, _ = sync_driver(pools, classify)
+    trace = Trace.begin("concurrent")
+    driver.run(completion_flow(FlowSettings.of(policy()), trace, ask("hi"), SHAPES))
+    assert stages == [Stage.PROMPT, Stage.RESPONSE]
+
+
+def test_an_awaited_check_first_starts_the_calls_started_after_it(pools: Any) -> None:
+    # The check waits for the upstream call: it must be running while the flow waits.
+    called = threading.Event()
+
+    def upstream(params: dict[str, Any]) -> Any:
+        called.set()
+        return completion("Fine.")
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        assert called.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    def flow() -> Flow[tuple[list[Verdict], Any]]:
+        check = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+        call = yield from start_job(CallUpstream(ask("hi")))
+        judged = yield from await_job(check)
+        answer = yield from await_job(call)
+        return judged, answer
+
+    driver, _ = sync_driver(pools, classify, upstream)
+    judged, answer = driver.run(flow())
+    assert judged[0].stage is Stage.PROMPT
+    assert answer.choices[0].message.content == "Fine."
+
+
+class Unknown(Job[None]):
+    pass
+
+
+def test_an_unknown_job_is_named(pools: Any) -> None:
+    driver, _ = sync_driver(pools)
+    with pytest.raises(TypeError, match=r"^unexpected job <"):
+        driver.run(start_job(Unknown()))
+
+
+# ------------------------------------------------------------------- sync scores
+
+REWARD = "reward: {models: [{id: r, kind: seqcls, model: /r}]}\n"
+
+
+def test_sync_scores_run_on_a_worker_and_reach_the_trace(pools: Any) -> None:
+    threads: list[int] = []
+
+    def score(conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        threads.append(threading.get_ident())
+        return [RewardScore(score=0.5, model="r") for _ in conversations]
+
+    driver, _ = sync_driver(pools, score=score, pace=warm_pace())
+    trace = Trace.begin("concurrent")
+    driver.run(completion_flow(FlowSettings.of(policy(REWARD)), trace, ask("hi"), SHAPES))
+    assert [(c, s.score) for c, s, _ in trace.rewards] == [(0, 0.5)]
+    assert threads
+    assert threading.get_ident() not in threads
+
+
+def test_sync_scoring_without_a_scorer_is_an_audited_reward_failure(pools: Any) -> None:
+    driver, _ = sync_driver(pools)
+    trace = Trace.begin("concurrent")
+    driver.run(completion_flow(FlowSettings.of(policy(REWARD)), trace, ask("hi"), SHAPES))
+    (where, error), *_ = trace.errors
+    assert where == "reward"
+    assert isinstance(error, ConfigurationError)
+    assert str(error) == "no reward models are configured"
+
+
+# ------------------------------------------------------------ sync raced calls
+
+
+class Stream:
+    """An upstream result that can be closed; reports its closing."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def raced_blocked_prompt(
+    pools: Any, result: Any, caplog: pytest.LogCaptureFixture
+) -> tuple[threading.Event, Any]:
+    """A concurrent call whose raced upstream call is still running when the prompt is blocked."""
+    started, release = threading.Event(), threading.Event()
+
+    def upstream(params: dict[str, Any]) -> Any:
+        started.set()
+        assert release.wait(WAIT_S)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        assert started.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    driver, _ = sync_driver(pools, classify, upstream)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    with caplog.at_level(logging.ERROR):
+        blocked = driver.run(
+            completion_flow(settings, Trace.begin("concurrent"), ask("bomb"), SHAPES)
+        )
+    return release, blocked
+
+
+def test_a_raced_stream_returned_after_a_block_is_closed(
+    pools: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = Stream()
+    release, blocked = raced_blocked_prompt(pools, stream, caplog)
+    assert blocked.choices[0].finish_reason == "content_filter"
+    assert not stream.closed.is_set()
+    release.set()
+    assert stream.closed.wait(WAIT_S)
+
+
+@pytest.mark.parametrize("result", [object(), ConnectionError("late failure")])
+def test_an_abandoned_raced_call_ends_quietly(
+    pools: Any, caplog: pytest.LogCaptureFixture, result: Any
+) -> None:
+    release, _ = raced_blocked_prompt(pools, result, caplog)
+    with caplog.at_level(logging.ERROR):
+        release.set()
+        _, io = pools
+        io.shutdown(wait=True)  # the abandoned call and its callbacks have run
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_an_instant_check_blocks_before_the_upstream_is_ever_called(pools: Any) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def upstream(params: dict[str, Any]) -> Any:
+        calls.append(params)
+        return completion("Fine.")
+
+    driver, audits = sync_driver(pools, upstream=upstream, pace=warm_pace())
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    driver.run(completion_flow(settings, Trace.begin("concurrent"), ask("bomb"), SHAPES))
+    assert calls == []
+    assert len(audits) == 1
+
+
+def test_a_queued_raced_call_is_dropped_before_it_runs(pools: Any) -> None:
+    calls: list[dict[str, Any]] = []
+    io = concurrent.futures.ThreadPoolExecutor(1)
+    busy = threading.Event()
+    io.submit(busy.wait, WAIT_S)  # the raced call queues behind this
+
+    def upstream(params: dict[str, Any]) -> Any:
+        calls.append(params)
+        return completion("Fine.")
+
+    checks, _ = pools
+    driver = SyncDriver(verdicts, upstream, Audits(), timeout_s=WAIT_S, checks=checks, io=io)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    try:
+        driver.run(completion_flow(settings, Trace.begin("concurrent"), ask("bomb"), SHAPES))
+    finally:
+        busy.set()
+        io.shutdown(wait=True)
+    assert calls == []
+
+
+class AsyncClosing:
+    """A result whose close() is a coroutine: a sync driver cannot await it."""
+
+    async def close(self) -> None:
+        raise AssertionError("never awaited")
+
+
+def test_a_sync_driver_never_calls_an_async_close(
+    pools: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        release, _ = raced_blocked_prompt(pools, AsyncClosing(), caplog)
+        release.set()
+        _, io = pools
+        io.shutdown(wait=True)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+# ------------------------------------------------------------------ sync streams
+
+
+class OneShot:
+    """An upstream stream that fails if it is read again after its end."""
+
+    def __init__(self, chunks: Iterator[Any]) -> None:
+        self.chunks = chunks
+        self.ended = False
+        self.closed = False
+
+    def __iter__(self) -> OneShot:
+        return self
+
+    def __next__(self) -> Any:
+        assert not self.ended, "read past the end of the stream"
+        try:
+            return next(self.chunks)
+        except StopIteration:
+            self.ended = True
+            raise
+
+    def close(self) -> None:
+        self.closed = True
+
+
+STREAMING = "streaming: {chunk_chars: 24}\nblock: {behavior: message}\n"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_sync_stream_ends_at_the_upstream_end(pools: Any, warm: bool) -> None:
+    upstream = OneShot(stream_of("Hello there. ", "Bye now."))
+    driver, audits = sync_driver(
+        pools, upstream=lambda params: upstream, pace=warm_pace() if warm else CheckPace()
+    )
+    flow = stream_flow(FlowSettings.of(policy(STREAMING)), Trace.begin("s"), ask("hi"), SHAPES)
+    assert texts(list(driver.stream(flow))) == "Hello there. Bye now."
+    assert upstream.ended
+    assert upstream.closed
+    assert len(audits) == 1
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_checked_text_is_released_before_the_next_chunk_arrives(pools: Any, warm: bool) -> None:
+    seen_first = threading.Event()
+
+    def pieces() -> Iterator[Any]:
+        yield chunk("The weather is nice today. ")
+        # The rest comes only once the caller has the first sentence.
+        assert seen_first.wait(WAIT_S), "the checked sentence was held back"
+        yield chunk("Bye.")
+        yield chunk(None, finish="stop")
+
+    driver, _ = sync_driver(
+        pools, upstream=lambda params: pieces(), pace=warm_pace() if warm else CheckPace()
+    )
+    flow = stream_flow(FlowSettings.of(policy(STREAMING)), Trace.begin("s"), ask("hi"), SHAPES)
+    got = []
+    for piece in driver.stream(flow):
+        got.append(piece)
+        seen_first.set()
+    assert texts(got) == "The weather is nice today. Bye."
+
+
+def test_a_hung_check_times_out_while_the_upstream_stalls(pools: Any) -> None:
+    closed = threading.Event()
+    hang = threading.Event()
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        if stage is Stage.RESPONSE:
+            hang.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    class Stalling:
+        def __init__(self) -> None:
+            self.sent = False
+
+        def __iter__(self) -> Stalling:
+            return self
+
+        def __next__(self) -> Any:
+            if not self.sent:
+                self.sent = True
+                return chunk("The weather is nice today. ")
+            assert closed.wait(WAIT_S), "the stream waited for the upstream, not the check"
+            raise StopIteration
+
+        def close(self) -> None:
+            closed.set()
+
+    driver, audits = sync_driver(pools, classify, upstream=lambda params: Stalling(), timeout_s=0.1)
+    flow = stream_flow(FlowSettings.of(policy(STREAMING)), Trace.begin("s"), ask("hi"), SHAPES)
+    try:
+        got = list(driver.stream(flow))
+    finally:
+        hang.set()
+    assert got[-1].choices[0].finish_reason == "content_filter"
+    (trace,) = audits
+    assert trace.outcomes[-1].decision.rule_id == "failure"
+
+
+# ------------------------------------------------------------------------- async
+
+
+def async_driver(
+    classify: Any = None, upstream: Any = None, **options: Any
+) -> tuple[AsyncDriver, Audits]:
+    async def default_classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        return verdicts(stage, conversations)
+
+    async def default_upstream(params: dict[str, Any]) -> Any:
+        return completion("Fine.")
+
+    audits = Audits()
+    options.setdefault("timeout_s", WAIT_S)
+    driver = AsyncDriver(
+        classify or default_classify, upstream or default_upstream, audits, **options
+    )
+    return driver, audits
+
+
+async def test_async_checks_are_judged_at_their_stage() -> None:
+    stages: list[Stage] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        stages.append(stage)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify)
+    await driver.run(
+        completion_flow(FlowSettings.of(policy()), Trace.begin("c"), ask("hi"), SHAPES)
+    )
+    assert stages == [Stage.PROMPT, Stage.RESPONSE]
+
+
+async def test_an_async_driver_without_a_deadline_runs_checks() -> None:
+    driver, _ = async_driver(timeout_s=None)
+    assert (await driver.run(direct_check())).action is Action.ALLOW
+
+
+async def test_an_async_check_past_its_deadline_names_its_stage() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0.3)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, timeout_s=0.05)
+    decision = await driver.run(direct_check())
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+
+
+async def test_an_async_upstream_call_is_not_held_to_the_check_deadline() -> None:
+    async def upstream(params: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.2)
+        return completion("Fine.")
+
+    driver, _ = async_driver(upstream=upstream, timeout_s=0.1)
+    trace = Trace.begin("sequential")
+    settings = FlowSettings.of(policy("execution: {mode: sequential}\n"))
+    result = await driver.run(completion_flow(settings, trace, ask("hi"), SHAPES))
+    assert result.choices[0].message.content == "Fine."
+
+
+async def test_an_async_upstream_failure_reaches_the_caller() -> None:
+    async def upstream(params: dict[str, Any]) -> Any:
+        raise ConnectionError("down")
+
+    driver, audits = async_driver(upstream=upstream)
+    with pytest.raises(ConnectionError, match="down"):
+        await driver.run(
+            completion_flow(FlowSettings.of(policy()), Trace.begin("c"), ask("hi"), SHAPES)
+        )
+    assert [where for where, _ in audits[0].errors] == ["upstream"]
+
+
+async def test_async_scores_reach_the_trace() -> None:
+    seen: list[int] = []
+
+    async def score(conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        seen.append(len(conversations))
+        return [RewardScore(score=0.5, model="r") for _ in conversations]
+
+    driver, _ = async_driver(score=score)
+    trace = Trace.begin("c")
+    await driver.run(completion_flow(FlowSettings.of(policy(REWARD)), trace, ask("hi"), SHAPES))
+    assert seen == [1]
+    assert [(c, s.score) for c, s, _ in trace.rewards] == [(0, 0.5)]
+
+
+async def test_async_scoring_without_a_scorer_is_an_audited_reward_failure() -> None:
+    driver, _ = async_driver()
+    trace = Trace.begin("c")
+    await driver.run(completion_flow(FlowSettings.of(policy(REWARD)), trace, ask("hi"), SHAPES))
+    (where, error), *_ = trace.errors
+    assert where == "reward"
+    assert str(error) == "no reward models are configured"
+
+
+async def test_an_unknown_job_is_named_by_the_async_driver() -> None:
+    driver, _ = async_driver()
+    with pytest.raises(TypeError, match=r"^unexpected job <"):
+        await driver.run(start_job(Unknown()))
+
+
+class AsyncStream:
+    def __init__(self, chunks: AsyncIterator[Any]) -> None:
+        self.chunks = chunks
+        self.closed = asyncio.Event()
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.chunks.__anext__()
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.parametrize("finished", [False, True])
+async def test_an_async_raced_stream_is_closed_after_a_block(
+    finished: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()  # never set
+    stream = AsyncStream(aiter_of())
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        if not finished:
+            with contextlib.suppress(asyncio.CancelledError):  # a call that ends anyway
+                await release.wait()
+        return stream
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0)  # the raced call starts (and may finish) first
+        await asyncio.sleep(0)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, upstream)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        result = await driver.run(completion_flow(settings, Trace.begin("c"), ask("bomb"), SHAPES))
+        assert result.choices[0].finish_reason == "content_filter"
+        await asyncio.wait_for(stream.closed.wait(), WAIT_S)
+        for _ in range(3):  # the closing task's callbacks run
+            await asyncio.sleep(0)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def aiter_of(*items: Any) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+@pytest.mark.parametrize("result", [object(), ConnectionError("late failure")])
+async def test_an_abandoned_async_call_ends_quietly(
+    caplog: pytest.LogCaptureFixture, result: Any
+) -> None:
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            done.set()
+            raise
+        done.set()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    driver, _ = async_driver(upstream=upstream)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        await driver.run(completion_flow(settings, Trace.begin("c"), ask("bomb"), SHAPES))
+        release.set()
+        await asyncio.wait_for(done.wait(), WAIT_S)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_async_stream_releases_checked_text_before_the_next_chunk() -> None:
+    seen_first = asyncio.Event()
+
+    async def pieces() -> AsyncIterator[Any]:
+        yield chunk("The weather is nice today. ")
+        await asyncio.wait_for(seen_first.wait(), WAIT_S)
+        yield chunk("Bye.")
+        yield chunk(None, finish="stop")
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        return AsyncStream(pieces())
+
+    driver, _ = async_driver(upstream=upstream)
+    flow = stream_flow(FlowSettings.of(policy(STREAMING)), Trace.begin("s"), ask("hi"), SHAPES)
+    got = []
+    async for piece in driver.stream(flow):
+        got.append(piece)
+        seen_first.set()
+    assert texts(got) == "The weather is nice today. Bye."
+
+
+async def test_an_async_hung_check_times_out_while_the_upstream_stalls() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        if stage is Stage.RESPONSE:
+            await asyncio.sleep(WAIT_S)
+        return verdicts(stage, conversations)
+
+    async def stalling() -> AsyncIterator[Any]:
+        yield chunk("The weather is nice today. ")
+        await asyncio.sleep(WAIT_S)
+        raise AssertionError("the stream waited for the upstream, not the check")
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        return AsyncStream(stalling())
+
+    driver, audits = async_driver(classify, upstream, timeout_s=0.1)
+    flow = stream_flow(FlowSettings.of(policy(STREAMING)), Trace.begin("s"), ask("hi"), SHAPES)
+    got = [piece async for piece in driver.stream(flow)]
+    assert got[-1].choices[0].finish_reason == "content_filter"
+    assert audits[0].outcomes[-1].decision.rule_id == "failure"
