@@ -40,39 +40,73 @@ def _policy(extra: str = "") -> Any:
 
 
 def overhead(quick: bool) -> list[Row]:
-    """Wrapped vs raw client, interleaved call by call, with an instant guard."""
+    """Wrapped vs raw client, sync and async, interleaved call by call, with an instant guard."""
     n, warm = (300, 50) if quick else (1500, 100)
     rows: list[Row] = []
     with upstream_process(ANSWER) as url, tempfile.TemporaryDirectory() as tmp:
-        raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
-        for label, sink in (
-            ("audit to JSONL", JsonlSink(Path(tmp) / "audit.jsonl")),
-            ("no audit sink", NullSink()),
-        ):
-            guard = guardrail.Guard(_policy(), classifier=ScriptedClassifier(), sink=sink)
-            wrapped = guardrail.wrap(
-                openai.OpenAI(base_url=url, api_key="k", max_retries=0), guard=guard
-            )
-            raw_t: list[float] = []
-            diff: list[float] = []
-            for i in range(warm + n):
-                t0 = time.perf_counter()
-                raw.chat.completions.create(model="m", messages=MESSAGES)
-                t1 = time.perf_counter()
-                wrapped.chat.completions.create(model="m", messages=MESSAGES)
-                t2 = time.perf_counter()
-                if i >= warm:
-                    raw_t.append(t1 - t0)
-                    diff.append((t2 - t1) - (t1 - t0))
-            guard.close()
-            added = median(diff)
-            rows += [
-                row("b", label, "raw call (median)", median(raw_t) * 1e3, "ms", iqr(raw_t, 1e3)),
-                row("b", label, "added per call (median)", added * 1e6, "us", iqr(diff, 1e6)),
-                row("b", label, "added per call (p99)", percentile(diff, 99) * 1e6, "us"),
-                row("b", label, "added wall time", added / median(raw_t) * 100, "%"),
-            ]
+        for flavour in ("sync", "async"):
+            for label, sink in (
+                ("audit to JSONL", JsonlSink(Path(tmp) / f"{flavour}.jsonl")),
+                ("no audit sink", NullSink()),
+            ):
+                guard = guardrail.Guard(_policy(), classifier=ScriptedClassifier(), sink=sink)
+                if flavour == "sync":
+                    raw_t, diff = _side_by_side(url, guard, n + warm)
+                else:
+                    raw_t, diff = asyncio.run(_aside_by_side(url, guard, n + warm))
+                guard.close()
+                rows += _overhead_rows(f"{flavour}, {label}", raw_t[warm:], diff[warm:])
     return rows
+
+
+def _side_by_side(url: str, guard: guardrail.Guard, n: int) -> tuple[list[float], list[float]]:
+    """Raw call times and (wrapped - raw) differences, the two calls alternating."""
+    raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+    wrapped = guardrail.wrap(openai.OpenAI(base_url=url, api_key="k", max_retries=0), guard=guard)
+    raw_t: list[float] = []
+    diff: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        raw.chat.completions.create(model="m", messages=MESSAGES)
+        t1 = time.perf_counter()
+        wrapped.chat.completions.create(model="m", messages=MESSAGES)
+        t2 = time.perf_counter()
+        raw_t.append(t1 - t0)
+        diff.append((t2 - t1) - (t1 - t0))
+    return raw_t, diff
+
+
+async def _aside_by_side(
+    url: str, guard: guardrail.Guard, n: int
+) -> tuple[list[float], list[float]]:
+    """The async counterpart of :func:`_side_by_side`, on one event loop."""
+    raw = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
+    wrapped = guardrail.wrap(
+        openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0), guard=guard
+    )
+    raw_t: list[float] = []
+    diff: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await raw.chat.completions.create(model="m", messages=MESSAGES)
+        t1 = time.perf_counter()
+        await wrapped.chat.completions.create(model="m", messages=MESSAGES)
+        t2 = time.perf_counter()
+        raw_t.append(t1 - t0)
+        diff.append((t2 - t1) - (t1 - t0))
+    await raw.close()
+    await wrapped.close()
+    return raw_t, diff
+
+
+def _overhead_rows(case: str, raw_t: list[float], diff: list[float]) -> list[Row]:
+    added = median(diff)
+    return [
+        row("b", case, "raw call (median)", median(raw_t) * 1e3, "ms", iqr(raw_t, 1e3)),
+        row("b", case, "added per call (median)", added * 1e6, "us", iqr(diff, 1e6)),
+        row("b", case, "added per call (p99)", percentile(diff, 99) * 1e6, "us"),
+        row("b", case, "added wall time", added / median(raw_t) * 100, "%"),
+    ]
 
 
 # -------------------------------------------------------------- (c) latency hiding

@@ -172,6 +172,7 @@ class Guard:
             self.audit,
             timeout_s=self.policy.execution.timeout_s,
             score=self.ascore,
+            audit_blocks=_blocks(self.sink),
         )
 
     # -- direct checks ----------------------------------------------------------------
@@ -238,3 +239,9 @@ def _no_upstream(params: dict[str, Any]) -> Any:
 
 async def _ano_upstream(params: dict[str, Any]) -> Any:
     raise ConfigurationError("a direct check has no upstream call")
+
+
+def _blocks(sink: AuditSink) -> bool:
+    # Async calls write inline to a sink that never blocks (``blocking = False``:
+    # no fsync, no stream or logger that may wait), else in a worker thread.
+    return not isinstance(sink, NullSink) and getattr(sink, "blocking", True) is not False

@@ -1401,3 +1401,55 @@ def test_guard_with_a_null_sink_builds_nothing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("guardrail.flow.trace.record_dict", fail)
     guard = Guard(Policy.default(), classifier=ScriptedClassifier(), sink=NullSink())
     assert guard.check_prompt([{"role": "user", "content": "hi"}]).action is Action.ALLOW
+
+
+def test_only_sinks_that_may_wait_are_blocking(tmp_path: Path) -> None:
+    assert NullSink().blocking is False
+    assert JsonlSink(tmp_path / "a.jsonl").blocking is False  # page cache: microseconds
+    assert JsonlSink(tmp_path / "b.jsonl", fsync=True).blocking is True
+    assert StreamSink().blocking is True
+    assert LoggerSink().blocking is True
+
+
+class _CustomSink:
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    def write(self, record: AuditRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("fsync", "inline"), [(False, True), (True, False)])
+async def test_an_async_call_writes_off_the_event_loop_only_when_the_sink_may_wait(
+    tmp_path: Path, fsync: bool, inline: bool
+) -> None:
+    sink = JsonlSink(tmp_path / "a.jsonl", fsync=fsync)
+    threads: list[int] = []
+    write_json = sink.write_json
+
+    def spy(data: dict[str, Any]) -> None:
+        threads.append(threading.get_ident())
+        write_json(data)
+
+    sink.write_json = spy  # type: ignore[method-assign]
+    guard = Guard(Policy.default(), classifier=ScriptedClassifier(), sink=sink)
+    await guard.acheck_prompt([{"role": "user", "content": "hi"}])
+    guard.close()
+    assert len(threads) == 1
+    assert (threads[0] == threading.get_ident()) is inline
+    assert len(list(read_records(tmp_path / "a.jsonl"))) == 1
+
+
+async def test_a_sink_that_says_nothing_is_written_off_the_event_loop() -> None:
+    sink = _CustomSink()
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    write = sink.write
+    sink.write = lambda record: (seen.append(threading.get_ident()), write(record))[1]  # type: ignore[method-assign]
+    guard = Guard(Policy.default(), classifier=ScriptedClassifier(), sink=sink)
+    await guard.acheck_prompt([{"role": "user", "content": "hi"}])
+    assert len(sink.records) == 1
+    assert seen[0] != loop_thread

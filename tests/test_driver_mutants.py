@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -32,7 +33,15 @@ from guardrail.flow import (
     completion_flow,
     stream_flow,
 )
-from guardrail.flow.effects import CallUpstream, Classify, Flow, Job, await_job, start_job
+from guardrail.flow.effects import (
+    CallUpstream,
+    Classify,
+    Flow,
+    Job,
+    Start,
+    await_job,
+    start_job,
+)
 from guardrail.flow.sync_driver import INLINE_AFTER, INLINE_BELOW_S
 from guardrail.reward.base import RewardScore
 from guardrail.testing import ScriptedClassifier
@@ -670,3 +679,73 @@ async def test_an_async_hung_check_times_out_while_the_upstream_stalls() -> None
     got = [piece async for piece in driver.stream(flow)]
     assert got[-1].choices[0].finish_reason == "content_filter"
     assert audits[0].outcomes[-1].decision.rule_id == "failure"
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+async def test_an_async_audit_write_runs_inline_only_when_it_never_blocks(blocks: bool) -> None:
+    threads: list[int] = []
+    driver = AsyncDriver(
+        lambda stage, conversations: asyncio.sleep(0, verdicts(stage, conversations)),
+        lambda params: asyncio.sleep(0, completion("Fine.")),
+        lambda trace: threads.append(threading.get_ident()),
+        timeout_s=WAIT_S,
+        audit_blocks=blocks,
+    )
+    await driver.run(direct_check())
+    assert len(threads) == 1
+    assert (threads[0] == threading.get_ident()) is not blocks
+
+
+async def test_an_async_check_answered_within_its_deadline_leaves_no_timer() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0.01)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, timeout_s=3600.0)
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    assert (await driver.run(direct_check())).action is Action.ALLOW
+    live = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert len(live) <= before  # the deadline's timer was cancelled, not left to fire
+
+
+async def test_a_cancelled_async_check_cancels_its_job_and_is_audited() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return verdicts(stage, conversations)
+
+    driver, audits = async_driver(classify)
+    call = asyncio.ensure_future(driver.run(direct_check()))
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert len(audits) == 1  # the abandoned check is still audited...
+    for _ in range(100):  # ...and its job is cancelled by the flow's cleanup
+        if cancelled:
+            break
+        await asyncio.sleep(0.001)
+    assert cancelled == [True]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need Python 3.12")
+async def test_an_async_job_that_never_suspends_is_done_when_started() -> None:
+    current: list[object] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        current.append(asyncio.current_task())
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify)
+    handle = await driver._start(Start(Classify(Stage.PROMPT, ())))  # type: ignore[attr-defined]
+    assert handle.task.done()
+    assert current == [handle.task]  # it ran as its own task, not as the caller

@@ -584,6 +584,25 @@ def test_an_abandoned_stream_still_cleans_up_and_emits_nothing_more() -> None:
     assert not stepper.abandon()  # finished: nothing more to abandon
 
 
+def test_a_check_abandoned_while_awaited_cancels_its_job_then_audits() -> None:
+    script = Script()
+    messages = ask("hi")["messages"]
+    stepper = Stepper(check_flow(FlowSettings.of(policy()), Stage.PROMPT, messages, None, None))
+    start = stepper.next_effect()
+    assert isinstance(start, Start)
+    handle = script.perform(start)
+    stepper.resolve(handle)
+    assert isinstance(stepper.next_effect(), Await)
+    assert stepper.abandon()  # the caller went away while the check ran
+    after: list[Effect] = []
+    while (effect := stepper.next_effect()) is not None:
+        after.append(effect)
+        stepper.resolve(script.perform(effect))
+    assert isinstance(after[0], Cancel)
+    assert after[0].handle is handle
+    assert isinstance(after[-1], Audit)
+
+
 # --------------------------------------------------------------- direct checks
 
 

@@ -1,16 +1,21 @@
 """The async driver: performs a flow's effects with tasks and never blocks the event loop.
 
-Every started job is a task; a check's deadline counts from when it was
-started, and is set (:mod:`guardrail.deadline`) for the code the check runs.
-Audit writes (file I/O, maybe fsync) run in a worker thread.
+Every started job is a task (on Python 3.12+ an eager one: it runs at once
+until it first suspends, so a job that answers without I/O costs no loop
+iteration). A check's deadline counts from when it was started, and is set
+(:mod:`guardrail.deadline`) for the code the check runs. Audit writes that may
+block (an fsync'd file, a stream, a logger) run in a worker thread; a sink
+that never blocks is written inline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
+import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
 from guardrail import deadline
@@ -70,6 +75,10 @@ async def _within(timeout: float | None, start: Callable[[], Awaitable[T]]) -> T
         deadline.leave(token)
 
 
+async def _call(fn: Callable[[T], Awaitable[Any]], arg: T) -> Any:
+    return await fn(arg)
+
+
 async def _next_or_end(stream: Any) -> Any:
     try:
         return await stream.__anext__()
@@ -77,16 +86,34 @@ async def _next_or_end(stream: Any) -> Any:
         return END
 
 
+if sys.version_info >= (3, 12):
+
+    def _task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        # Eager: the job runs now until it first suspends, in its own context and
+        # as its own current task; one that never suspends is done on return.
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return asyncio.Task(coroutine, loop=loop, context=context, eager_start=True)
+
+else:
+
+    def _task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        return asyncio.ensure_future(coroutine)
+
+
 class _Task(Handle[T]):
     """A started job's task and when it started."""
 
     __slots__ = ("t0", "task")
 
-    def __init__(self, job: Job[T], awaitable: Awaitable[T]) -> None:
+    def __init__(self, job: Job[T], coroutine: Coroutine[Any, Any, T]) -> None:
         super().__init__(job)
-        self.task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
-        self.task.add_done_callback(_retrieve)
         self.t0 = time.perf_counter()
+        self.task: asyncio.Future[T] = _task(coroutine)
+        if self.task.done():
+            _retrieve(self.task)
+        else:
+            self.task.add_done_callback(_retrieve)
 
 
 class AsyncDriver:
@@ -101,8 +128,11 @@ class AsyncDriver:
         timeout_s: float | None,
         score: Callable[[Sequence[Conversation]], Awaitable[list[RewardScore | None]]]
         | None = None,
+        audit_blocks: bool = True,
     ) -> None:
+        """``audit_blocks=False`` promises that ``audit`` never blocks: it runs inline."""
         self._classify = classify
+        self._audit_blocks = audit_blocks
         self._score = score
         self._upstream = upstream
         self._audit = audit
@@ -159,7 +189,7 @@ class AsyncDriver:
             pairs = job.conversations
             return _Task(job, _within(self._timeout, lambda: score(pairs)))
         if isinstance(job, CallUpstream):
-            return _Task(job, self._upstream(job.params))
+            return _Task(job, _call(self._upstream, job.params))
         if isinstance(job, ReadChunk):
             return _Task(job, _next_or_end(job.stream))
         raise TypeError(f"unexpected job {job!r}")
@@ -171,13 +201,30 @@ class AsyncDriver:
 
     async def _await(self, effect: Await[Any]) -> Any:
         handle = cast("_Task[Any]", effect.handle)
-        if not handle.job.timed:
-            return await handle.task
+        task = handle.task
+        remaining = self._remaining(handle)
+        if remaining is None or task.done():
+            return await task
+        # Wait for the task or the deadline, whichever comes first, without
+        # cancelling the task when this wait is cancelled (the flow decides that).
+        # Cheaper than wait_for(shield(...)): one future, one timer, no task.
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = asyncio.get_running_loop().call_later(remaining, wake)
         try:
-            return await asyncio.wait_for(asyncio.shield(handle.task), self._remaining(handle))
-        except asyncio.TimeoutError:
-            handle.task.cancel()
-            raise timeout_error(handle.job, self._timeout or 0.0) from None
+            await waiter
+        finally:
+            timer.cancel()
+            task.remove_done_callback(wake)
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise timeout_error(handle.job, self._timeout or 0.0)
 
     async def _wait_first(self, effect: WaitFirst) -> First:
         # Handles come from this driver's own _start.
@@ -201,4 +248,7 @@ class AsyncDriver:
         await effect.stream.close()
 
     async def _write_audit(self, effect: Audit) -> None:
-        await asyncio.to_thread(self._audit, effect.trace)
+        if self._audit_blocks:
+            await asyncio.to_thread(self._audit, effect.trace)
+        else:
+            self._audit(effect.trace)

@@ -160,7 +160,11 @@ def await_job(handle: Handle[T]) -> Flow[T]:
 
 
 def run_job(job: Job[T]) -> Flow[T]:
-    """Start ``job`` and wait for it."""
+    """Start ``job`` and wait for it; a caller that goes away meanwhile cancels it."""
     handle: Handle[T] = yield Start(job)
-    value: T = yield Await(handle)
+    try:
+        value: T = yield Await(handle)
+    except Abandoned:
+        yield Cancel(handle)
+        raise
     return value
