@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from guardrail.audit.build import RECOVERY_KIND, event_dict
 from guardrail.audit.chain import HashChain
 from guardrail.audit.checkpoints import append_checkpoint, checkpoint_dict, default_checkpoint_path
 from guardrail.audit.keys import AuditKey
+from guardrail.audit.kinds import RECOVERY_KIND, event_dict
 from guardrail.audit.logfile import (
     TORN_LINE,
     count_lines,

@@ -20,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from guardrail.audit.build import event_dict
+from guardrail.audit.kinds import event_dict
 from guardrail.audit.record import AuditRecord
 from guardrail.errors import AuditError
 
