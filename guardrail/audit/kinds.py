@@ -38,7 +38,7 @@ and records of other kinds are told apart by their ``kind`` field."""
 CALL_KIND = "call"
 """The kind of a guarded call's record; implied by the absence of a ``kind`` field."""
 EVENT_KIND = "event"
-"""The kind of an event record (:func:`~guardrail.audit.sinks.write_event`)."""
+"""The kind of an event record (:func:`~guardrail.audit.sinkbase.write_event`)."""
 RECOVERY_KIND = "recovery"
 """The kind of the record a JSONL sink writes after moving a torn last line aside."""
 RECORD_KINDS = (CALL_KIND, EVENT_KIND, RECOVERY_KIND)
