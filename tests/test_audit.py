@@ -1175,7 +1175,15 @@ def test_the_write_side_imports_no_read_side_module() -> None:
     # keys (the audit key) is a leaf both sides may use.
     assert audit_imports("keys") == set()
     assert audit_imports("params") == {"guardrail.audit.keys"}
-    assert audit_imports("build") == {"guardrail.audit.params", "guardrail.audit.keys"}
+    assert audit_imports("kinds") == set()
+    assert audit_imports("summaries") == set()
+    assert audit_imports("content") == {"guardrail.audit.params", "guardrail.audit.keys"}
+    assert audit_imports("build") == {
+        "guardrail.audit.params",
+        "guardrail.audit.content",
+        "guardrail.audit.kinds",
+        "guardrail.audit.summaries",
+    }
     assert audit_imports("record") == {"guardrail.audit.build", "guardrail.audit.params"}
 
 

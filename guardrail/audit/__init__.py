@@ -12,11 +12,17 @@ or, for sinks that take models, the same dict validated::
     sink.write(record)  # record.to_json_dict() == data
 
 - :mod:`~guardrail.audit.params`: :class:`RecordParams`, the parameters of a record;
-- :mod:`~guardrail.audit.build`: the write side, :func:`record_dict` and :func:`content_view`;
+- :mod:`~guardrail.audit.build`: the write side, :func:`record_dict`, with its parts:
+  :mod:`~guardrail.audit.content` (content modes, :func:`content_view`),
+  :mod:`~guardrail.audit.summaries` (:func:`stage_dict`, a check's JSON form) and
+  :mod:`~guardrail.audit.kinds` (record kinds, times, :func:`event_dict`);
 - :mod:`~guardrail.audit.record`: the read side, :class:`AuditRecord` and its parts;
 - :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`;
-- :mod:`~guardrail.audit.sinks`: JSONL file, stdout, app logger and null sinks, and
-  :func:`write_event` for records that are not guarded calls;
+- :mod:`~guardrail.audit.sinkbase`: the :class:`AuditSink` protocol, the null sink,
+  and :func:`write_event` for records that are not guarded calls;
+- :mod:`~guardrail.audit.jsonl`: :class:`JsonlSink`, the JSON-lines file sink;
+- :mod:`~guardrail.audit.sinks`: stdout and app logger sinks, and the sink a
+  policy's ``audit`` section names (:func:`sink_from_config`);
 - :mod:`~guardrail.audit.logfile`: a JSONL log's bytes: its tail, and torn tails
   moved aside after a crash (crash recovery);
 - :mod:`~guardrail.audit.keys`: :class:`AuditKey`, keyed content hashes and signatures;

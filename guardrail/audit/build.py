@@ -5,38 +5,45 @@
 :class:`~guardrail.types.Decision` objects, latencies, errors, the texts) and
 returns the record as its plain JSON dict, in one pass and without building any
 model: this is the engine's hot path, and the dict goes straight to a sink's
-``write_json``. :func:`stage_dict` does the same for one check.
+``write_json``.
 
 The dicts are laid out exactly as the read-side models of
 :mod:`guardrail.audit.record` dump them (``model_dump(mode="json")``): the same
 keys in the same order, enums as their values, tuples as lists, ints given for
 floats as floats. Those models validate these dicts (``AuditRecord.build`` is
-:func:`record_dict`, validated) and import this module, never the reverse.
+:func:`record_dict`, validated) and import the write side, never the reverse.
 
-What is kept of the prompt and response text is set by the content mode
-(:func:`content_view`); times are written by :func:`iso_ms`.
-
-Records that are not guarded calls (a crash recovery, an event such as a
-circuit breaker's transition) are built by :func:`event_dict`: they carry a
-``kind`` field, which call records never have (see :data:`RECORD_KINDS`).
+The write side's parts, each its own module and re-exported here:
+:mod:`~guardrail.audit.content` (what is kept of the prompt and response text,
+:func:`content_view`), :mod:`~guardrail.audit.summaries` (the JSON form of one
+check, :func:`stage_dict`, and of its verdict and decision) and
+:mod:`~guardrail.audit.kinds` (the layout version, the record kinds, times, and
+:func:`event_dict` for records that are not guarded calls).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from guardrail.audit.keys import AuditKey
+from guardrail.audit.content import check_content_mode, content_view, view_text
+from guardrail.audit.kinds import (
+    CALL_KIND,
+    EVENT_KIND,
+    RECORD_KINDS,
+    RECOVERY_KIND,
+    SCHEMA_VERSION,
+    as_utc,
+    check_event_names,
+    event_dict,
+    iso_ms,
+    utc_now,
+)
 from guardrail.audit.params import (
-    CONTENT_MODES,
     DEFAULT_TRUNCATE_CHARS,
-    ContentMode,
     ErrorLike,
     LatencyLike,
     PolicyLike,
@@ -44,113 +51,39 @@ from guardrail.audit.params import (
     StageLike,
     check_params,
 )
-from guardrail.errors import ConfigurationError
-from guardrail.types import Action, Decision, Stage, Verdict
+from guardrail.audit.summaries import (
+    decision_dict,
+    error_info_dict,
+    json_float,
+    stage_dict,
+    verdict_dict,
+)
+from guardrail.types import Action, Decision, Stage
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from guardrail.audit.params import RecordParams
 
-SCHEMA_VERSION = 1
-"""The record layout version written by this release (``schema_version``).
-
-Still 1: a call record's layout is unchanged (old logs verify byte for byte),
-and records of other kinds are told apart by their ``kind`` field."""
-
-CALL_KIND = "call"
-"""The kind of a guarded call's record; implied by the absence of a ``kind`` field."""
-EVENT_KIND = "event"
-"""The kind of an event record (:func:`~guardrail.audit.sinks.write_event`)."""
-RECOVERY_KIND = "recovery"
-"""The kind of the record a JSONL sink writes after moving a torn last line aside."""
-RECORD_KINDS = (CALL_KIND, EVENT_KIND, RECOVERY_KIND)
-"""The kinds this release writes. Readers accept any other kind as an event-like record."""
-
-
-# ------------------------------------------------------------------ content and time
-
-
-def content_view(
-    text: str | None,
-    mode: ContentMode | str,
-    truncate_chars: int = DEFAULT_TRUNCATE_CHARS,
-    *,
-    key: AuditKey | None = None,
-) -> str | None:
-    """What an audit record keeps of ``text`` under a content mode.
-
-    - ``full``: the text as it is;
-    - ``truncated``: the first ``truncate_chars`` characters plus ``…[+K chars]``
-      when ``K`` more were cut (short texts are kept whole);
-    - ``hash``: without ``key``, ``sha256:<hex>`` of the UTF-8 text, enough to tell
-      whether a known text was sent without storing it (an unkeyed hash: anyone can
-      recover a short or guessable text by hashing candidates); with ``key``,
-      ``hmac-sha256:<hex>`` (:meth:`AuditKey.content_hash
-      <guardrail.audit.keys.AuditKey.content_hash>`), which only a holder of the
-      key can compute, so only they can match or guess texts; a lone surrogate,
-      which UTF-8 cannot encode, is hashed as its three-byte form (``surrogatepass``);
-    - ``none``: ``None``.
-
-    ``None`` text stays ``None`` in every mode (e.g. no response for a blocked prompt).
-    """
-    return _view(text, check_content_mode(mode), truncate_chars, key)
-
-
-def _view(
-    text: str | None, mode: ContentMode, truncate_chars: int, key: AuditKey | None = None
-) -> str | None:
-    if mode == "full" or text is None:
-        return text
-    if mode == "truncated":
-        if truncate_chars < 0:
-            raise ConfigurationError(f"truncate_chars must be >= 0, got {truncate_chars}")
-        extra = len(text) - truncate_chars
-        return text if extra <= 0 else f"{text[:truncate_chars]}…[+{extra} chars]"
-    if mode == "hash":
-        data = text.encode("utf-8", "surrogatepass")
-        if key is not None:
-            return key.content_hash(data)
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-    return None
-
-
-def check_content_mode(mode: str) -> ContentMode:
-    """Return ``mode`` as a :data:`ContentMode`, or raise ConfigurationError naming the choices."""
-    for known in CONTENT_MODES:
-        if mode == known:
-            return known
-    raise ConfigurationError(
-        f"unknown audit content mode {mode!r}; expected one of {', '.join(CONTENT_MODES)}"
-    )
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
-
-
-def as_utc(value: datetime) -> datetime:
-    """A datetime in UTC: naive values are taken as UTC, aware ones are converted.
-
-    Every record (and every time filter) compares on this one clock.
-    """
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def iso_ms(value: datetime) -> str:
-    """A UTC datetime as written in records: ``2026-11-03T12:34:56.789Z``."""
-    # isoformat is several times faster than strftime; the value is UTC, so the
-    # "+00:00" suffix is replaced by "Z".
-    text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    return text[:-6] + "Z"
-
-
-# ------------------------------------------------------------------ the JSON form
-#
-# Enum values are read with ``_value_`` (``.value`` is a slow descriptor).
+__all__ = [
+    "CALL_KIND",
+    "EVENT_KIND",
+    "RECORD_KINDS",
+    "RECOVERY_KIND",
+    "SCHEMA_VERSION",
+    "as_utc",
+    "check_content_mode",
+    "check_event_names",
+    "content_view",
+    "decision_dict",
+    "error_info_dict",
+    "event_dict",
+    "iso_ms",
+    "record_dict",
+    "stage_dict",
+    "utc_now",
+    "verdict_dict",
+]
 
 # Precedence when deriving a call's final action from its checks (by action value).
 _ACTION_RANK = {"allow": 0, "flag": 1, "rewrite": 2, "block": 3}
@@ -169,16 +102,11 @@ _ERROR_DEFAULTS: dict[str, Any] = {"stage": None, "type": _REQUIRED, "message": 
 _LATENCY_DEFAULTS: dict[str, Any] = {"guard_s": 0.0, "upstream_s": None, "total_s": 0.0}
 
 
-def _float(value: Any) -> Any:
-    # A float field given an int (or bool) holds a float, as pydantic coerces it.
-    return float(value) if isinstance(value, int) else value
-
-
 def _finite(value: Any) -> Any:
     # A non-finite reward score is recorded as None (JSON has no NaN).
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    return _float(value)
+    return json_float(value)
 
 
 def _enum_value(value: Any) -> Any:
@@ -199,96 +127,6 @@ def _from_mapping(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict
     if not given.keys() <= defaults.keys():
         out.update((k, v) for k, v in given.items() if k not in out)
     return out
-
-
-def error_info_dict(error: BaseException | str) -> dict[str, Any]:
-    """The JSON form of an ``ErrorInfo``: an exception's class name and message.
-
-    A bare message is typed ``error``.
-    """
-    if isinstance(error, BaseException):
-        return {"type": type(error).__name__, "message": str(error)}
-    return {"type": "error", "message": error}
-
-
-def _probs(probs: Mapping[str, float]) -> dict[str, float]:
-    return {k: _float(p) for k, p in probs.items()}
-
-
-def verdict_dict(v: Verdict) -> dict[str, Any]:
-    """The JSON form of a ``VerdictSummary``: a verdict without its raw text, model or latency."""
-    # The None and empty checks skip calls and comprehensions in the common case.
-    category = v.category
-    categories = v.categories
-    level_probs = v.level_probs
-    category_probs = v.category_probs
-    refusal_probs = v.refusal_probs
-    components = v.components
-    return {
-        "level": v.level._value_,
-        "category": category._value_ if category is not None else None,
-        "categories": [c._value_ for c in categories] if categories else [],
-        "refusal": v.refusal,
-        "level_probs": _probs(level_probs) if level_probs is not None else None,
-        "category_probs": _probs(category_probs) if category_probs is not None else None,
-        "refusal_probs": _probs(refusal_probs) if refusal_probs is not None else None,
-        "part": v.part,
-        "truncated": v.truncated,
-        "skipped_parts": list(v.skipped_parts),
-        "components": [verdict_dict(c) for c in components] if components else [],
-    }
-
-
-def decision_dict(decision: Decision) -> dict[str, Any]:
-    """The JSON form of a ``DecisionSummary`` (the decision's verdict is left out)."""
-    rewrite = decision.rewrite
-    return {
-        "action": decision.action._value_,
-        "rule_id": decision.rule_id,
-        "reason": decision.reason,
-        "flags": list(decision.flags),
-        "rewrite": rewrite.mode._value_ if rewrite is not None else None,
-        "retry": decision.retry is not None,
-    }
-
-
-def stage_dict(
-    decision: Decision,
-    *,
-    verdict: Verdict | None = None,
-    latency_s: float | None = None,
-    error: BaseException | str | None = None,
-    attempt: int = 1,
-    candidate: int | None = None,
-    raw_text: bool = False,
-) -> dict[str, Any]:
-    """The JSON form of one check, from the policy's decision.
-
-    ``verdict`` defaults to ``decision.verdict`` and ``latency_s`` to the
-    verdict's latency. ``error`` is the guard's exception when it failed
-    (``decision.error`` is used when not given). ``attempt`` is 1 for the first
-    check, 2, 3... for regenerations and retries; ``candidate`` the choice index
-    when the upstream returned several. ``raw_text`` keeps the verdict's raw
-    output; :func:`record_dict` drops it again unless the content mode is ``full``.
-
-    What ``StageRecord.from_decision(...)`` validates; :func:`record_dict`
-    accepts it as a stage, at a fraction of the cost of a ``StageRecord``.
-    """
-    v = verdict if verdict is not None else decision.verdict
-    if error is None:
-        error = decision.error
-    if latency_s is None:
-        latency_s = v.latency_s if v is not None else 0.0
-    return {
-        "stage": decision.stage._value_,
-        "verdict": verdict_dict(v) if v is not None else None,
-        "decision": decision_dict(decision),
-        "latency_s": _float(latency_s),
-        "error": error_info_dict(error) if error is not None else None,
-        "attempt": attempt,
-        "candidate": candidate,
-        "raw_text": v.raw_text if raw_text and v is not None else None,
-    }
 
 
 def _policy_dict(policy: PolicyLike | Mapping[str, str]) -> dict[str, Any]:
@@ -336,9 +174,9 @@ def _latency_dict(latency: LatencyLike | Mapping[str, float | None]) -> dict[str
         }
     if latency.keys() <= _LATENCY_DEFAULTS.keys():
         return {
-            "guard_s": _float(latency.get("guard_s", 0.0)),
-            "upstream_s": _float(latency.get("upstream_s")),
-            "total_s": _float(latency.get("total_s", 0.0)),
+            "guard_s": json_float(latency.get("guard_s", 0.0)),
+            "upstream_s": json_float(latency.get("upstream_s")),
+            "total_s": json_float(latency.get("total_s", 0.0)),
         }
     return _from_mapping(_LATENCY_DEFAULTS, latency)  # unknown keys: left to validation
 
@@ -380,8 +218,8 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     keep_raw = cmode == "full"
     content = {
         "mode": cmode,
-        "prompt": _view(params.get("prompt"), cmode, truncate_chars, key),
-        "response": _view(params.get("response"), cmode, truncate_chars, key),
+        "prompt": view_text(params.get("prompt"), cmode, truncate_chars, key),
+        "response": view_text(params.get("response"), cmode, truncate_chars, key),
     }
     entries: list[dict[str, Any]] = []
     first_model = ""
@@ -453,61 +291,6 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
         "latency": lat,
         "errors": error_entries,
         "content": content,
-        "prev_hash": "",
-        "hash": "",
-    }
-
-
-# ------------------------------------------------------------------ records of other kinds
-
-_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-
-
-def check_event_names(kind: str, event: str) -> None:
-    """Raise ConfigurationError unless ``kind`` and ``event`` are valid record names.
-
-    ``kind``: lower-case letters, digits and ``_``, not ``call`` (a call record has
-    no ``kind`` field); ``event``: 1-100 letters, digits and ``_.:-``.
-    """
-    if not isinstance(kind, str) or not _KIND.match(kind) or kind == CALL_KIND:
-        raise ConfigurationError(
-            f"audit record kind {kind!r} is not valid: lower-case letters, digits and _, "
-            f"and not {CALL_KIND!r} (call records have no kind field)"
-        )
-    if not isinstance(event, str) or not _EVENT_TYPE.match(event):
-        raise ConfigurationError(
-            f"audit event type {event!r} is not valid: 1-100 letters, digits and _.:- "
-            "(e.g. 'breaker.open')"
-        )
-
-
-def event_dict(
-    event: str,
-    details: Mapping[str, Any] | None = None,
-    *,
-    kind: str = EVENT_KIND,
-    time: datetime | None = None,
-) -> dict[str, Any]:
-    """A record that is not a guarded call, as its plain JSON dict (ready for ``write_json``).
-
-    ``{"schema_version": 1, "kind": kind, "time": ..., "type": event, "details":
-    {...}, "prev_hash": "", "hash": ""}``: chained like every record. ``event``
-    names what happened (``breaker.open``); ``details`` holds JSON values under
-    string keys (a value JSON cannot hold exactly makes the write raise
-    ``AuditError``). ``time`` defaults to now (naive datetimes are UTC).
-    """
-    check_event_names(kind, event)
-    if details is None:
-        details = {}
-    if not isinstance(details, Mapping) or not all(isinstance(k, str) for k in details):
-        raise ConfigurationError("audit event details must be a mapping with string keys")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": kind,
-        "time": iso_ms(utc_now() if time is None else as_utc(time)),
-        "type": event,
-        "details": dict(details),
         "prev_hash": "",
         "hash": "",
     }

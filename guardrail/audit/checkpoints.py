@@ -34,9 +34,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from guardrail.audit.build import iso_ms, utc_now
 from guardrail.audit.chain import canonical_json
 from guardrail.audit.keys import HMAC_PREFIX, AuditKey
+from guardrail.audit.kinds import iso_ms, utc_now
 from guardrail.errors import AuditError
 
 CHECKPOINT_VERSION = 1

@@ -1,6 +1,6 @@
 """The bytes of a JSON-lines audit log on disk: its tail, its line count, torn tails.
 
-What :class:`~guardrail.audit.sinks.JsonlSink` does to the file besides appending,
+What :class:`~guardrail.audit.jsonl.JsonlSink` does to the file besides appending,
 written once here. Every function works on an open descriptor whose caller holds
 the log's lock (the sink's ``flock``), so no other writer changes the file meanwhile.
 

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from guardrail.audit.build import CALL_KIND
 from guardrail.audit.chain import GENESIS_HASH, VerifyResult, verify_chain
+from guardrail.audit.kinds import CALL_KIND
 from guardrail.audit.record import AuditEntry, AuditRecord, EventRecord, parse_entry
 from guardrail.errors import AuditError
 from guardrail.types import Stage

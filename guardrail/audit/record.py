@@ -303,7 +303,7 @@ class EventRecord(_Model):
     ``kind`` says what sort of record it is: ``recovery`` (a JSONL sink moved a
     torn last line aside; ``details`` name the quarantine file and the moved
     bytes' ``sha256`` and length) or ``event`` (written by
-    :func:`~guardrail.audit.sinks.write_event`, e.g. a circuit breaker's
+    :func:`~guardrail.audit.sinkbase.write_event`, e.g. a circuit breaker's
     transition); readers accept other kinds of this layout too. ``type`` names
     what happened and ``details`` holds its JSON facts.
     """

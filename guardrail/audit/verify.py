@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from guardrail.audit.build import CALL_KIND, RECOVERY_KIND
 from guardrail.audit.chain import VerifyResult
 from guardrail.audit.checkpoints import BadCheckpoint, Checkpoint, read_checkpoints
 from guardrail.audit.keys import AuditKey
+from guardrail.audit.kinds import CALL_KIND, RECOVERY_KIND
 from guardrail.audit.reader import verify_file
 from guardrail.errors import ConfigurationError
 

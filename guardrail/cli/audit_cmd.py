@@ -25,10 +25,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from guardrail.audit.build import RECORD_KINDS, iso_ms
 from guardrail.audit.chain import record_line
 from guardrail.audit.checkpoints import default_checkpoint_path
 from guardrail.audit.keys import AuditKey
+from guardrail.audit.kinds import RECORD_KINDS, iso_ms
 from guardrail.audit.reader import (
     RecordFilter,
     Summary,

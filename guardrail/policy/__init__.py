@@ -1,6 +1,10 @@
 """Declarative policies: what to do with each verdict, loaded from strict YAML.
 
-- :mod:`~guardrail.policy.schema`: the frozen pydantic models of a policy file;
+- :mod:`~guardrail.policy.schema`: the frozen pydantic models of a policy file, by
+  concern in :mod:`~guardrail.policy.fields` (strict base, scalars),
+  :mod:`~guardrail.policy.backends` (guard, reward models, breakers),
+  :mod:`~guardrail.policy.handling` (execution, failure, block, streaming, audit,
+  defaults) and :mod:`~guardrail.policy.rules` (conditions, rules);
 - :mod:`~guardrail.policy.loader`: YAML -> :class:`Policy`, with every error located
   by file, line, column and field path;
 - :mod:`~guardrail.policy.humanize`: the wording of those errors (did you mean,

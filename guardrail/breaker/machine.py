@@ -1,32 +1,8 @@
-"""Circuit breakers: a backend that keeps failing is left alone until it may have recovered.
+"""The circuit breaker's state machine: admit a call, or fail it fast; count outcomes.
 
-Without one, every check against a dead guard server pays its full cost (all
-retries, or a whole timeout when the server hangs), call after call. A
-:class:`CircuitBreaker` watches one backend's outcomes and moves between three
-states::
-
-    closed --(N consecutive failures, or a failure rate over a window)--> open
-    open --(cool-down passed; the next call is admitted as a trial)--> half_open
-    half_open --(enough trial calls succeeded)--> closed
-    half_open --(a trial call failed)--> open
-
-While open (and, while half-open, beyond the trial calls admitted) calls fail
-fast, unsent, with :class:`~guardrail.errors.CircuitOpenError`; the policy's
-failure mode decides the check as for any guard failure. Every transition is
-reported as a :class:`BreakerTransition` to ``on_transition``.
-
-A call admitted with a deadline that is still running when the deadline passes
-counts as failed from then on (its late outcome is ignored): a hanging backend
-trips the breaker even where the hung call cannot be interrupted (a sync
-check on a worker thread, a local model).
-
-The state machine is pure: time comes from an injectable ``clock`` (monotonic
-seconds), no thread or I/O is started, and its lock is held only for a few
-counter updates, so sync and async callers share it without blocking an event
-loop. :class:`BreakerClassifier` and :class:`BreakerScorer` put one in front of
-any :class:`~guardrail.classifiers.base.Classifier` or
-:class:`~guardrail.reward.base.RewardScorer` (:mod:`guardrail.parts` does so for
-the policy's backends).
+Pure: time comes from an injectable ``clock`` (monotonic seconds), no thread or
+I/O is started, and its lock is held only for a few counter updates, so sync and
+async callers share one :class:`CircuitBreaker` without blocking an event loop.
 """
 
 from __future__ import annotations
@@ -37,132 +13,22 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from enum import Enum
-from typing import Any, TypeVar
+from collections.abc import Callable
 
-from guardrail import deadline
-from guardrail.classifiers.base import Classifier
+from guardrail.breaker.transitions import (
+    BreakerSettings,
+    BreakerState,
+    BreakerTransition,
+    TransitionCallback,
+)
 from guardrail.errors import CircuitOpenError, ConfigurationError, InputError
-from guardrail.qwen3guard import GuardInput
-from guardrail.reward.base import RewardPair, RewardScore, RewardScorer
-from guardrail.types import Verdict
 
-__all__ = [
-    "BreakerClassifier",
-    "BreakerScorer",
-    "BreakerSettings",
-    "BreakerState",
-    "BreakerTransition",
-    "CircuitBreaker",
-    "Permit",
-    "TransitionCallback",
-    "log_transition",
-]
-
-R = TypeVar("R")
+__all__ = ["CircuitBreaker", "Permit"]
 
 _BUCKETS = 10
 """The failure-rate window is kept as this many buckets (a tenth of it each)."""
 
 _OVERDUE = "no answer within its deadline"
-
-
-class BreakerState(str, Enum):
-    """Where a breaker stands."""
-
-    CLOSED = "closed"
-    """Calls go through; failures are counted."""
-    OPEN = "open"
-    """Calls fail fast until the cool-down has passed."""
-    HALF_OPEN = "half_open"
-    """A few trial calls go through; the others fail fast until they succeed."""
-
-
-@dataclass(frozen=True)
-class BreakerSettings:
-    """When a breaker opens, how long it stays open, and how it closes again.
-
-    ``failures``: consecutive failed calls that open it (``None``: no such
-    trigger). ``failure_rate``: the failed share of the calls made in the last
-    ``window_s`` seconds that opens it, counted once at least ``min_calls`` calls
-    were made in the window (``None``: no such trigger). ``cooldown_s``: how long
-    it stays open. ``probes``: trial calls admitted at once while half-open;
-    ``successes``: consecutive successful trial calls that close it (one failed
-    trial call opens it again).
-    """
-
-    failures: int | None = 5
-    failure_rate: float | None = 0.5
-    window_s: float = 30.0
-    min_calls: int = 20
-    cooldown_s: float = 10.0
-    probes: int = 1
-    successes: int = 2
-
-    def __post_init__(self) -> None:
-        if self.failures is None and self.failure_rate is None:
-            raise ConfigurationError("a breaker needs failures or failure_rate to open on")
-        if self.failures is not None and self.failures < 1:
-            raise ConfigurationError(f"failures must be at least 1, got {self.failures!r}")
-        if self.failure_rate is not None and not 0 < self.failure_rate <= 1:
-            raise ConfigurationError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
-        for name in ("window_s", "cooldown_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-        for name in ("min_calls", "probes", "successes"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class BreakerTransition:
-    """One change of a breaker's state, and why."""
-
-    backend: str
-    """The breaker's backend: ``guard``, or ``reward:<model id>``."""
-    from_state: BreakerState
-    to_state: BreakerState
-    reason: str
-    """Why, in words: ``5 consecutive failures (last: GuardConnectionError)``..."""
-    consecutive_failures: int
-    """Failed calls in a row when it happened."""
-    window_calls: int
-    """Calls counted in the failure-rate window when it happened (cleared on closing)."""
-    window_failures: int
-    """Failed calls among them."""
-    at: float
-    """When, as a ``time.time()`` timestamp."""
-
-    @property
-    def event(self) -> str:
-        """The audit event's name: ``breaker.open``, ``breaker.half_open``, ``breaker.closed``."""
-        return f"breaker.{self.to_state.value}"
-
-    @property
-    def time(self) -> datetime:
-        """When, as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.at, timezone.utc)
-
-    def details(self) -> dict[str, Any]:
-        """The transition's facts as JSON values (an audit event's details)."""
-        return {
-            "backend": self.backend,
-            "from": self.from_state.value,
-            "to": self.to_state.value,
-            "reason": self.reason,
-            "consecutive_failures": self.consecutive_failures,
-            "window_calls": self.window_calls,
-            "window_failures": self.window_failures,
-        }
-
-
-TransitionCallback = Callable[[BreakerTransition], None]
-"""Told of every transition, outside the breaker's lock, on the thread (or event
-loop) of the call that caused it. What it raises reaches that call."""
 
 
 class Permit:
@@ -206,7 +72,7 @@ class _Window:
 
 
 class CircuitBreaker:
-    """The breaker of one backend (see the module doc); thread-safe and asyncio-safe.
+    """The breaker of one backend (see :mod:`guardrail.breaker`); thread-safe and asyncio-safe.
 
     ``backend`` names it in errors and transitions. ``clock`` gives monotonic
     seconds (deadlines handed to :meth:`acquire` are on the same clock).
@@ -427,99 +293,3 @@ class CircuitBreaker:
         if self._on_transition is not None:
             for transition in notes:
                 self._on_transition(transition)
-
-
-# ------------------------------------------------------------------------ wrappers
-
-
-def _guarded(breaker: CircuitBreaker, fn: Callable[[], R]) -> R:
-    permit = breaker.acquire(deadline.current())
-    try:
-        result = fn()
-    except BaseException as exc:
-        breaker.ended(permit, exc)
-        raise
-    breaker.succeeded(permit)
-    return result
-
-
-async def _aguarded(breaker: CircuitBreaker, fn: Callable[[], Awaitable[R]]) -> R:
-    permit = breaker.acquire(deadline.current())
-    try:
-        result = await fn()
-    except BaseException as exc:
-        breaker.ended(permit, exc)
-        raise
-    breaker.succeeded(permit)
-    return result
-
-
-class BreakerClassifier:
-    """A :class:`~guardrail.classifiers.base.Classifier` behind a :class:`CircuitBreaker`.
-
-    Each ``classify`` call is one call of the breaker, with the running check's
-    deadline (:mod:`guardrail.deadline`); ``inner`` is the wrapped classifier.
-    """
-
-    def __init__(self, inner: Classifier, breaker: CircuitBreaker) -> None:
-        self.inner = inner
-        self.breaker = breaker
-
-    def __repr__(self) -> str:
-        return f"BreakerClassifier({self.inner!r}, {self.breaker!r})"
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped classifier's model id."""
-        return self.inner.model_id
-
-    def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
-        """The wrapped ``classify``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
-        return _guarded(self.breaker, lambda: self.inner.classify(inputs))
-
-    async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
-        """Async twin of :meth:`classify`."""
-        return await _aguarded(self.breaker, lambda: self.inner.aclassify(inputs))
-
-
-class BreakerScorer:
-    """A :class:`~guardrail.reward.base.RewardScorer` behind a :class:`CircuitBreaker`."""
-
-    def __init__(self, inner: RewardScorer, breaker: CircuitBreaker) -> None:
-        self.inner = inner
-        self.breaker = breaker
-
-    def __repr__(self) -> str:
-        return f"BreakerScorer({self.inner!r}, {self.breaker!r})"
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped scorer's model id."""
-        return self.inner.model_id
-
-    def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
-        """The wrapped ``score``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
-        return _guarded(self.breaker, lambda: self.inner.score(pairs))
-
-    async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
-        """Async twin of :meth:`score`."""
-        return await _aguarded(self.breaker, lambda: self.inner.ascore(pairs))
-
-
-def log_transition(transition: BreakerTransition) -> None:
-    """Log a transition on the ``guardrail`` structlog logger (a warning when it opens)."""
-    import structlog  # bound on use: the application configures structlog first
-
-    log = structlog.get_logger("guardrail")
-    report = log.warning if transition.to_state is BreakerState.OPEN else log.info
-    report(
-        "circuit_breaker",
-        backend=transition.backend,
-        from_state=transition.from_state.value,
-        to_state=transition.to_state.value,
-        reason=transition.reason,
-        consecutive_failures=transition.consecutive_failures,
-        window_calls=transition.window_calls,
-        window_failures=transition.window_failures,
-        at=transition.at,
-    )
