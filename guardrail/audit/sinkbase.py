@@ -44,7 +44,14 @@ _S = TypeVar("_S", bound="SinkBase")
 
 
 class SinkBase:
-    """What the built-in sinks share: ``write`` by way of ``write_json``, context management."""
+    """What the built-in sinks share: ``write`` by way of ``write_json``, context management.
+
+    ``blocking`` says whether a write may wait (on the disk, a pipe, a logging
+    handler): async calls hand such writes to a worker thread and make the
+    others inline. A sink of your own may set ``blocking = False`` to opt in.
+    """
+
+    blocking: bool = True
 
     def write(self, record: AuditRecord) -> None:
         """Write one record; raise :class:`~guardrail.errors.AuditError` if it was not written."""
@@ -100,6 +107,8 @@ def write_record(sink: AuditSink, data: dict[str, Any]) -> None:
 
 class NullSink(SinkBase):
     """Discards every record (``audit: {sink: none}``)."""
+
+    blocking = False
 
     def write(self, record: AuditRecord) -> None:
         """Do nothing (not even serialise the record)."""
