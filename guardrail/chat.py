@@ -27,7 +27,7 @@ CONTENT_FILTER = "content_filter"
 
 def get(obj: Any, name: str, default: Any = None) -> Any:
     """``obj[name]`` for a mapping, ``obj.name`` otherwise; ``default`` when absent."""
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):  # dict first: skips the ABC check
         return obj.get(name, default)
     return getattr(obj, name, default)
 
@@ -43,7 +43,7 @@ def as_mapping(message: Any, where: str) -> Mapping[str, Any]:
     Raises :class:`~guardrail.errors.InputError` for anything that is neither a
     mapping nor a pydantic object.
     """
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):
         return message
     dump = getattr(message, "model_dump", None)
     if callable(dump):
@@ -65,6 +65,8 @@ def message_list(messages: Any, where: str = "messages") -> list[Any]:
     iterable of messages: not ``None``, a number, text, bytes, or a single
     message (a mapping or a pydantic object).
     """
+    if type(messages) is list:  # the usual case, and never a single message
+        return list(messages)
     single = isinstance(messages, Mapping) or callable(getattr(messages, "model_dump", None))
     if single or isinstance(messages, (str, bytes, bytearray)):
         raise InputError(

@@ -118,7 +118,8 @@ def sync_upstream(create: Callable[..., Any], mask: Masker) -> Callable[[dict[st
 
 def closable(result: Any, mask: Masker = NO_SECRETS) -> Any:
     """An upstream call's result, with a stream made safe to close during a read."""
-    if hasattr(result, "__next__") and callable(getattr(result, "close", None)):
+    # On the type: a pydantic completion would answer through its slow __getattr__.
+    if hasattr(type(result), "__next__") and callable(getattr(result, "close", None)):
         return ClosableStream(result, mask)
     return result
 
@@ -134,7 +135,7 @@ def async_upstream(
         except Exception as exc:
             mask_exception(exc, mask)
             raise
-        if hasattr(result, "__anext__") and callable(getattr(result, "close", None)):
+        if hasattr(type(result), "__anext__") and callable(getattr(result, "close", None)):
             return MaskedAsyncStream(result, mask)
         return result
 
