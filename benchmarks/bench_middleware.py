@@ -15,12 +15,14 @@ from typing import Any
 
 import openai
 from common import Row, iqr, median, percentile, row
+from openai.types.chat import ChatCompletion
 from upstream import upstream_process
 
 import guardrail
 from guardrail.audit import JsonlSink, NullSink
-from guardrail.policy import load_policy_text
+from guardrail.policy import evaluate, load_policy_text
 from guardrail.testing import ScriptedClassifier
+from guardrail.types import Stage
 
 ANSWER = "Paris is the capital of France. " * 2
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -107,6 +109,163 @@ def _overhead_rows(case: str, raw_t: list[float], diff: list[float]) -> list[Row
         row("b", case, "added per call (p99)", percentile(diff, 99) * 1e6, "us"),
         row("b", case, "added wall time", added / median(raw_t) * 100, "%"),
     ]
+
+
+class _TimedJsonlSink(JsonlSink):
+    """A JSONL sink that times its own writes (sealing, hashing, the append)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.seconds: list[float] = []
+
+    def write_json(self, data: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        super().write_json(data)
+        self.seconds.append(time.perf_counter() - t0)
+
+
+def _completion() -> ChatCompletion:
+    return ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": ANSWER},
+                }
+            ],
+        }
+    )
+
+
+def _in_process_sync(guards: list[guardrail.Guard], n: int, blocks: int) -> list[list[float]]:
+    """Per-call times of wrapped clients whose upstream answers at once, taking turns."""
+    answer = _completion()
+    clients = []
+    for guard in guards:
+        raw = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+        raw.chat.completions.create = lambda **params: answer  # type: ignore[method-assign]
+        clients.append(guardrail.wrap(raw, guard=guard))
+    times: list[list[float]] = [[] for _ in guards]
+    for block in range(blocks + 1):  # the first block warms up
+        for client, out in zip(clients, times, strict=True):
+            for _ in range(n):
+                t0 = time.perf_counter()
+                client.chat.completions.create(model="m", messages=MESSAGES)
+                if block:
+                    out.append(time.perf_counter() - t0)
+    return times
+
+
+async def _in_process_async(
+    guards: list[guardrail.Guard], n: int, blocks: int
+) -> list[list[float]]:
+    """The async counterpart of :func:`_in_process_sync`, on one event loop."""
+    answer = _completion()
+
+    async def create(**params: Any) -> ChatCompletion:
+        return answer
+
+    clients = []
+    for guard in guards:
+        raw = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+        raw.chat.completions.create = create  # type: ignore[method-assign]
+        clients.append(guardrail.wrap(raw, guard=guard))
+    times: list[list[float]] = [[] for _ in guards]
+    for block in range(blocks + 1):
+        for client, out in zip(clients, times, strict=True):
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await client.chat.completions.create(model="m", messages=MESSAGES)
+                if block:
+                    out.append(time.perf_counter() - t0)
+    return times
+
+
+def _each_us(fn: Any, n: int) -> float:
+    """Median microseconds of one call of ``fn``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times[n // 5 :]) * 1e6
+
+
+def breakdown(quick: bool) -> list[Row]:
+    """Where the SDK's time per call goes, in process (no HTTP): totals and their parts.
+
+    Each part is timed on its own, the same work as one call does: judging the two
+    checks (conversation normalisation, the breaker, the scripted guard's parsed
+    verdicts), the policy's two decisions, and the JSONL sink's sealing and append;
+    building the audit record is what JSONL adds beyond that append. The rest is the
+    flow, its driver, the openai adaptation and the report attached to the answer.
+    """
+    n = 1000 if quick else 4000
+    rows: list[Row] = []
+    policy = _policy()
+    prompt_conv = [(MESSAGES, None)]
+    reply = {"role": "assistant", "content": ANSWER}
+    response_conv = [(MESSAGES, reply)]
+    with tempfile.TemporaryDirectory() as tmp:
+        null_guard = guardrail.Guard(policy, classifier=ScriptedClassifier(), sink=NullSink())
+        judge = _each_us(
+            lambda: (
+                null_guard.classify(Stage.PROMPT, prompt_conv),
+                null_guard.classify(Stage.RESPONSE, response_conv),
+            ),
+            n,
+        )
+        (pv,) = null_guard.classify(Stage.PROMPT, prompt_conv)
+        (rv,) = null_guard.classify(Stage.RESPONSE, response_conv)
+        decide = _each_us(
+            lambda: (
+                evaluate(policy, Stage.PROMPT, pv),
+                evaluate(policy, Stage.RESPONSE, rv, prompt_verdict=pv),
+            ),
+            n,
+        )
+        for flavour in ("sync", "async"):
+            aio = flavour == "async"
+            sink = _TimedJsonlSink(Path(tmp) / f"{flavour}.jsonl")
+            jsonl_guard = guardrail.Guard(policy, classifier=ScriptedClassifier(), sink=sink)
+            guards = [null_guard, jsonl_guard]
+            if aio:  # the two sinks take turns, in blocks
+                null_t, jsonl_t = asyncio.run(_in_process_async(guards, n // 4, 4))
+            else:
+                null_t, jsonl_t = _in_process_sync(guards, n // 4, 4)
+            sink.seconds = sink.seconds[n // 4 :]  # the warm-up block's writes
+            jsonl_guard.close()
+            total, with_audit = median(null_t) * 1e6, median(jsonl_t) * 1e6
+            append = median(sink.seconds) * 1e6
+            case = f"{flavour}, in process"
+            rows += [
+                row("b", case, "SDK work per call, no sink", total, "us", iqr(null_t, 1e6)),
+                row("b", case, "SDK work per call, JSONL", with_audit, "us", iqr(jsonl_t, 1e6)),
+                row("b", case, "part: judging 2 checks", judge, "us", "", _JUDGE),
+                row("b", case, "part: 2 policy decisions", decide, "us"),
+                row(
+                    "b",
+                    case,
+                    "part: flow, driver, client, report",
+                    total - judge - decide,
+                    "us",
+                    "",
+                    "the rest of the no-sink call",
+                ),
+                row("b", case, "part: audit record build", with_audit - total - append, "us"),
+                row("b", case, "part: audit seal + append", append, "us", "", _APPEND),
+            ]
+        null_guard.close()
+    return rows
+
+
+_JUDGE = "normalising the conversation, the breaker, parsing the scripted verdict"
+_APPEND = "canonical JSON, sha256 chain, one write() under the file lock"
 
 
 # -------------------------------------------------------------- (c) latency hiding
@@ -214,4 +373,4 @@ def streaming(quick: bool) -> list[Row]:
 
 def run(quick: bool) -> list[Row]:
     """Benchmarks (b), (c) and (d)."""
-    return overhead(quick) + latency_hiding(quick) + streaming(quick)
+    return overhead(quick) + breakdown(quick) + latency_hiding(quick) + streaming(quick)
