@@ -429,6 +429,9 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
     """
     import torch
 
+    from guardrail.classifiers.fastpath import cache_keyword, returned_cache
+
+    keyword = cache_keyword(model.model)
     batches = []
     for stage in Stage:
         items = [(p, v) for s, p, v in encoded if s is stage]
@@ -454,9 +457,9 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
         step_logits: list[Any] = []
         step_targets: list[Any] = []
         for head, batch_ids, batch_rows, batch_cols, tgt in batches:
-            cache = model.model(input_ids=head, use_cache=True).past_key_values
+            cache = returned_cache(model.model(input_ids=head, use_cache=True))
             cache.batch_repeat_interleave(batch_ids.shape[0])
-            hidden = model.model(input_ids=batch_ids, past_key_values=cache).last_hidden_state
+            hidden = model.model(input_ids=batch_ids, **{keyword: cache}).last_hidden_state
             step_logits.append(model.lm_head(hidden[batch_rows, batch_cols]))
             step_targets.append(tgt)
         all_logits, all_targets = torch.cat(step_logits), torch.cat(step_targets)
