@@ -10,8 +10,8 @@ import pytest
 from guardrail.classifiers.fastpath import FastDecoder, FastPathOptions
 from guardrail.classifiers.local import LocalQwen3Guard
 from guardrail.errors import ConfigurationError, VerdictParseError
-from guardrail.qwen3guard import FIELD_VALUES, GuardInput, GuardMessage
-from guardrail.testing.tinyguard import EXAMPLES, Example
+from guardrail.qwen3guard import FIELD_VALUES
+from guardrail.testing.tinyguard import EXAMPLES, Example, perturbed_inputs
 from guardrail.types import Stage, Verdict
 
 pytestmark = pytest.mark.slow
@@ -132,44 +132,9 @@ def test_batched_equals_one_by_one(fast: LocalQwen3Guard, fast_verdicts: list[Ve
                 assert mine == pytest.approx(theirs, abs=1e-4)
 
 
-def _perturbed() -> list[GuardInput]:
-    rng = random.Random(7)
-    words = [
-        "the",
-        "a",
-        "cat",
-        "bomb",
-        "bread",
-        "poem",
-        "rain",
-        "exam",
-        "vote",
-        "novel",
-        "knife",
-        "street",
-        "help",
-        "why",
-    ]
-    out = []
-    for ex in EXAMPLES:
-        context = (
-            GuardMessage("user", "Hello there."),
-            GuardMessage("assistant", "Hi! How can I help?"),
-        )
-        messages = ex.guard_input.messages
-        out.append(GuardInput(context + messages))
-        noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
-        last = messages[-1]
-        noisy_last = GuardMessage(last.role, noisy + " " + last.content)
-        out.append(GuardInput((*messages[:-1], noisy_last)))
-    out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
-    out.append(GuardInput((GuardMessage("user", ""),)))
-    return out
-
-
 def test_unseen_inputs_agree_with_generate(pair: tuple[LocalQwen3Guard, ...]) -> None:
     fast, reference = pair
-    inputs = _perturbed()
+    inputs = perturbed_inputs()
     compared = 0
     for guard_input in inputs:
         try:
@@ -348,7 +313,7 @@ def test_length_groups_degenerate_cases() -> None:
 def test_length_groups_give_the_same_results(fast: LocalQwen3Guard, tiny_guard_dir: Path) -> None:
     import torch
 
-    inputs = [ex.guard_input for ex in EXAMPLES] + _perturbed()
+    inputs = [ex.guard_input for ex in EXAMPLES] + perturbed_inputs()
     rng = random.Random(5)
     rng.shuffle(inputs)
     batch = [(g.stage, fast.encode(g).input_ids) for g in inputs[:24]]

@@ -36,6 +36,7 @@ and compare with ``example.verdict_text`` (see :func:`find_example`).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -340,6 +341,48 @@ def find_example(messages: Sequence[dict[str, Any]]) -> Example | None:
 
 
 # ------------------------------------------------------------------------- building
+
+
+def perturbed_inputs() -> list[GuardInput]:
+    """Inputs the tiny guard was not trained on, built deterministically from its examples.
+
+    Each example with a conversation before it, and with random words before its last
+    message, plus two odd ones (markup-like text, an empty message). Greedy decoding
+    may write no verdict for some.
+    """
+    rng = random.Random(7)
+    words = [
+        "the",
+        "a",
+        "cat",
+        "bomb",
+        "bread",
+        "poem",
+        "rain",
+        "exam",
+        "vote",
+        "novel",
+        "knife",
+        "street",
+        "help",
+        "why",
+    ]
+    out = []
+    for ex in EXAMPLES:
+        context = (
+            GuardMessage("user", "Hello there."),
+            GuardMessage("assistant", "Hi! How can I help?"),
+        )
+        messages = ex.guard_input.messages
+        out.append(GuardInput(context + messages))
+        noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
+        last = messages[-1]
+        noisy_last = GuardMessage(last.role, noisy + " " + last.content)
+        out.append(GuardInput((*messages[:-1], noisy_last)))
+    out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
+    out.append(GuardInput((GuardMessage("user", ""),)))
+    return out
+
 
 _MAX_STEPS = 400
 _TRAIN_MARGIN = 1.0
