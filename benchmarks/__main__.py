@@ -38,6 +38,7 @@ TARGETS: dict[tuple[str, str, str], tuple[Callable[[float], bool], str]] = {
     ("a", "*", "fast / model card throughput"): (lambda v: v >= 5, ">= 5x"),
     ("a", "*", "fast / batched generate throughput"): (lambda v: v >= 2.5, ">= 2.5x"),
     ("a", "*", "fast (safe) / its floor"): (lambda v: v <= 1.5, "<= 1.5x"),
+    ("a", "*", "default / best floor"): (lambda v: v <= 1.3, "<= 1.3x"),
     ("b", "sync, audit to JSONL", "added per call (median)"): (lambda v: v <= 150, "<= 150 us"),
     ("b", "async, audit to JSONL", "added per call (median)"): (lambda v: v <= 150, "<= 150 us"),
     ("b", "*", "added per call (median)"): (lambda v: v <= 100, "<= 100 us"),
@@ -70,49 +71,6 @@ WHY = {
         "(canonical JSON, sha256 chain, one write under the file lock). Instant checks run "
         "on the caller's thread in sync calls; async calls add the event loop's scheduling "
         "of each check and upstream task (on Python 3.12+ eager tasks skip most of it)."
-    ),
-    "c": "bench_middleware",
-    "d": "bench_middleware",
-    "e": "bench_remote",
-    "f": "bench_local",
-}
-
-# (bench, case or "*", metric) -> (check, target text). A figure with no target is context.
-TARGETS: dict[tuple[str, str, str], tuple[Callable[[float], bool], str]] = {
-    ("a", "*", "model card / fast (safe)"): (lambda v: v >= 3, ">= 3x"),
-    ("a", "*", "fast / model card throughput"): (lambda v: v >= 5, ">= 5x"),
-    ("a", "*", "fast / batched generate throughput"): (lambda v: v >= 2.5, ">= 2.5x"),
-    ("a", "*", "fast (safe) / its floor"): (lambda v: v <= 1.5, "<= 1.5x"),
-    ("b", "sync, audit to JSONL", "added per call (median)"): (lambda v: v <= 150, "<= 150 us"),
-    ("b", "async, audit to JSONL", "added per call (median)"): (lambda v: v <= 150, "<= 150 us"),
-    ("b", "*", "added per call (median)"): (lambda v: v <= 100, "<= 100 us"),
-    ("b", "*", "added wall time"): (lambda v: v <= 5, "<= 5 %"),
-    ("c", "*", "guarded / ideal"): (lambda v: v <= 1.05, "<= 1.05x"),
-    ("d", "guarded", "added total / one check"): (lambda v: v <= 1.0, "<= 1 check"),
-    ("e", "RemoteQwen3Guard", "guarded / bare"): (lambda v: v >= 0.8, ">= 0.8x"),
-}
-
-
-# Why a target can be missed, from profiling; printed only for benchmarks that missed one.
-WHY = {
-    "a": (
-        "On a CPU every path is compute-bound, so a speed-up is bounded by the ratio of the "
-        "FLOPs computed ('model card / fast floor': about 3x for this length mix at 28 "
-        "layers, less for long content). The fast path skips the cached template head and "
-        "the decode steps but must compute the content and the ~100 template tokens after "
-        "it (they attend to the content), and it runs within about 1.5x of its floor, so "
-        "little is left to gain here. The 5x throughput target needs the model card's "
-        "decode steps to cost far more than their FLOPs, as on a GPU, where each of its ~10 "
-        "sequential steps is latency-bound; (f) measures that when a GPU is present. Quick "
-        "mode runs 2 layers: the 151936-row LM head (read at every draft position) "
-        "dominates a pass and per-pass overheads weigh more, so its ratios are worse."
-    ),
-    "b": (
-        "Instant checks run on the caller's thread and the upstream call too, so no thread "
-        "handoff is left; what remains is the SDK's own Python work per call: normalising "
-        "the conversation for two checks, two verdicts and two decisions (pydantic), the "
-        "flow's effects, the report attached to the completion and, with a JSONL sink, "
-        "building, hashing and appending the chained record under a file lock (~80 us)."
     ),
     "c": "The guard delay is scheduled after the upstream answer: see the ratio's spread.",
     "d": (

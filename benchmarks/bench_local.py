@@ -471,8 +471,173 @@ def _bench_device(torch: Any, device: str, dtype_name: str, quick: bool) -> list
     return rows
 
 
+def _label_agreement(torch: Any) -> list[Row]:
+    """bf16 vs fp32 labels of the tiny guard (trained in fp32), on its examples and unseen inputs.
+
+    The random-weight 0.6B model writes no verdict, so its labels cannot be compared;
+    the fast path's equality with ``generate()`` in each dtype is a test
+    (tests/test_fastpath.py), this is how often the two dtypes give the same label.
+    """
+    import tempfile
+
+    from guardrail.classifiers.local import LocalQwen3Guard
+    from guardrail.errors import VerdictParseError
+    from guardrail.testing.tinyguard import EXAMPLES, build_tiny_guard, perturbed_inputs
+
+    inputs = [ex.guard_input for ex in EXAMPLES] + perturbed_inputs()
+    labels: dict[str, list[tuple[object, ...] | None]] = {}
+    with tempfile.TemporaryDirectory() as path:
+        build_tiny_guard(path)
+        for dtype in ("float32", "bfloat16"):
+            guard = LocalQwen3Guard(path, dtype=dtype)
+            labels[dtype] = []
+            for guard_input in inputs:
+                try:
+                    (v,) = guard.classify([guard_input])
+                except VerdictParseError:
+                    labels[dtype].append(None)  # no verdict: a label of its own
+                    continue
+                labels[dtype].append((v.level, v.category, v.refusal))
+            guard.close()
+    same = sum(a == b for a, b in zip(labels["float32"], labels["bfloat16"], strict=True))
+    return [
+        row(
+            "a",
+            "tiny guard, bf16 vs fp32",
+            "labels agree",
+            100.0 * same / len(inputs),
+            "%",
+            note=f"{same} of {len(inputs)}: its examples and perturbed inputs (level, "
+            "category, refusal; no verdict counts as a label)",
+        )
+    ]
+
+
+def _bench_default(torch: Any, quick: bool) -> list[Row]:
+    """The configuration a user gets (no dtype or threads given) against the machine's floor.
+
+    The default guard picks its dtype by capability and its threads by the cores
+    available (``guardrail.classifiers.runtime``); the floor is the fast path's FLOPs
+    at the best matmul rate of any dtype at that thread count, measured in this run.
+    The previous default, fp32, runs the same requests at the same thread count.
+    """
+    import copy
+
+    from guardrail.classifiers.local import LocalQwen3Guard
+    from guardrail.classifiers.runtime import choose_dtype, probe_capabilities
+    from guardrail.types import Stage
+
+    layers = 2 if quick else 28
+    requests = 2 if quick else 3
+    content = (30, 90) if quick else (30, 300)
+    tokenizer = _tokenizer()
+    chosen = choose_dtype(None, "cpu", probe_capabilities(torch, "cpu"))
+    fp32_model = _big_model(torch, tokenizer, layers, "cpu", torch.float32)
+    # from_loaded runs a model in its own dtype: build it in the one a load would pick.
+    if chosen.name == "float32":
+        default_model = fp32_model
+    else:
+        default_model = copy.deepcopy(fp32_model).to(getattr(torch, chosen.name))
+    # No dtype, no threads: the defaults (threads are set here, as a load would).
+    default = LocalQwen3Guard.from_loaded(default_model, tokenizer, max_new_tokens=NEW_TOKENS)
+    previous = LocalQwen3Guard.from_loaded(fp32_model, tokenizer, max_new_tokens=NEW_TOKENS)
+    threads = default.threads
+    label = f"default: {default.dtype} ({chosen.reason}), {threads} threads, {layers} layers"
+    rates = {
+        name: _matmul_rate(torch, "cpu", getattr(torch, name)) for name in ("float32", "bfloat16")
+    }
+    config = fp32_model.config
+    body_params = sum(p.numel() for n, p in fp32_model.named_parameters() if "embed" not in n)
+    head_params = config.vocab_size * config.hidden_size
+    attn_per_key = 4.0 * config.num_attention_heads * config.head_dim * config.num_hidden_layers
+
+    def flops(first: int, end: int, logits: int) -> float:
+        keys = (end * (end + 1) - first * (first + 1)) / 2
+        return 2.0 * float(body_params * (end - first) + head_params * logits) + (
+            attn_per_key * keys
+        )
+
+    def run_fast(guard: LocalQwen3Guard, e: Any) -> None:
+        fast = guard.fast_decoder
+        assert fast is not None
+        verdict = (
+            ("Safe", "None") if e.guard_input.stage is Stage.PROMPT else ("Safe", "None", "No")
+        )
+        with torch.inference_mode():
+            fast.decode_batch([(e.guard_input.stage, e.input_ids)], force=[verdict])
+
+    rows: list[Row] = []
+    rng = random.Random(1)
+    for guard in (default, previous):
+        assert guard.fast_decoder is not None
+        with torch.inference_mode():
+            guard.fast_decoder.prepare()
+    for stage in ("prompt", "response"):
+        encoded = _inputs(default, stage, requests, rng, content)
+        head = len(default.fast_decoder.heads[Stage(stage)])  # type: ignore[union-attr]
+        draft = len(default.fast_decoder.grammar.draft(Stage(stage), ()).ids)  # type: ignore[union-attr]
+        run_fast(default, encoded[0])  # warm-ups
+        run_fast(previous, encoded[0])
+        mine: list[float] = []
+        old: list[float] = []
+        for e in encoded:  # taking turns, request by request
+            mine.append(_timed(lambda e=e: run_fast(default, e)))
+            old.append(_timed(lambda e=e: run_fast(previous, e)))
+        # The best reading of each rate so far: a busy moment must not flatter the ratio.
+        for name in rates:
+            rates[name] = max(rates[name], _matmul_rate(torch, "cpu", getattr(torch, name)))
+        best_name = max(rates, key=lambda n: rates[n])
+        floors = [
+            flops(head, len(e.input_ids) + draft - 1, draft) / rates[best_name] for e in encoded
+        ]
+        over = [t / f for t, f in zip(mine, floors, strict=True)]
+        gain = [o / m for o, m in zip(old, mine, strict=True)]
+        case = f"{stage}, {label}"
+        note = f"{statistics.mean(len(e.input_ids) for e in encoded):.0f} prompt tokens on average"
+        rows += [
+            row("a", case, "default fast (safe): latency", _mean(mine), "s", _spread(mine), note),
+            row("a", case, "fp32 fast (safe): latency", _mean(old), "s", _spread(old), note),
+            row(
+                "a",
+                case,
+                "default / best floor",
+                statistics.median(over),
+                "x",
+                _spread(over),
+                f"floor at {best_name}'s matmul rate, {threads} threads",
+            ),
+            row(
+                "a",
+                case,
+                "default speed-up over fp32",
+                statistics.median(gain),
+                "x",
+                _spread(gain),
+                "fp32: the previous default, same threads, same requests",
+            ),
+        ]
+    rows += [
+        row(
+            "a",
+            f"cpu, {threads} threads",
+            f"matmul rate {name}",
+            rate / 1e9,
+            "GFLOP/s",
+            note="best of 3 readings, same run",
+        )
+        for name, rate in rates.items()
+    ]
+    default.close()
+    previous.close()
+    return rows
+
+
 def run(quick: bool) -> list[Row]:
-    """Rows for (a), the CPU run (latency, throughput, floor), and (f), the same on a GPU."""
+    """Rows for (a), the CPU run (latency, throughput, floor), and (f), the same on a GPU.
+
+    (a) is the fixed fp32 one-thread comparison, then the default configuration
+    against the machine's best floor, then bf16 vs fp32 label agreement.
+    """
     import torch
 
     # One thread: on a shared 2-core machine, OpenMP spin-waiting makes two threads
@@ -481,6 +646,11 @@ def run(quick: bool) -> list[Row]:
     torch.set_num_threads(1)
     try:
         rows = _bench_device(torch, "cpu", "float32", quick)
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        rows += _bench_default(torch, quick)
+        rows += _label_agreement(torch)
     finally:
         torch.set_num_threads(threads)
     if torch.cuda.is_available():

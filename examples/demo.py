@@ -10,6 +10,7 @@ which knows only a few fixed conversations: enough to show every path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from quickstart import run
 
 import guardrail
 from guardrail import LocalQwen3Guard, ModelLoadError
+from guardrail.classifiers.loading import quiet_backend
 
 TINY_DIR = Path(__file__).resolve().parent.parent / ".cache" / "tiny-guard"
 
@@ -41,9 +43,13 @@ def load_guard(model: str) -> guardrail.Classifier:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show transformers' warnings and progress"
+    )
     args = parser.parse_args()
     args.demo_upstream = True
-    return run(args, classifier=load_guard(args.guard_model))
+    with contextlib.nullcontext() if args.verbose else quiet_backend():
+        return run(args, classifier=load_guard(args.guard_model))
 
 
 if __name__ == "__main__":

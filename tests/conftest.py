@@ -11,7 +11,8 @@ Fixtures for a real (tiny) guard model, built once per session:
 
 - ``tiny_guard_dir``: a saved Qwen3Guard-Gen-format checkpoint (see ``tinyguard.py``
   for its dataset, ``tinyguard.EXAMPLES``, and the exact verdict of each example).
-- ``tiny_guard``: a :class:`~guardrail.classifiers.local.LocalQwen3Guard` loaded from it.
+- ``tiny_guard``: a :class:`~guardrail.classifiers.local.LocalQwen3Guard` loaded from it,
+  in fp32 (the dtype it was trained and checked in) whatever this machine's default is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def tiny_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_guard(tiny_guard_dir: Path) -> LocalQwen3Guard:
-    """The tiny guard loaded through the public ``LocalQwen3Guard(path)`` path."""
+    """The tiny guard loaded through the public ``LocalQwen3Guard(path)`` path, in fp32."""
     from guardrail.classifiers.local import LocalQwen3Guard
 
-    return LocalQwen3Guard(str(tiny_guard_dir))
+    return LocalQwen3Guard(str(tiny_guard_dir), dtype="float32")

@@ -10,8 +10,8 @@ import pytest
 from guardrail.classifiers.fastpath import FastDecoder, FastPathOptions
 from guardrail.classifiers.local import LocalQwen3Guard
 from guardrail.errors import ConfigurationError, VerdictParseError
-from guardrail.qwen3guard import FIELD_VALUES, GuardInput, GuardMessage
-from guardrail.testing.tinyguard import EXAMPLES, Example
+from guardrail.qwen3guard import FIELD_VALUES
+from guardrail.testing.tinyguard import EXAMPLES, Example, perturbed_inputs
 from guardrail.types import Stage, Verdict
 
 pytestmark = pytest.mark.slow
@@ -25,21 +25,42 @@ def _expected(ex: Example) -> tuple[object, ...]:
     return (ex.stage, ex.level, ex.category, (ex.category,) if ex.category else (), ex.refusal)
 
 
-@pytest.fixture(scope="module")
-def fast(tiny_guard_dir: Path) -> LocalQwen3Guard:
-    guard = LocalQwen3Guard(str(tiny_guard_dir), max_batch_size=8)
-    assert guard.decoding == "fast"
+DTYPES = ("float32", "bfloat16")
+"""Fidelity is checked in both dtypes the guard defaults to (fp32, bf16 where native)."""
+
+
+def _fast_guard(path: Path, dtype: str) -> LocalQwen3Guard:
+    guard = LocalQwen3Guard(str(path), max_batch_size=8, dtype=dtype)
+    assert (guard.decoding, guard.dtype) == ("fast", dtype)
+    return guard
+
+
+def _reference_guard(path: Path, dtype: str) -> LocalQwen3Guard:
+    guard = LocalQwen3Guard(str(path), decoding="generate", max_batch_size=8, dtype=dtype)
+    assert (guard.decoding, guard.dtype) == ("generate", dtype)
     return guard
 
 
 @pytest.fixture(scope="module")
+def fast(tiny_guard_dir: Path) -> LocalQwen3Guard:
+    return _fast_guard(tiny_guard_dir, "float32")
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_guard_dir: Path) -> LocalQwen3Guard:
-    return LocalQwen3Guard(str(tiny_guard_dir), decoding="generate", max_batch_size=8)
+    return _reference_guard(tiny_guard_dir, "float32")
 
 
 @pytest.fixture(scope="module")
 def fast_verdicts(fast: LocalQwen3Guard) -> list[Verdict]:
     return fast.classify([ex.guard_input for ex in EXAMPLES])
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def pair(request: pytest.FixtureRequest, tiny_guard_dir: Path) -> tuple[LocalQwen3Guard, ...]:
+    """A fast guard and a generate() guard in the same dtype."""
+    dtype: str = request.param
+    return _fast_guard(tiny_guard_dir, dtype), _reference_guard(tiny_guard_dir, dtype)
 
 
 def _decoder(guard: LocalQwen3Guard) -> FastDecoder:
@@ -65,27 +86,34 @@ def _check_probabilities(v: Verdict) -> None:
         assert max(probs, key=lambda k: probs[k]) == getattr(label, "value", label)
 
 
-def test_every_example_matches_generate(
-    fast: LocalQwen3Guard, reference: LocalQwen3Guard, fast_verdicts: list[Verdict]
-) -> None:
+def test_every_example_matches_generate(pair: tuple[LocalQwen3Guard, ...]) -> None:
+    fast, reference = pair
     before = _fast_stats(fast)
-    reference_verdicts = reference.classify([ex.guard_input for ex in EXAMPLES])
+    inputs = [ex.guard_input for ex in EXAMPLES]
+    fast_verdicts = fast.classify(inputs)
+    assert _fast_stats(fast) == (before[0] + len(EXAMPLES), before[1])  # no fallback
+    reference_verdicts = reference.classify(inputs)
     for ex, got, ref in zip(EXAMPLES, fast_verdicts, reference_verdicts, strict=True):
-        assert _label(got) == _label(ref) == _expected(ex)
-        assert got.raw_text == ref.raw_text == ex.verdict_text
+        assert _label(got) == _label(ref)
+        assert got.raw_text == ref.raw_text
+        if fast.dtype == "float32":  # the dtype the tiny guard was trained and checked in
+            assert _label(got) == _expected(ex)
+            assert got.raw_text == ex.verdict_text
         _check_probabilities(got)
+        # bf16 logits carry ~3 significant digits: probabilities agree less closely.
+        tolerance = 2e-3 if fast.dtype == "float32" else 2e-2
         for name in ("level_probs", "category_probs", "refusal_probs"):
             mine, theirs = getattr(got, name), getattr(ref, name)
             assert (mine is None) == (theirs is None)
             if mine is not None:  # top-20 alternatives hold nearly all the mass here
-                assert mine == pytest.approx(theirs, abs=2e-3)
-    assert _fast_stats(fast) == before  # the reference guard did not touch the fast one
+                assert mine == pytest.approx(theirs, abs=tolerance)
+    assert _fast_stats(fast)[0] == before[0] + len(EXAMPLES)  # the reference did not touch it
 
 
 def test_examples_never_fall_back(tiny_guard_dir: Path) -> None:
     # One first pass per stage: no length groups.
     options = FastPathOptions(pass_overhead_tokens=1e9)
-    guard = LocalQwen3Guard(str(tiny_guard_dir), fast_path=options)
+    guard = LocalQwen3Guard(str(tiny_guard_dir), dtype="float32", fast_path=options)
     assert _decoder(guard).pass_overhead_tokens == 1e9
     guard.classify([ex.guard_input for ex in EXAMPLES])
     assert _fast_stats(guard) == (len(EXAMPLES), 0)
@@ -104,55 +132,22 @@ def test_batched_equals_one_by_one(fast: LocalQwen3Guard, fast_verdicts: list[Ve
                 assert mine == pytest.approx(theirs, abs=1e-4)
 
 
-def _perturbed() -> list[GuardInput]:
-    rng = random.Random(7)
-    words = [
-        "the",
-        "a",
-        "cat",
-        "bomb",
-        "bread",
-        "poem",
-        "rain",
-        "exam",
-        "vote",
-        "novel",
-        "knife",
-        "street",
-        "help",
-        "why",
-    ]
-    out = []
-    for ex in EXAMPLES:
-        context = (
-            GuardMessage("user", "Hello there."),
-            GuardMessage("assistant", "Hi! How can I help?"),
-        )
-        messages = ex.guard_input.messages
-        out.append(GuardInput(context + messages))
-        noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
-        last = messages[-1]
-        noisy_last = GuardMessage(last.role, noisy + " " + last.content)
-        out.append(GuardInput((*messages[:-1], noisy_last)))
-    out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
-    out.append(GuardInput((GuardMessage("user", ""),)))
-    return out
-
-
-def test_unseen_inputs_agree_with_generate(
-    fast: LocalQwen3Guard, reference: LocalQwen3Guard
-) -> None:
-    inputs = _perturbed()
-    for start in range(0, len(inputs), 16):
-        chunk = inputs[start : start + 16]
-        for guard_input in chunk:
-            try:
-                (ref,) = reference.classify([guard_input])
-            except VerdictParseError:
-                continue  # greedy writes no verdict: the fast path falls back and must agree
-            (got,) = fast.classify([guard_input])
-            assert _label(got) == _label(ref)
-            assert got.raw_text == ref.raw_text
+def test_unseen_inputs_agree_with_generate(pair: tuple[LocalQwen3Guard, ...]) -> None:
+    fast, reference = pair
+    inputs = perturbed_inputs()
+    compared = 0
+    for guard_input in inputs:
+        try:
+            (ref,) = reference.classify([guard_input])
+        except VerdictParseError:
+            with pytest.raises(VerdictParseError):  # the fast path falls back and agrees
+                fast.classify([guard_input])
+            continue
+        (got,) = fast.classify([guard_input])
+        assert _label(got) == _label(ref)
+        assert got.raw_text == ref.raw_text
+        compared += 1
+    assert compared >= len(inputs) // 2  # most perturbed inputs still get a verdict
     batched = fast.classify(inputs[:16])
     for guard_input, got in zip(inputs[:16], batched, strict=True):
         (single,) = fast.classify([guard_input])
@@ -163,10 +158,10 @@ def test_cached_head_equals_full_computation(tiny_guard_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    guard = LocalQwen3Guard(str(tiny_guard_dir))
+    guard = LocalQwen3Guard(str(tiny_guard_dir), dtype="float32")
     decoder = _decoder(guard)
     uncached_guard = LocalQwen3Guard(
-        str(tiny_guard_dir), fast_path=FastPathOptions(use_head_cache=False)
+        str(tiny_guard_dir), dtype="float32", fast_path=FastPathOptions(use_head_cache=False)
     )
     uncached_decoder = _decoder(uncached_guard)
     assert (decoder.use_head_cache, uncached_decoder.use_head_cache) == (True, False)
@@ -213,7 +208,7 @@ def test_model_leaving_the_grammar_falls_back(tiny_guard_dir: Path) -> None:
     # A grammar whose stop token the model never writes: every draft is rejected at the
     # end, so each input must be decoded by generate() and still get its right verdict.
     never_written = FastPathOptions(stop_ids=frozenset({-1}))
-    guard = LocalQwen3Guard(str(tiny_guard_dir), fast_path=never_written)
+    guard = LocalQwen3Guard(str(tiny_guard_dir), dtype="float32", fast_path=never_written)
     got = guard.classify([ex.guard_input for ex in EXAMPLES[:6]])
     assert [_label(v) for v in got] == [_expected(ex) for ex in EXAMPLES[:6]]
     assert _fast_stats(guard) == (6, 6)
@@ -318,7 +313,7 @@ def test_length_groups_degenerate_cases() -> None:
 def test_length_groups_give_the_same_results(fast: LocalQwen3Guard, tiny_guard_dir: Path) -> None:
     import torch
 
-    inputs = [ex.guard_input for ex in EXAMPLES] + _perturbed()
+    inputs = [ex.guard_input for ex in EXAMPLES] + perturbed_inputs()
     rng = random.Random(5)
     rng.shuffle(inputs)
     batch = [(g.stage, fast.encode(g).input_ids) for g in inputs[:24]]
@@ -333,7 +328,8 @@ def test_length_groups_give_the_same_results(fast: LocalQwen3Guard, tiny_guard_d
     for overhead in (0, 24, 1e9):
         options = FastPathOptions(pass_overhead_tokens=overhead)
         # each run on a fresh guard: it drafts from the same (empty) history
-        decoder = _decoder(LocalQwen3Guard(str(tiny_guard_dir), fast_path=options))
+        guard = LocalQwen3Guard(str(tiny_guard_dir), dtype="float32", fast_path=options)
+        decoder = _decoder(guard)
         with torch.inference_mode():
             plain = decoder.decode_batch(batch)
             made = decoder.decode_batch(batch, force=forced)

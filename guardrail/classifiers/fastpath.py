@@ -35,11 +35,17 @@ group), and the rows a round re-drafts are merged into a single pass whatever th
 group or stage (their caches right-padded to a common length, the pads masked).
 Grouping changes which rows share a pass, never a row's tokens or its verdict.
 
+The KV caches are transformers' ``DynamicCache``, filled through ``Cache.update`` and
+handed to the model under the keyword its forward takes: ``cache`` (transformers 5.x
+from the release that renamed it; ``past_key_values`` is deprecated there) or
+``past_key_values`` (earlier releases).
+
 torch and transformers are imported lazily, with the model.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -251,6 +257,35 @@ class FastPathOptions:
             raise ConfigurationError("FastPathOptions.stop_ids must not be empty")
 
 
+def cache_keyword(body: Any) -> str:
+    """The keyword ``body``'s forward takes its KV cache under: ``cache``, else ``past_key_values``.
+
+    Read from the signature (transformers' deprecation wrappers keep the wrapped
+    one), so no deprecated keyword is ever passed where the current one exists.
+    """
+    try:
+        names = inspect.signature(body.forward).parameters
+    except (TypeError, ValueError):  # no readable signature: the long-standing name
+        return "past_key_values"
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned (``cache``, or ``past_key_values`` before it)."""
+    found = getattr(output, "cache", None)
+    return found if found is not None else output.past_key_values
+
+
+def filled_cache(config: Any, layers: Sequence[tuple[Any, Any]]) -> Any:
+    """A ``DynamicCache`` for ``config`` holding ``layers``' (keys, values), layer by layer."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
 def build_fast_decoder(
     net: Any,
     encoder: GuardEncoder,
@@ -309,6 +344,7 @@ class FastDecoder:
         options = options or FastPathOptions()
         self._net = net
         self._body = net.get_decoder()
+        self._cache_keyword = cache_keyword(self._body)
         self._lm_head = net.get_output_embeddings()
         self._grammar = grammar
         self._head_ids = {stage: tuple(ids) for stage, ids in heads.items()}
@@ -417,7 +453,7 @@ class FastDecoder:
 
             ids = torch.tensor([self._head_ids[stage]], device=self._device)
             out = self._body(input_ids=ids, use_cache=True)
-            cache = out.past_key_values
+            cache = returned_cache(out)
             cached = [(layer.keys, layer.values) for layer in cache.layers]
             self._head_cache[stage] = cached
         return cached
@@ -425,7 +461,6 @@ class FastDecoder:
     def _start(self, stage: Stage, rows: list[_Row]) -> _Pass:
         """A cache holding the head shared by ``rows``; cuts their suffixes to match."""
         import torch
-        from transformers import DynamicCache
 
         head = self._head_ids.get(stage, ()) if self._use_head_cache else ()
         length = len(head)
@@ -433,16 +468,14 @@ class FastDecoder:
             limit = min(length, len(row.suffix) - 1)
             n = next((i for i in range(limit) if row.suffix[i] != head[i]), limit)
             length = min(length, n)
-        config = self._net.config
-        if length == 0:
-            cache = DynamicCache(config=config)
-        else:
+        layers = []
+        if length:
             b = len(rows)
             layers = [
                 (k[:, :, :length].expand(b, -1, -1, -1), v[:, :, :length].expand(b, -1, -1, -1))
                 for k, v in self._head(stage)
             ]
-            cache = DynamicCache(ddp_cache_data=layers, config=config)
+        cache = filled_cache(self._net.config, layers)
         for row in rows:
             row.suffix = row.suffix[length:]
             row.offset = length
@@ -473,8 +506,8 @@ class FastDecoder:
             input_ids=ids.to(self._device),
             attention_mask=full_mask,
             position_ids=positions.to(self._device),
-            past_key_values=group.cache,
             use_cache=True,
+            **{self._cache_keyword: group.cache},
         )
         return out.last_hidden_state
 
@@ -572,7 +605,6 @@ class FastDecoder:
             return groups[0]
         import torch
         from torch.nn.functional import pad
-        from transformers import DynamicCache
 
         total = max(g.mask.shape[1] for g in groups)
         layers = []
@@ -582,7 +614,7 @@ class FastDecoder:
             values = [pad(p.values, (0, 0, 0, total - p.values.shape[2])) for p in parts]
             layers.append((torch.cat(keys), torch.cat(values)))
         mask = torch.cat([pad(g.mask, (0, total - g.mask.shape[1])) for g in groups])
-        cache = DynamicCache(ddp_cache_data=layers, config=self._net.config)
+        cache = filled_cache(self._net.config, layers)
         return _Pass([row for g in groups for row in g.rows], cache, mask, first=False)
 
     def _verify(

@@ -8,8 +8,17 @@ for and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import socket
+import sys
+import threading
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +27,12 @@ from guardrail.errors import ConfigurationError, MissingDependencyError, ModelLo
 __all__ = [
     "ModelSource",
     "default_dtype",
+    "hub_endpoint",
+    "hub_reachable",
     "import_backend",
     "offline_env",
     "one_line",
+    "quiet_backend",
     "require_pinned_revision",
     "resolve_device",
 ]
@@ -45,6 +57,119 @@ def offline_env() -> bool:
     # setting still keeps the load off the network.
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+_PROBE_TIMEOUT_S = 1.0
+"""How long the Hub probe waits for a connection before calling the Hub unreachable."""
+
+
+def hub_endpoint() -> str:
+    """The Hub's base URL as huggingface_hub uses it (``HF_ENDPOINT``, else huggingface.co)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except ImportError:  # no huggingface_hub: only local directories can load anyway
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub (or the proxy in front of it) opens in ``timeout`` s.
+
+    One sub-second probe instead of huggingface_hub's retries, which spend close to a
+    minute on a machine without network before failing. Name resolution has no
+    timeout of its own, so the probe runs on a daemon thread that is not waited for
+    past ``timeout``.
+    """
+    parts = urllib.parse.urlsplit(endpoint or hub_endpoint())
+    host = parts.hostname
+    if not host:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if via.hostname:
+            host, port = via.hostname, via.port or 8080
+    answer: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    probe = threading.Thread(target=attempt, name="guardrail-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answer and answer[0])
+
+
+@contextlib.contextmanager
+def quiet_backend() -> Iterator[None]:
+    """Keep third-party chatter out of the output while the block runs (the CLI, the demo).
+
+    Warnings (transformers' FutureWarnings and the like), transformers and
+    huggingface_hub logs below errors, and progress bars ("Loading weights") are
+    switched off, then restored on exit. A ``TRANSFORMERS_VERBOSITY`` or
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` the user set is kept. Library code never uses it.
+    """
+    env = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    saved_env = {name: os.environ.get(name) for name in env}
+    hub_logger = logging.getLogger("huggingface_hub")
+    saved_level = hub_logger.level
+    before = _backend_output_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, value in env.items():  # read by the libraries when they are imported...
+            os.environ.setdefault(name, value)
+        hub_logger.setLevel(logging.ERROR)
+        _set_backend_output(None, quiet=True)  # ...and set directly where imported
+        try:
+            yield
+        finally:
+            for name, old in saved_env.items():
+                if old is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = old
+            hub_logger.setLevel(saved_level)
+            _set_backend_output(before)
+
+
+_OutputState = tuple[int, bool] | None
+"""transformers' verbosity and whether its progress bars show; None: not imported."""
+
+
+def _transformers_logging() -> Any:
+    """The logging module of transformers where it is imported, else None."""
+    if "transformers" not in sys.modules:
+        return None
+    from transformers.utils import logging as transformers_logging
+
+    return transformers_logging
+
+
+def _backend_output_state() -> _OutputState:
+    tl = _transformers_logging()
+    return None if tl is None else (tl.get_verbosity(), bool(tl.is_progress_bar_enabled()))
+
+
+def _set_backend_output(state: _OutputState, quiet: bool = False) -> None:
+    """Quiet transformers or restore ``state`` (its defaults when it was not imported yet).
+
+    Its progress-bar switch also switches huggingface_hub's.
+    """
+    tl = _transformers_logging()
+    if tl is None:
+        return
+    verbosity, bars = (logging.ERROR, False) if quiet else (state or (logging.WARNING, True))
+    tl.set_verbosity(verbosity)
+    if bars:
+        tl.enable_progress_bar()
+    else:
+        tl.disable_progress_bar()
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
@@ -97,6 +222,8 @@ class ModelSource:
     revision: str | None
     what: str = "a checkpoint"
     hint: str = "Point model= at a local directory holding the checkpoint"
+    unreachable: bool = False
+    """The Hub did not answer the probe: the checkpoint is loaded from the cache only."""
 
     @classmethod
     def resolve(
@@ -107,13 +234,21 @@ class ModelSource:
         *,
         what: str = "a checkpoint",
         hint: str = "Point model= at a local directory holding the checkpoint",
+        probe: Callable[[], bool] = hub_reachable,
     ) -> ModelSource:
-        """Classify ``name`` as a local directory or a Hub id (a missing path fails here)."""
+        """Classify ``name`` as a local directory or a Hub id (a missing path fails here).
+
+        For a Hub id, unless offline mode is on, ``probe`` checks once that the Hub
+        can be reached; when it cannot, the load is offline (the local cache only)
+        rather than a minute of connection retries.
+        """
         path = os.path.expanduser(name)
         is_dir = os.path.isdir(path)
         if not is_dir and (os.path.isabs(path) or name.startswith((".", "~"))):
             raise ModelLoadError(f"model directory {name!r} does not exist")
-        return cls(name, path, is_dir, local_files_only or offline_env(), revision, what, hint)
+        offline = local_files_only or offline_env()
+        unreachable = not is_dir and not offline and not probe()
+        return cls(name, path, is_dir, offline or unreachable, revision, what, hint, unreachable)
 
     def load(self, auto_class: Any, **options: Any) -> Any:
         """``auto_class.from_pretrained`` with any failure turned into a ModelLoadError."""
@@ -131,7 +266,12 @@ class ModelSource:
                 f"could not load {self.what} from directory {self.name!r} "
                 f"(it needs config.json, the weights and the tokenizer files): {one_line(exc)}"
             )
-        why = "offline mode is on and it is not cached locally" if self.offline else None
+        why = None
+        if self.unreachable:
+            host = urllib.parse.urlsplit(hub_endpoint()).netloc
+            why = f"{host} cannot be reached and it is not cached locally"
+        elif self.offline:
+            why = "offline mode is on and it is not cached locally"
         return ModelLoadError(
             f"could not fetch {self.name!r} from the Hugging Face Hub "
             f"({why or one_line(exc)}). {self.hint}"

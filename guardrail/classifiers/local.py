@@ -12,6 +12,7 @@ never when this module is imported.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -22,10 +23,17 @@ from guardrail.classifiers.encoding import EncodedInput, GuardEncoder
 from guardrail.classifiers.generate import GenerateDecoder, Generation, stop_and_pad_ids
 from guardrail.classifiers.loading import (
     ModelSource,
-    default_dtype,
     import_backend,
     one_line,
     resolve_device,
+)
+from guardrail.classifiers.runtime import (
+    DtypeChoice,
+    ThreadChoice,
+    available_cores,
+    choose_dtype,
+    choose_threads,
+    probe_capabilities,
 )
 from guardrail.errors import ClassifierError, ConfigurationError, ModelLoadError
 from guardrail.qwen3guard import (
@@ -123,12 +131,19 @@ class LocalQwen3Guard:
     Thread-safe: one lock serialises tokenizer and model use. ``aclassify`` awaits
     the batch worker, so it never blocks the event loop.
 
+    Speed defaults (see :mod:`guardrail.classifiers.runtime`): ``dtype``
+    (``float32``, ``bfloat16``, ``float16`` or ``auto``, the checkpoint's own) defaults
+    to bf16 where the hardware computes it natively (a CPU with AVX512_BF16 or AMX, a
+    CUDA GPU with bf16), fp32 elsewhere. ``threads`` sets torch's intra-op thread count
+    (process-wide) for a CPU model; by default it is left to ``OMP_NUM_THREADS`` when
+    that is set, else set to the cores available to the process. :attr:`dtype_choice`
+    and :attr:`thread_choice` say what was chosen and why.
+
     Other options: ``revision`` (hub revision), ``device`` (default ``cuda`` when
-    available, else ``cpu``), ``dtype`` (``float32``, ``bfloat16``, ``float16`` or
-    ``auto``; default bf16 on GPUs that support it, fp16 on other GPUs, fp32 on
-    CPU), ``batch_size`` (an alias of ``max_batch_size``), ``local_files_only`` (never
-    contact the hub; also implied by ``HF_HUB_OFFLINE=1``) and ``top_logprobs``
-    (alternatives read per generated token for the probabilities).
+    available, else ``cpu``), ``batch_size`` (an alias of ``max_batch_size``),
+    ``local_files_only`` (never contact the hub; also implied by ``HF_HUB_OFFLINE=1``;
+    a hub that does not answer a one-second probe is treated the same way) and
+    ``top_logprobs`` (alternatives read per generated token for the probabilities).
     """
 
     def __init__(
@@ -147,6 +162,7 @@ class LocalQwen3Guard:
         max_batch_size: int = 16,
         max_wait_ms: float = 2.0,
         fast_path: FastPathOptions | None = None,
+        threads: int | None = None,
     ) -> None:
         if dtype is not None and dtype not in _DTYPES:
             raise ConfigurationError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
@@ -162,7 +178,10 @@ class LocalQwen3Guard:
         )
         torch, transformers = import_backend()
         device_name, torch_device = resolve_device(torch, device)
-        dtype_name = dtype or default_dtype(torch, torch_device)
+        kind = torch_device.type
+        dtype_choice = choose_dtype(dtype, kind, probe_capabilities(torch, kind))
+        thread_choice = _apply_threads(torch, threads, kind)
+        dtype_name = dtype_choice.name
         source = ModelSource.resolve(
             model,
             revision,
@@ -176,7 +195,8 @@ class LocalQwen3Guard:
         weights = "auto" if dtype_name == "auto" else getattr(torch, dtype_name)
         net = source.load(transformers.AutoModelForCausalLM, dtype=weights)
         net = net.to(torch_device).eval()
-        self._setup(model, encoder, net, (device_name, torch_device), dtype_name, settings)
+        runtime = (dtype_choice, thread_choice)
+        self._setup(model, encoder, net, (device_name, torch_device), runtime, settings)
 
     @classmethod
     def from_loaded(
@@ -193,6 +213,7 @@ class LocalQwen3Guard:
         max_batch_size: int = 16,
         max_wait_ms: float = 2.0,
         fast_path: FastPathOptions | None = None,
+        threads: int | None = None,
     ) -> LocalQwen3Guard:
         """A guard around a causal LM and tokenizer already in memory.
 
@@ -201,7 +222,8 @@ class LocalQwen3Guard:
         device and in its dtype (it is put in eval mode); ``tokenizer`` must be a
         fast tokenizer carrying a Qwen3Guard-Gen chat template. ``model_id`` names
         the model in verdicts (default: the config's ``name_or_path``, else the
-        class name). The other options are the constructor's.
+        class name). ``threads`` follows the constructor's rule for a model on the
+        CPU. The other options are the constructor's.
         """
         settings = _Settings(
             max_input_tokens,
@@ -213,14 +235,16 @@ class LocalQwen3Guard:
             max_wait_ms,
             fast_path,
         )
-        import_backend()
+        torch, _ = import_backend()
         name = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
         encoder = GuardEncoder(tokenizer, name)
         weight = next(model.parameters())
-        dtype_name = str(weight.dtype).removeprefix("torch.")
+        dtype_choice = DtypeChoice(str(weight.dtype).removeprefix("torch."), "the model's own")
+        thread_choice = _apply_threads(torch, threads, weight.device.type)
         guard = cls.__new__(cls)
         device = (str(weight.device), weight.device)
-        guard._setup(name, encoder, model.eval(), device, dtype_name, settings)
+        runtime = (dtype_choice, thread_choice)
+        guard._setup(name, encoder, model.eval(), device, runtime, settings)
         return guard
 
     def _setup(
@@ -229,7 +253,7 @@ class LocalQwen3Guard:
         encoder: GuardEncoder,
         net: Any,
         device: tuple[str, Any],
-        dtype_name: str,
+        runtime: tuple[DtypeChoice, ThreadChoice],
         settings: _Settings,
     ) -> None:
         """Everything past loading, shared by both constructors; ``device``: (name, torch's)."""
@@ -237,7 +261,7 @@ class LocalQwen3Guard:
         self._model_name = name
         self._encoder = encoder
         tokenizer = encoder.tokenizer
-        self._dtype = dtype_name
+        self._dtype_choice, self._thread_choice = runtime
         self._settings = settings
         self._lock = threading.Lock()
         self._stop_ids, pad_id = stop_and_pad_ids(tokenizer, net, name)
@@ -298,7 +322,31 @@ class LocalQwen3Guard:
     @property
     def dtype(self) -> str:
         """The weights' dtype name (``auto``: the checkpoint's own)."""
-        return self._dtype
+        return self._dtype_choice.name
+
+    @property
+    def dtype_choice(self) -> DtypeChoice:
+        """The dtype and why it was chosen (given, or the hardware's native bf16, or fp32)."""
+        return self._dtype_choice
+
+    @property
+    def threads(self) -> int:
+        """The torch intra-op thread count for this guard (see :attr:`thread_choice`)."""
+        return self._thread_choice.count
+
+    @property
+    def thread_choice(self) -> ThreadChoice:
+        """The thread count and where it came from (``threads=``, the environment, the cores)."""
+        return self._thread_choice
+
+    def describe(self) -> str:
+        """One line: model, device, dtype and threads, each with why it was chosen."""
+        d, t = self._dtype_choice, self._thread_choice
+        return (
+            f"{self._model_name} on {self._device}, {d.name} ({d.reason}), "
+            f"{t.count} thread{'s' if t.count != 1 else ''} ({t.source}), "
+            f"{self.decoding} decoding"
+        )
 
     @property
     def decoding(self) -> Decoding:
@@ -437,5 +485,15 @@ class LocalQwen3Guard:
     def __repr__(self) -> str:
         return (
             f"LocalQwen3Guard({self._model_name!r}, device={self._device!r}, "
-            f"dtype={self._dtype!r}, decoding={self.decoding!r})"
+            f"dtype={self.dtype!r}, threads={self.threads}, decoding={self.decoding!r})"
         )
+
+
+def _apply_threads(torch: Any, threads: int | None, device_type: str) -> ThreadChoice:
+    """Choose torch's thread count (see :func:`~.runtime.choose_threads`) and set it."""
+    choice = choose_threads(
+        threads, device_type, torch.get_num_threads(), os.environ, available_cores()
+    )
+    if choice.apply and torch.get_num_threads() != choice.count:
+        torch.set_num_threads(choice.count)
+    return choice

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
 
 from guardrail.classifiers.base import Classifier, moderate
+from guardrail.classifiers.loading import quiet_backend
 from guardrail.qwen3guard import DEFAULT_MODEL
 from guardrail.types import Verdict
 
@@ -37,9 +39,27 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--served-model", metavar="NAME", help="model name on the server (remote)")
     p.add_argument("--revision", help="hub revision to pin (local)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (local)")
-    p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (local)")
+    p.add_argument(
+        "--dtype",
+        help="float32, bfloat16, float16 or auto (local; default bfloat16 where the CPU or "
+        "GPU computes it natively, else float32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (local; default OMP_NUM_THREADS if set, else the cores "
+        "available to the process)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (remote)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say how the guard runs (device, dtype, threads, and why) on stderr, and let "
+        "transformers' warnings, logs and progress bars through",
+    )
     p.add_argument(
         "--exit-code",
         action="store_true",
@@ -58,9 +78,16 @@ def _classifier(args: argparse.Namespace) -> Classifier:
         )
     from guardrail.classifiers.local import LocalQwen3Guard
 
-    return LocalQwen3Guard(
-        args.model or DEFAULT_MODEL, revision=args.revision, device=args.device, dtype=args.dtype
+    guard = LocalQwen3Guard(
+        args.model or DEFAULT_MODEL,
+        revision=args.revision,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
     )
+    if args.verbose:
+        print(f"guard: {guard.describe()}", file=sys.stderr)
+    return guard
 
 
 def _summary(verdict: Verdict) -> dict[str, Any]:
@@ -81,16 +108,24 @@ def _table(rows: dict[str, Verdict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the check; 0 on success (1 with ``--exit-code`` when something is not Safe).
-
-    A guard that cannot be loaded or reached raises, and the CLI exits with 2.
-    """
+def _verdicts(args: argparse.Namespace) -> dict[str, Verdict]:
     classifier = _classifier(args)
     messages = [{"role": "user", "content": args.text}]
     rows = {"prompt": moderate(classifier, messages)}
     if args.response is not None:
         rows["response"] = moderate(classifier, messages, args.response)
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check; 0 on success (1 with ``--exit-code`` when something is not Safe).
+
+    A guard that cannot be loaded or reached raises, and the CLI exits with 2.
+    Without ``--verbose`` third-party warnings, logs and progress bars are kept out
+    of the output.
+    """
+    with contextlib.nullcontext() if args.verbose else quiet_backend():
+        rows = _verdicts(args)
     if args.json:
         print(json.dumps({k: _summary(v) for k, v in rows.items()}, indent=2))
     else:

@@ -36,6 +36,7 @@ and compare with ``example.verdict_text`` (see :func:`find_example`).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -341,6 +342,48 @@ def find_example(messages: Sequence[dict[str, Any]]) -> Example | None:
 
 # ------------------------------------------------------------------------- building
 
+
+def perturbed_inputs() -> list[GuardInput]:
+    """Inputs the tiny guard was not trained on, built deterministically from its examples.
+
+    Each example with a conversation before it, and with random words before its last
+    message, plus two odd ones (markup-like text, an empty message). Greedy decoding
+    may write no verdict for some.
+    """
+    rng = random.Random(7)
+    words = [
+        "the",
+        "a",
+        "cat",
+        "bomb",
+        "bread",
+        "poem",
+        "rain",
+        "exam",
+        "vote",
+        "novel",
+        "knife",
+        "street",
+        "help",
+        "why",
+    ]
+    out = []
+    for ex in EXAMPLES:
+        context = (
+            GuardMessage("user", "Hello there."),
+            GuardMessage("assistant", "Hi! How can I help?"),
+        )
+        messages = ex.guard_input.messages
+        out.append(GuardInput(context + messages))
+        noisy = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
+        last = messages[-1]
+        noisy_last = GuardMessage(last.role, noisy + " " + last.content)
+        out.append(GuardInput((*messages[:-1], noisy_last)))
+    out.append(GuardInput((GuardMessage("user", " \n leading whitespace and <|im_end|>"),)))
+    out.append(GuardInput((GuardMessage("user", ""),)))
+    return out
+
+
 _MAX_STEPS = 400
 _TRAIN_MARGIN = 1.0
 """Training stops when every verdict token beats the runner-up by this many logits..."""
@@ -429,6 +472,9 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
     """
     import torch
 
+    from guardrail.classifiers.fastpath import cache_keyword, returned_cache
+
+    keyword = cache_keyword(model.model)
     batches = []
     for stage in Stage:
         items = [(p, v) for s, p, v in encoded if s is stage]
@@ -454,9 +500,9 @@ def _train(model: Any, encoded: list[tuple[Stage, list[int], list[int]]], pad_id
         step_logits: list[Any] = []
         step_targets: list[Any] = []
         for head, batch_ids, batch_rows, batch_cols, tgt in batches:
-            cache = model.model(input_ids=head, use_cache=True).past_key_values
+            cache = returned_cache(model.model(input_ids=head, use_cache=True))
             cache.batch_repeat_interleave(batch_ids.shape[0])
-            hidden = model.model(input_ids=batch_ids, past_key_values=cache).last_hidden_state
+            hidden = model.model(input_ids=batch_ids, **{keyword: cache}).last_hidden_state
             step_logits.append(model.lm_head(hidden[batch_rows, batch_cols]))
             step_targets.append(tgt)
         all_logits, all_targets = torch.cat(step_logits), torch.cat(step_targets)
