@@ -16,6 +16,7 @@ sync-only program never loads it.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -57,7 +58,7 @@ class AioSessions:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._url = URL(url, encoded=True)
-        self._headers = {**headers, "Content-Type": "application/json"}
+        self._headers = dict(headers) or None
         self._max_connections = max_connections
         self._injected = session
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
@@ -79,7 +80,7 @@ class AioSessions:
             # the per-request timeout is passed with each request; no cookies kept
             timeout=aiohttp.ClientTimeout(total=None),
             cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
+            json_serialize=_compact_json,
         )
         with self._lock:
             self._sessions[loop] = session
@@ -90,8 +91,8 @@ class AioSessions:
             _close_elsewhere(old, stale)
         return session
 
-    async def post(self, data: bytes, *, timeout: float) -> Reply:
-        """POST ``data`` (JSON bytes); the whole response, whatever its status.
+    async def post(self, body: Mapping[str, Any], *, timeout: float) -> Reply:
+        """POST ``body`` as JSON; the whole response, whatever its status.
 
         ``timeout`` bounds the whole request (waiting for a pooled connection,
         sending, reading the body). Raises aiohttp's exceptions (see
@@ -99,7 +100,7 @@ class AioSessions:
         """
         async with self._session().post(
             self._url,
-            data=data,
+            json=body,
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
@@ -128,47 +129,33 @@ class AioSessions:
             _close_elsewhere(loop, session)
 
 
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _close_elsewhere(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
     """Close ``session``, which belongs to ``loop``, from outside a coroutine of that loop."""
     if session.closed:
         return
-    if loop.is_closed():
-        # Its transports cannot be closed through a closed loop; closing the session
-        # marks it and its connector closed (nothing to wait for) and the sockets go
-        # with the garbage, as they would with any pool left on a finished loop.
-        _run_without_waiting(session.close())
-        return
     if loop.is_running():
         try:
-            same_loop = asyncio.get_running_loop() is loop
+            here = asyncio.get_running_loop() is loop
         except RuntimeError:
-            same_loop = False
-        if same_loop:  # sync close() called from a coroutine of that loop
-            _background(loop.create_task(session.close()))
-        else:
+            here = False
+        if not here:  # running in another thread: close it there
             asyncio.run_coroutine_threadsafe(session.close(), loop)
-        return
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # an idle loop and none running here: run the close on it
-        loop.run_until_complete(session.close())
-    else:
-        _run_without_waiting(session.close())
+            return
+    # A closed loop, an idle one, or this one from sync code: closing the session
+    # closes its connections at once and marks it closed; only waiting for the
+    # sockets to finish closing is left, which this loop does by itself (a closed
+    # loop's sockets go with the garbage, as with any pool left on a finished loop).
+    _run_without_waiting(session.close())
 
 
 def _run_without_waiting(close: Coroutine[Any, Any, None]) -> None:
-    """Run ``close`` up to its first wait; give up there (its loop cannot run it)."""
+    """Run ``close`` up to its first wait, and leave the rest to its loop."""
     try:
         close.send(None)
     except StopIteration:
         return
     close.close()
-
-
-_CLOSING: set[asyncio.Task[None]] = set()
-
-
-def _background(task: asyncio.Task[None]) -> None:
-    """Keep a reference to a fire-and-forget task until it is done (the loop keeps none)."""
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)

@@ -12,7 +12,6 @@ request (status checks, parsing, the retry policy) is written once.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import threading
 import time
@@ -173,9 +172,8 @@ class PooledHTTP:
                     self._send_url, json=body, headers=self._headers, timeout=timeout
                 )
         aio = self._aio or self._sessions()
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         with transport_errors(self.server, self.public_url, timeout, aio.errors):
-            return await aio.post(data, timeout=timeout)
+            return await aio.post(body, timeout=timeout)
 
     # --------------------------------------------------------------- lifecycle
 
