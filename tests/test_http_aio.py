@@ -17,9 +17,12 @@ from collections.abc import Iterator
 import aiohttp
 import httpx
 import pytest
+from faultkit import remote_policy
 from loopback import Drop, JSONResponse, LoopbackServer, Truncated, chat_completion
 from tenacity import wait_none
 
+from guardrail import Guard
+from guardrail.audit import NullSink
 from guardrail.classifiers.batching import arun_batch
 from guardrail.classifiers.remote import RemoteQwen3Guard
 from guardrail.errors import GuardConnectionError, GuardHTTPError, RemoteGuardTimeoutError
@@ -27,7 +30,7 @@ from guardrail.http import StatusError, transport_errors
 from guardrail.http.aio import AIOHTTP_ERRORS
 from guardrail.qwen3guard import GuardInput, guard_inputs
 from guardrail.reward.remote import RemoteRewardScorer
-from guardrail.types import SafetyLevel
+from guardrail.types import Action, SafetyLevel
 
 CHAT = "/v1/chat/completions"
 PAIR_MESSAGES = [{"role": "user", "content": "Plan a picnic"}]
@@ -337,3 +340,15 @@ async def test_arun_batch_an_item_cancelled_from_inside_cancels_the_batch() -> N
 
     with pytest.raises(asyncio.CancelledError):
         await arun_batch(one, list(range(4)), 2)
+
+
+def test_a_guard_closes_the_remote_guard_it_built(server: LoopbackServer) -> None:
+    def use() -> bool:
+        with Guard(remote_policy(f"{server.url}/v1"), sink=NullSink()) as guard:
+            decision = asyncio.run(guard.acheck_prompt([{"role": "user", "content": "hi"}]))
+        return decision.action is Action.BLOCK
+
+    with nothing_left_unclosed():  # its session was closed with the guard
+        blocked = use()
+    assert blocked  # the server judges every prompt Unsafe
+    assert len(server.requests_to("POST", CHAT)) == 1
