@@ -76,6 +76,7 @@ class Guard:
             policy = load_policy(policy)
         self.policy = policy
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
+        self._owns_classifier = classifier is None
         self._judge = with_breaker(self.classifier, policy.guard.breaker, self._on_breaker)
         self.rewards = (
             build_reward_gate(policy.reward, scorers, self._on_breaker) if policy.reward else None
@@ -216,10 +217,17 @@ class Guard:
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the audit sink and stop the worker threads."""
+        """Close the audit sink, stop the worker threads, and close the guard built here.
+
+        A classifier built from the policy (not one passed in) has its ``close()``
+        called, if it has one: a remote guard's HTTP clients are released.
+        """
         self._check_pool.shutdown(wait=False, cancel_futures=True)
         self._io_pool.shutdown(wait=False, cancel_futures=True)
         self.sink.close()
+        close = getattr(self.classifier, "close", None)
+        if self._owns_classifier and callable(close):
+            close()
 
     def __enter__(self) -> Guard:
         return self

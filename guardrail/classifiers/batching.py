@@ -281,28 +281,39 @@ def run_batch(
 async def arun_batch(
     fn: Callable[[T], Awaitable[R]], items: Sequence[T], max_concurrency: int
 ) -> list[R]:
-    """Async twin of :func:`run_batch`: one task per item, ``max_concurrency`` at once.
+    """Async twin of :func:`run_batch`: ``max_concurrency`` tasks share the items, in order.
 
-    On the first failure (or if the caller is cancelled) every unfinished task is
-    cancelled and awaited, then the first failed item's error is raised.
+    A single item runs in the calling task. On the first failure (or if the caller
+    is cancelled) every unfinished task is cancelled and awaited, then the first
+    failed item's error (in input order) is raised: no partial results.
     """
-    semaphore = asyncio.Semaphore(max_concurrency)
+    if len(items) <= 1:
+        return [await fn(item) for item in items]
+    # A few workers pulling the next item, rather than a task per item: the same
+    # bound on concurrent calls at a fraction of the bookkeeping per item.
+    results: list[R | None] = [None] * len(items)
+    failed: dict[int, BaseException] = {}
+    pending = iter(range(len(items)))
 
-    async def bounded(item: T) -> R:
-        async with semaphore:
-            return await fn(item)
+    async def work() -> None:
+        for index in pending:
+            try:
+                results[index] = await fn(items[index])
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                failed[index] = exc
+                raise
 
-    tasks = [asyncio.ensure_future(bounded(item)) for item in items]
-    if not tasks:
-        return []
+    workers = [asyncio.ensure_future(work()) for _ in range(min(max_concurrency, len(items)))]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for task in tasks:
-            task.cancel()  # no-op for finished tasks
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
-    return [task.result() for task in tasks]
+        for worker in workers:
+            worker.cancel()  # no-op for finished workers
+        await asyncio.gather(*workers, return_exceptions=True)
+    if failed:
+        raise failed[min(failed)]
+    if any(worker.cancelled() for worker in workers):  # an item's call was cancelled
+        raise asyncio.CancelledError
+    return results  # type: ignore[return-value]  # every item has its result

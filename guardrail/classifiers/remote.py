@@ -6,8 +6,9 @@ prompt with special tokens parsed (see :func:`~guardrail.qwen3guard.escape_marku
 
 Building the request and reading the response are pure functions shared by the
 sync and async paths; only the HTTP call and the retry driver differ (httpx's own
-pattern). This module owns those and the logprobs fallback; the HTTP plumbing
-(pooled clients, retry policy) is :mod:`guardrail.http`'s, the bounded batches
+pattern): the sync path posts through httpx, the async one through aiohttp. This
+module owns those and the logprobs fallback; the HTTP plumbing (pooled clients,
+error mapping, retry policy) is :mod:`guardrail.http`'s, the bounded batches
 :mod:`.batching`'s. Failures surface as :class:`~guardrail.errors.RemoteGuardError`
 subclasses, and an answer that is not a verdict raises
 :class:`~guardrail.errors.VerdictParseError`: nothing here ever defaults to Safe.
@@ -19,9 +20,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from guardrail import deadline as deadlines
 from guardrail.classifiers.batching import arun_batch, run_batch
@@ -30,14 +29,15 @@ from guardrail.http import MAX_RETRY_AFTER_S as MAX_RETRY_AFTER_S
 from guardrail.http import (
     RETRYABLE_STATUS,
     HTTPBackend,
+    HTTPResponse,
     PooledHTTP,
+    RetryPolicy,
     RetryWait,
+    StatusError,
     error_snippet,
     parse_base_url,
     public_url,
     raise_for_status,
-    retry_policy,
-    retrying_until,
 )
 from guardrail.qwen3guard import (
     DEFAULT_MODEL,
@@ -51,6 +51,10 @@ from guardrail.qwen3guard import (
 )
 from guardrail.secrets import Masker
 from guardrail.types import Verdict
+
+if TYPE_CHECKING:
+    import aiohttp
+    import httpx
 
 __all__ = ["RETRYABLE_STATUS", "RemoteQwen3Guard"]
 
@@ -81,12 +85,12 @@ def build_request(
 
 
 def read_choice(
-    response: httpx.Response, *, url: str, secret: str | None = None
+    response: HTTPResponse, *, url: str, secret: str | None = None
 ) -> Mapping[str, Any]:
     """Check the status and return ``choices[0]`` of a chat-completion response.
 
     Raises :class:`~guardrail.errors.GuardHTTPError` for an error status (its
-    ``__cause__`` is an ``httpx.HTTPStatusError`` carrying the response) and
+    ``__cause__`` is a :class:`~guardrail.http.StatusError` carrying the response) and
     :class:`~guardrail.errors.RemoteGuardError` for a body that is not a completion.
     """
     raise_for_status(response, server="guard server", url=url, secret=secret)
@@ -177,7 +181,7 @@ def verdict_from_choice(
 def _rejects_logprobs(exc: GuardHTTPError) -> bool:
     """Tell a 400 whose body mentions logprobs: the server does not support them."""
     cause = exc.__cause__
-    body = cause.response.text if isinstance(cause, httpx.HTTPStatusError) else str(exc)
+    body = cause.response.text if isinstance(cause, StatusError) else str(exc)
     return exc.status_code == 400 and "logprob" in body.lower()
 
 
@@ -201,10 +205,16 @@ class RemoteQwen3Guard(HTTPBackend):
     ``retry_wait``), honouring a short ``Retry-After``; within a guarded check no
     attempt starts, and no request runs, past the check's deadline
     (:mod:`guardrail.deadline`). Batches run up to
-    ``max_concurrency`` requests at once. Injected ``http_client`` /
-    ``async_http_client`` are used as they are and never closed here; otherwise one
-    pooled client per flavour is created on first use and closed by :meth:`close` /
-    :meth:`aclose` or the context managers.
+    ``max_concurrency`` requests at once.
+
+    Sync calls go through an httpx client, async ones through an aiohttp session
+    (one per event loop, created inside it) holding up to ``max_concurrency``
+    connections. Injected clients are used as they are and never closed here:
+    ``http_client`` (``httpx.Client``) and ``async_http_client`` (an
+    ``aiohttp.ClientSession``, or an ``httpx.AsyncClient``). The clients created
+    here are closed by :meth:`aclose` (or ``async with``); :meth:`close` (or
+    ``with``) closes the sync client and the sessions of event loops that are no
+    longer running.
     """
 
     def __init__(
@@ -220,7 +230,7 @@ class RemoteQwen3Guard(HTTPBackend):
         top_logprobs: int = 5,
         max_concurrency: int = 16,
         http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        async_http_client: httpx.AsyncClient | aiohttp.ClientSession | None = None,
         retry_wait: RetryWait | None = None,
     ) -> None:
         root = parse_base_url(base_url)
@@ -248,7 +258,7 @@ class RemoteQwen3Guard(HTTPBackend):
             http_client=http_client,
             async_http_client=async_http_client,
         )
-        self._retrying, self._aretrying = retry_policy(max_retries, retry_wait)
+        self._retry = RetryPolicy(max_retries, retry_wait)
         self._mask = Masker(self.secrets)
 
     def __repr__(self) -> str:
@@ -271,7 +281,7 @@ class RemoteQwen3Guard(HTTPBackend):
         self.top_logprobs = 0
         return True
 
-    def _read(self, response: httpx.Response) -> Mapping[str, Any]:
+    def _read(self, response: HTTPResponse) -> Mapping[str, Any]:
         return read_choice(response, url=self._http.public_url, secret=self._http.api_key)
 
     def _verdict(self, choice: Mapping[str, Any], guard_input: GuardInput, start: float) -> Verdict:
@@ -289,12 +299,16 @@ class RemoteQwen3Guard(HTTPBackend):
         start = time.perf_counter()
         body = self._body(guard_input)
         try:
-            choice = retrying_until(self._retrying, deadline)(self._post, body, deadline)
+            choice = self._retry.call(
+                functools.partial(self._post, body, deadline), deadline=deadline
+            )
         except GuardHTTPError as exc:
             if not self._give_up_logprobs(exc, body):
                 raise
             body = self._body(guard_input)
-            choice = retrying_until(self._retrying, deadline)(self._post, body, deadline)
+            choice = self._retry.call(
+                functools.partial(self._post, body, deadline), deadline=deadline
+            )
         return self._verdict(choice, guard_input, start)
 
     def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
@@ -318,12 +332,16 @@ class RemoteQwen3Guard(HTTPBackend):
         body = self._body(guard_input)
         choice: Mapping[str, Any]
         try:
-            choice = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
+            choice = await self._retry.acall(
+                functools.partial(self._apost, body, deadline), deadline=deadline
+            )
         except GuardHTTPError as exc:
             if not self._give_up_logprobs(exc, body):
                 raise
             body = self._body(guard_input)
-            choice = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
+            choice = await self._retry.acall(
+                functools.partial(self._apost, body, deadline), deadline=deadline
+            )
         return self._verdict(choice, guard_input, start)
 
     async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:

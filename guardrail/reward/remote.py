@@ -31,7 +31,8 @@ family (:class:`~guardrail.errors.RemoteGuardError` subclasses, messages saying
 :data:`~guardrail.http.RETRYABLE_STATUS` are retried with jittered backoff
 honouring a short ``Retry-After``; 400 and other client errors are final. This
 module owns the request bodies and score reading; the HTTP plumbing (pooled
-clients, retry policy) is :mod:`guardrail.http`'s and the bounded batches
+clients: httpx for sync calls, aiohttp for async ones; retry policy) is
+:mod:`guardrail.http`'s and the bounded batches
 :mod:`guardrail.classifiers.batching`'s, shared with the guard.
 """
 
@@ -41,20 +42,18 @@ import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail import deadline as deadlines
 from guardrail.classifiers.batching import arun_batch, run_batch
 from guardrail.errors import ConfigurationError, RemoteGuardError
 from guardrail.http import (
     HTTPBackend,
+    HTTPResponse,
     PooledHTTP,
+    RetryPolicy,
     RetryWait,
     parse_base_url,
-    retry_policy,
-    retrying_until,
 )
 from guardrail.reward.base import (
     Normalizer,
@@ -64,6 +63,10 @@ from guardrail.reward.base import (
     Turn,
     normalise_pair,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
+    import httpx
 
 __all__ = ["RemoteRewardScorer", "build_request", "read_score"]
 
@@ -134,8 +137,11 @@ class RemoteRewardScorer(HTTPBackend):
     ``repr`` or messages. Pairs are scored one request each, up to
     ``max_concurrency`` at once; if one fails its error is raised (no partial
     results). Within a guarded call no attempt starts, and no request runs, past
-    the scoring's deadline (:mod:`guardrail.deadline`). Injected HTTP clients are
-    used as they are and never closed here.
+    the scoring's deadline (:mod:`guardrail.deadline`). Sync calls go through
+    httpx, async ones through aiohttp (one session per event loop); injected
+    clients (``http_client``: ``httpx.Client``; ``async_http_client``:
+    ``aiohttp.ClientSession`` or ``httpx.AsyncClient``) are used as they are and
+    never closed here.
     """
 
     def __init__(
@@ -154,7 +160,7 @@ class RemoteRewardScorer(HTTPBackend):
         mean: float | None = None,
         std: float | None = None,
         http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        async_http_client: httpx.AsyncClient | aiohttp.ClientSession | None = None,
         retry_wait: RetryWait | None = None,
     ) -> None:
         root = parse_base_url(base_url)
@@ -187,7 +193,7 @@ class RemoteRewardScorer(HTTPBackend):
             async_http_client=async_http_client,
         )
         # the remote guard's policy: same retryable errors, backoff and Retry-After cap
-        self._retrying, self._aretrying = retry_policy(max_retries, retry_wait)
+        self._retry = RetryPolicy(max_retries, retry_wait)
 
     def __repr__(self) -> str:
         return f"RemoteRewardScorer(url={self._http.public_url!r}, model={self.model!r})"
@@ -198,7 +204,7 @@ class RemoteRewardScorer(HTTPBackend):
         turns = normalise_pair(*pair)
         return build_request(turns, api=self.api, model=self.model, pooling_task=self.pooling_task)
 
-    def _read(self, response: httpx.Response) -> float:
+    def _read(self, response: HTTPResponse) -> float:
         url = self._http.public_url
         self._http.raise_for_status(response)
         try:
@@ -231,7 +237,9 @@ class RemoteRewardScorer(HTTPBackend):
 
     def _score_one(self, body: Mapping[str, Any], deadline: float | None = None) -> RewardScore:
         started = time.perf_counter()
-        value: float = retrying_until(self._retrying, deadline)(self._post, body, deadline)
+        value: float = self._retry.call(
+            functools.partial(self._post, body, deadline), deadline=deadline
+        )
         return self._result(value, started)
 
     def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
@@ -249,7 +257,9 @@ class RemoteRewardScorer(HTTPBackend):
         self, body: Mapping[str, Any], deadline: float | None = None
     ) -> RewardScore:
         started = time.perf_counter()
-        value: float = await retrying_until(self._aretrying, deadline)(self._apost, body, deadline)
+        value: float = await self._retry.acall(
+            functools.partial(self._apost, body, deadline), deadline=deadline
+        )
         return self._result(value, started)
 
     async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
