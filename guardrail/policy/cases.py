@@ -1,4 +1,4 @@
-"""Policy test cases: pin what a policy decides for given verdicts, with no model.
+r"""Policy test cases: pin what a policy decides for given verdicts, with no model.
 
 A case file lists verdicts (structured, or the guard's raw text read by the real
 protocol parser :func:`~guardrail.qwen3guard.parse_verdict`) or guard failures,
@@ -13,7 +13,7 @@ and the decision each must get from :func:`~guardrail.policy.evaluate`::
         expect: {action: block, rule: block-jailbreak, flags: [jailbreak]}
       - name: a safe request refused is flagged
         stage: response
-        raw: "Safety: Safe\\nCategories: None\\nRefusal: Yes"
+        raw: "Safety: Safe\nCategories: None\nRefusal: Yes"
         prompt: {level: Safe}
         expect: {action: flag, rule: unnecessary-refusal}
       - name: a guard timeout fails closed
@@ -49,7 +49,7 @@ from guardrail.errors import (
 )
 from guardrail.policy.evaluate import evaluate
 from guardrail.policy.fields import FieldValueError, Label, Probability, Score, StrictModel, Text
-from guardrail.policy.humanize import format_field_path, validation_error
+from guardrail.policy.humanize import validation_error
 from guardrail.policy.loader import DocumentKind, parse_document
 from guardrail.policy.rules import RESERVED_RULE_IDS, ProbabilityName
 from guardrail.policy.schema import Policy
@@ -163,19 +163,6 @@ class Expectation(StrictModel):
         if self.rule is not None and self.rule == self.not_rule:
             raise FieldValueError("is the same rule as 'rule': the case can never pass", "not_rule")
         return self
-
-    def describe(self) -> str:
-        """The expectation in one line: ``action=block rule=block-jailbreak``."""
-        parts = [f"action={self.action.value}"]
-        if self.rule is not None:
-            parts.append(f"rule={self.rule}")
-        if self.not_rule is not None:
-            parts.append(f"not_rule={self.not_rule}")
-        if self.flags is not None:
-            parts.append(f"flags=[{', '.join(self.flags)}]")
-        if self.flags_include is not None:
-            parts.append(f"flags_include=[{', '.join(self.flags_include)}]")
-        return " ".join(parts)
 
 
 class Case(StrictModel):
@@ -337,7 +324,8 @@ class CaseFile(StrictModel):
         for i, case in enumerate(self.cases):
             if case.name in first:
                 raise FieldValueError(
-                    f"duplicate case name {case.name!r} (already used by cases[{first[case.name]}])",
+                    f"duplicate case name {case.name!r} "
+                    f"(already used by cases[{first[case.name]}])",
                     "cases",
                     i,
                     "name",
@@ -435,9 +423,7 @@ def _case_error(exc: PolicyError) -> CaseFileError:
 def run_cases(policy: Policy, case_file: CaseFile) -> tuple[CaseResult, ...]:
     """Evaluate every case of ``case_file`` with ``policy``, in order."""
     rule_stages = {rule.id: rule.stage for rule in policy.rules}
-    return tuple(
-        _run_case(policy, case, case_file.source, rule_stages) for case in case_file.cases
-    )
+    return tuple(_run_case(policy, case, case_file.source, rule_stages) for case in case_file.cases)
 
 
 def unmatched_rules(policy: Policy, results: Iterable[CaseResult]) -> tuple[str, ...]:
@@ -471,7 +457,7 @@ def _run_case(
     if expect.flags_include is not None:
         missing = [flag for flag in expect.flags_include if flag not in got_flags]
         if missing:
-            problems.append(f"flags: missing {_flags(missing)}, got {_flags(decision.flags)}")
+            problems.append(f"flags: missing {_flags(missing)}")
     return CaseResult(source=source, case=case, decision=decision, problems=tuple(problems))
 
 
@@ -520,13 +506,15 @@ def _parse_raw(text: str, stage: Stage, field: str, **probabilities: Any) -> Ver
 
 
 def _split_probabilities(
-    given: Mapping[str, float] | None,
+    given: Mapping[ProbabilityName, float] | None,
 ) -> tuple[dict[str, float] | None, dict[str, float] | None, dict[str, float] | None]:
     """Level, category and refusal probabilities, each normalised as a guard gives them."""
     if not given:
         return None, None, None
-    levels = {k: p for k, p in given.items() if k in _LEVEL_NAMES}
-    categories = {k: p for k, p in given.items() if k not in _LEVEL_NAMES and k != "Refusal"}
+    levels: dict[str, float] = {k: p for k, p in given.items() if k in _LEVEL_NAMES}
+    categories: dict[str, float] = {
+        k: p for k, p in given.items() if k not in _LEVEL_NAMES and k != "Refusal"
+    }
     for what, group in (("level", levels), ("category", categories)):
         total = sum(group.values())
         if total > 1.0 + 1e-9:

@@ -156,9 +156,7 @@ def _root_causes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     return kept or errors
 
 
-def _problem(
-    err: ErrorDetails, marks: Locator, source: str, root: type[BaseModel]
-) -> PolicyError:
+def _problem(err: ErrorDetails, marks: Locator, source: str, root: type[BaseModel]) -> PolicyError:
     loc: FieldPath = tuple(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}

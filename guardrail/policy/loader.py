@@ -469,7 +469,7 @@ _TAG_NAMES = {
 # ------------------------------------------------------------------ validation side
 
 
-def _validate(data: Any, marks: _Marks, source: str) -> Policy:
+def _validate(data: Any, marks: Locator, source: str) -> Policy:
     check_document(data, marks, source)
     try:
         return Policy.model_validate(data)
