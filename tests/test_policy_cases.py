@@ -609,3 +609,12 @@ def test_case_lines_point_at_each_case() -> None:
 def test_expectation_action_is_typed() -> None:
     case = one(GOOD_CASE)
     assert case.expect.action is Action.ALLOW
+
+
+def test_the_readme_example_runs_against_the_default_policy() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("# policies/tests/my-policy.cases.yaml")
+    example = readme[start : readme.index("```", start)]
+    results = run_cases(load_policy(POLICIES / "default.yaml"), load_cases_text(example))
+    assert len(results) == 4
+    assert [r.problems for r in results if not r.passed] == []
