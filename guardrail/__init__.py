@@ -12,6 +12,7 @@ from guardrail.classifiers.base import Classifier, amoderate, moderate
 from guardrail.errors import (
     AuditError,
     BlockedError,
+    CaseFileError,
     CircuitOpenError,
     ClassifierError,
     ConfigurationError,
@@ -75,6 +76,7 @@ __all__ = [
     "Action",
     "AuditError",
     "BlockedError",
+    "CaseFileError",
     "Category",
     "CircuitOpenError",
     "Classifier",

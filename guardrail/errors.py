@@ -18,6 +18,7 @@ The hierarchy::
     │       ├── GuardConnectionError  the server could not be reached
     │       └── GuardHTTPError        the server answered with an error status
     ├── PolicyError                   a policy file or object is invalid
+    │   └── CaseFileError             a policy test case file is invalid
     ├── BlockedError                  the policy blocked a call (carries the decision)
     └── AuditError                    an audit record could not be written or verified
 
@@ -162,6 +163,14 @@ class PolicyError(GuardrailError, ValueError):
                 where += f":{column}"
         prefix = f"{where}: {field}: " if field else f"{where}: "
         super().__init__(prefix + message)
+
+
+class CaseFileError(PolicyError):
+    """A policy test case file (``guardrail policy test``) is invalid or unreadable.
+
+    Located like :class:`PolicyError`: ``source``, 1-based ``line`` and ``column``,
+    and ``field``, the dotted path in the case file (``cases[3].expect.action``).
+    """
 
 
 class BlockedError(GuardrailError):

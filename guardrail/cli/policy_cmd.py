@@ -1,4 +1,4 @@
-"""``guardrail policy``: validate policy files and export the policy JSON Schema.
+"""``guardrail policy``: validate and test policy files, export the policy JSON Schema.
 
 ``guardrail policy validate FILE...`` prints one line per file::
 
@@ -8,6 +8,16 @@
 (the second on stderr) and exits 0 when every file is valid, 1 when some are
 invalid, 2 when some could not be read (the CLI's one exit-status rule).
 ``guardrail policy schema [--output FILE]`` prints or writes the JSON Schema.
+
+``guardrail policy test POLICY CASES.yaml...`` evaluates test cases (verdicts and
+the decisions they must get, see :mod:`guardrail.policy.cases`) and prints one
+line per failing case, then a summary::
+
+    cases.yaml:14: jailbreak: action: expected block, got flag | got action=flag rule=f flags=[f]
+    FAIL  policies/default.yaml  11 passed, 1 failed (1 case file)
+
+It exits 0 when every case passes, 1 when some fail, 2 when the policy or a case
+file cannot be read or is invalid (nothing is run then).
 """
 
 from __future__ import annotations
@@ -16,20 +26,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from guardrail.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, error
 from guardrail.errors import PolicyError
-from guardrail.policy import load_policy_text, policy_json_schema
+from guardrail.policy import Policy, load_policy, load_policy_text, policy_json_schema
+from guardrail.policy.cases import CaseFile, CaseResult, load_cases, run_cases, unmatched_rules
 from guardrail.policy.loader import MAX_POLICY_BYTES
 
-__all__ = ["add_parser", "run_schema", "run_validate"]
+__all__ = ["add_parser", "run_schema", "run_test", "run_validate"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``policy validate`` and ``policy schema``."""
+    """Register ``policy validate``, ``policy test`` and ``policy schema``."""
     parser = subparsers.add_parser(
         "policy",
-        help="validate policy files, export the policy JSON Schema",
+        help="validate and test policy files, export the policy JSON Schema",
         description="Work with guardrail policy files.",
     )
     actions = parser.add_subparsers(dest="policy_command", metavar="ACTION")
@@ -47,6 +59,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="policy YAML files")
     validate.set_defaults(func=run_validate)
+
+    test = actions.add_parser(
+        "test",
+        help="run test cases against a policy; exit 1 if any fails",
+        description=(
+            "Evaluate test cases (a verdict, or a guard failure, and the decision it must "
+            "get) against POLICY, without a model. Prints 'FILE:LINE: NAME: what differs "
+            "| got ...' for each failing case, then 'OK|FAIL  POLICY  N passed, "
+            "M failed'. Exit status: 0 all cases pass, 1 some fail, 2 the policy or a case "
+            "file cannot be read or is invalid."
+        ),
+    )
+    test.add_argument("policy", metavar="POLICY", help="the policy YAML file")
+    test.add_argument("cases", nargs="+", metavar="CASES", help="case files (YAML)")
+    test.add_argument("--json", action="store_true", help="print the results as JSON")
+    test.set_defaults(func=run_test)
 
     schema = actions.add_parser(
         "schema",
@@ -86,6 +114,90 @@ def run_validate(args: argparse.Namespace) -> int:
         summary = f"{policy.name} v{policy.version}, {rules}, sha256:{policy.content_hash[:8]}"
         print(f"OK  {name}  ({summary})")
     return EXIT_ERROR if unreadable else EXIT_FINDINGS if invalid else EXIT_OK
+
+
+def run_test(args: argparse.Namespace) -> int:
+    """Run the case files against the policy: 0 all pass, 1 some fail, 2 unreadable/invalid.
+
+    Every file is read before any case runs; each one that cannot be read or is
+    invalid is reported on stderr, located, and nothing is run.
+    """
+    broken = False
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        broken = True
+    case_files: list[CaseFile] = []
+    for name in args.cases:
+        try:
+            case_files.append(load_cases(name))
+        except PolicyError as exc:  # CaseFileError
+            print(exc, file=sys.stderr)
+            broken = True
+    if broken:
+        return EXIT_ERROR
+    results = [result for case_file in case_files for result in run_cases(policy, case_file)]
+    unmatched = unmatched_rules(policy, results)
+    if args.json:
+        print(json.dumps(_test_json(args.policy, policy, args.cases, results, unmatched), indent=2))
+    else:
+        print(_test_text(args.policy, len(case_files), results, unmatched))
+    return EXIT_OK if all(result.passed for result in results) else EXIT_FINDINGS
+
+
+def _test_text(
+    policy_name: str, files: int, results: list[CaseResult], unmatched: tuple[str, ...]
+) -> str:
+    lines = [
+        f"{r.location}: {r.case.name}: {'; '.join(r.problems)} | got {r.got()}"
+        for r in results
+        if not r.passed
+    ]
+    if unmatched:
+        lines.append(f"note: no case is decided by rule(s): {', '.join(unmatched)}")
+    failed = sum(not r.passed for r in results)
+    status = "FAIL" if failed else "OK"
+    lines.append(
+        f"{status}  {policy_name}  {len(results) - failed} passed, {failed} failed "
+        f"({files} case file{'' if files == 1 else 's'})"
+    )
+    return "\n".join(lines)
+
+
+def _test_json(
+    policy_name: str,
+    policy: Policy,
+    case_files: list[str],
+    results: list[CaseResult],
+    unmatched: tuple[str, ...],
+) -> dict[str, Any]:
+    failed = sum(not r.passed for r in results)
+    return {
+        "ok": failed == 0,
+        "policy": {"file": policy_name, "name": policy.name, "sha256": policy.content_hash},
+        "case_files": case_files,
+        "passed": len(results) - failed,
+        "failed": failed,
+        "unmatched_rules": list(unmatched),
+        "cases": [
+            {
+                "file": r.source,
+                "line": r.case.line,
+                "name": r.case.name,
+                "stage": r.case.stage.value,
+                "passed": r.passed,
+                "expected": r.case.expect.model_dump(mode="json", exclude_none=True),
+                "got": {
+                    "action": r.decision.action.value,
+                    "rule": r.decision.rule_id,
+                    "flags": list(r.decision.flags),
+                },
+                "problems": list(r.problems),
+            }
+            for r in results
+        ],
+    }
 
 
 def run_schema(args: argparse.Namespace) -> int:

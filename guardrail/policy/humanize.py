@@ -100,14 +100,22 @@ def check_document(data: Any, marks: Locator, source: str) -> None:
     raise PolicyError(message, source=source, line=line, column=column, field="version")
 
 
-def validation_error(exc: ValidationError, marks: Locator, source: str) -> PolicyError:
-    """The one :class:`PolicyError` to raise for a failed :class:`Policy` validation.
+def validation_error(
+    exc: ValidationError,
+    marks: Locator,
+    source: str,
+    *,
+    root: type[BaseModel] = Policy,
+) -> PolicyError:
+    """The one :class:`PolicyError` to raise for a failed validation of ``root``.
 
     It is the first problem in file order, with ``(+N more errors)`` when there
-    are others, located at its line, column and field path.
+    are others, located at its line, column and field path. ``root`` is the model
+    the document was validated against (a :class:`Policy` by default): unknown keys
+    are matched against its fields for "did you mean".
     """
     problems = sorted(
-        (_problem(err, marks, source) for err in _root_causes(exc.errors())),
+        (_problem(err, marks, source, root) for err in _root_causes(exc.errors())),
         key=lambda p: (p.line or 0, p.column or 0),
     )
     first, more = problems[0], len(problems) - 1
@@ -148,7 +156,7 @@ def _root_causes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     return kept or errors
 
 
-def _problem(err: ErrorDetails, marks: Locator, source: str) -> PolicyError:
+def _problem(err: ErrorDetails, marks: Locator, source: str, root: type[BaseModel]) -> PolicyError:
     loc: FieldPath = tuple(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -163,13 +171,13 @@ def _problem(err: ErrorDetails, marks: Locator, source: str) -> PolicyError:
         message = error.reason
         line, column = marks.locate(path)
     elif kind == "extra_forbidden":
-        message = _unknown_key(loc)
+        message = _unknown_key(loc, root)
         line, column = marks.locate(loc, key=True)
     elif kind == "missing":
         message = "required key is missing"
         line, column = marks.locate(loc[:-1])
     else:
-        message = _humanize(kind, err["msg"], ctx, value, loc, at_key=at_key)
+        message = _humanize(kind, err["msg"], ctx, value, loc, at_key=at_key, root=root)
         line, column = marks.locate(loc, key=at_key)
     return PolicyError(
         message,
@@ -180,9 +188,9 @@ def _problem(err: ErrorDetails, marks: Locator, source: str) -> PolicyError:
     )
 
 
-def _unknown_key(loc: FieldPath) -> str:
+def _unknown_key(loc: FieldPath, root: type[BaseModel]) -> str:
     key = str(loc[-1])
-    model = _model_at(loc[:-1])
+    model = _model_at(loc[:-1], root)
     message = f"unknown key {key!r}"
     if model is None:
         return message
@@ -195,9 +203,9 @@ def _unknown_key(loc: FieldPath) -> str:
     return f"{message}; expected one of: {', '.join(names)}"
 
 
-def _model_at(path: FieldPath) -> type[BaseModel] | None:
+def _model_at(path: FieldPath, root: type[BaseModel]) -> type[BaseModel] | None:
     """The model class that validates the mapping at ``path`` (None inside a dict)."""
-    model: type[BaseModel] = Policy
+    model = root
     for part in path:
         if isinstance(part, int):
             continue
@@ -253,10 +261,11 @@ def _humanize(
     loc: FieldPath,
     *,
     at_key: bool,
+    root: type[BaseModel],
 ) -> str:
     if kind in ("enum", "literal_error"):
         choices = re.findall(r"'((?:[^'\\]|\\.)*)'", str(ctx.get("expected", "")))
-        return _bad_choice(value, choices, loc, at_key=at_key)
+        return _bad_choice(value, choices, loc, at_key=at_key, policy=root is Policy)
     if kind == "value_error" and ctx.get("error") is not None:
         return str(ctx["error"])
     if kind in ("too_short", "string_too_short"):
@@ -275,9 +284,11 @@ def _humanize(
     return msg[0].lower() + msg[1:] if msg else kind
 
 
-def _bad_choice(value: Any, choices: list[str], loc: FieldPath, *, at_key: bool) -> str:
+def _bad_choice(
+    value: Any, choices: list[str], loc: FieldPath, *, at_key: bool, policy: bool
+) -> str:
     what = "name" if at_key else "value"
-    if value == "None" and "categories" in loc:
+    if policy and value == "None" and "categories" in loc:
         return "'None' is not a category; to match verdicts without one use 'no_category: true'"
     message = f"invalid {what} {value!r}; expected one of: {', '.join(choices)}"
     guess = _closest(value, choices) if isinstance(value, str) else None

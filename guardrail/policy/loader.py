@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from guardrail.errors import PolicyError
 from guardrail.policy.humanize import (
     FieldPath,
+    Locator,
     check_document,
     format_field_path,
     validation_error,
@@ -50,9 +51,13 @@ __all__ = [
     "MAX_POLICY_BYTES",
     "MAX_POLICY_DEPTH",
     "MAX_POLICY_NODES",
+    "POLICY_DOCUMENT",
+    "DocumentKind",
+    "YamlDocument",
     "default_policy",
     "load_policy",
     "load_policy_text",
+    "parse_document",
 ]
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -72,6 +77,48 @@ MAX_POLICY_NODES = 10_000
 # Aliases share nodes, so a few lines of YAML can expand exponentially: the values a
 # policy expands to, aliases followed, are bounded too.
 _MAX_EXPANDED = 20_000
+
+
+@dataclass(frozen=True)
+class DocumentKind:
+    """What kind of YAML document is read: the words its errors use, and its size limits.
+
+    The policy loader's YAML reading (size and character checks, bounded parsing,
+    field-path marks, duplicate keys) serves every strict YAML file guardrail reads;
+    only the wording and the limits differ.
+    """
+
+    noun: str
+    """``policy``: "the policy is too large"."""
+    plural: str
+    """``policies``: "policies may nest at most 64 levels deep"."""
+    empty_hint: str
+    """What an empty document is missing, e.g. "it needs at least 'version: 1', ..."."""
+    max_bytes: int = MAX_POLICY_BYTES
+    max_depth: int = MAX_POLICY_DEPTH
+    max_nodes: int = MAX_POLICY_NODES
+    max_expanded: int = _MAX_EXPANDED
+    """The most values once aliases are followed."""
+
+
+POLICY_DOCUMENT = DocumentKind(
+    noun="policy",
+    plural="policies",
+    empty_hint="it needs at least 'version: 1', a 'name' and rules",
+)
+"""A policy file."""
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """A parsed YAML document: its data, where each field path sits, and its bytes."""
+
+    data: Any
+    marks: Locator
+    raw: bytes
+    """The UTF-8 bytes that were parsed (their sha256 identifies the document)."""
+
+
 # What YAML 1.1 refuses to read (PyYAML's Reader.NON_PRINTABLE).
 _NON_PRINTABLE = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
@@ -115,15 +162,31 @@ def load_policy_text(text: str | bytes, source: str = "<string>") -> Policy:
     Anything wrong, the text's type and size included, raises
     :class:`~guardrail.errors.PolicyError`.
     """
+    document = parse_document(text, source, POLICY_DOCUMENT)
+    policy = _validate(document.data, document.marks, source)
+    policy._source = source
+    policy._content_hash = hashlib.sha256(document.raw).hexdigest()
+    return policy
+
+
+def parse_document(text: str | bytes, source: str, kind: DocumentKind) -> YamlDocument:
+    """Parse a strict YAML document of ``kind``, recording where each field path sits.
+
+    Refused, with :class:`~guardrail.errors.PolicyError` naming ``source`` and the
+    line and column where they apply: text that is not ``str`` or UTF-8 bytes, a
+    document over ``kind``'s size, nesting or value limits, characters YAML does not
+    allow, YAML syntax errors, duplicate keys, keys that are not text, and an empty
+    document. The caller validates the data (``marks`` locates its errors).
+    """
     if isinstance(text, (bytearray, memoryview)):
         text = bytes(text)
     if not isinstance(text, (str, bytes)):
         raise PolicyError(
-            f"a policy must be YAML text or bytes, not {type(text).__name__}", source=source
+            f"a {kind.noun} must be YAML text or bytes, not {type(text).__name__}", source=source
         )
     # A str is at least one UTF-8 byte per character: too many characters is too large.
-    if len(text) > MAX_POLICY_BYTES:
-        raise _too_large(source)
+    if len(text) > kind.max_bytes:
+        raise _too_large(source, kind)
     if isinstance(text, bytes):
         raw = text
         try:
@@ -134,17 +197,14 @@ def load_policy_text(text: str | bytes, source: str = "<string>") -> Policy:
             raise PolicyError(
                 "the file is not UTF-8 text", source=source, line=line, column=column
             ) from None
-        _check_characters(text, source)
+        _check_characters(text, source, kind)
     else:
-        _check_characters(text, source)  # before encoding: a lone surrogate has no UTF-8
+        _check_characters(text, source, kind)  # before encoding: a lone surrogate has no UTF-8
         raw = text.encode("utf-8")
-        if len(raw) > MAX_POLICY_BYTES:
-            raise _too_large(source)
-    data, marks = _parse(text, source)
-    policy = _validate(data, marks, source)
-    policy._source = source
-    policy._content_hash = hashlib.sha256(raw).hexdigest()
-    return policy
+        if len(raw) > kind.max_bytes:
+            raise _too_large(source, kind)
+    data, marks = _parse(text, source, kind)
+    return YamlDocument(data=data, marks=marks, raw=raw)
 
 
 def default_policy() -> Policy:
@@ -186,15 +246,15 @@ class _Marks:
         return mark.line + 1, mark.column + 1
 
 
-def _too_large(source: str) -> PolicyError:
+def _too_large(source: str, kind: DocumentKind) -> PolicyError:
     return PolicyError(
-        f"the policy is too large: policy files are limited to {MAX_POLICY_BYTES:,} bytes "
-        f"({MAX_POLICY_BYTES // 1024} KiB)",
+        f"the {kind.noun} is too large: {kind.noun} files are limited to "
+        f"{kind.max_bytes:,} bytes ({kind.max_bytes // 1024} KiB)",
         source=source,
     )
 
 
-def _check_characters(text: str, source: str) -> None:
+def _check_characters(text: str, source: str, kind: DocumentKind) -> None:
     """Refuse, with its place, the first character YAML does not allow."""
     found = _NON_PRINTABLE.search(text)
     if found is None:
@@ -216,7 +276,7 @@ def _check_characters(text: str, source: str) -> None:
     line = text.count("\n", 0, start) + 1
     column = start - (text.rfind("\n", 0, start) + 1) + 1
     raise PolicyError(
-        f"the policy contains {what}",
+        f"the {kind.noun} contains {what}",
         source=source,
         line=line,
         column=column,
@@ -235,9 +295,10 @@ class _PolicyLoader(yaml.SafeLoader):
     ``ValueError``.
     """
 
-    def __init__(self, text: str, source: str) -> None:
+    def __init__(self, text: str, source: str, kind: DocumentKind) -> None:
         super().__init__(text)
         self.source = source
+        self.kind = kind
         self.depth = 0
         self.nodes = 0
 
@@ -245,15 +306,16 @@ class _PolicyLoader(yaml.SafeLoader):
         self.depth += 1
         self.nodes += 1
         try:
-            if self.depth > MAX_POLICY_DEPTH or self.nodes > MAX_POLICY_NODES:
+            kind = self.kind
+            if self.depth > kind.max_depth or self.nodes > kind.max_nodes:
                 mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 limit = (
-                    f"policies may nest at most {MAX_POLICY_DEPTH} levels deep"
-                    if self.depth > MAX_POLICY_DEPTH
-                    else f"policies may hold at most {MAX_POLICY_NODES:,} values"
+                    f"{kind.plural} may nest at most {kind.max_depth} levels deep"
+                    if self.depth > kind.max_depth
+                    else f"{kind.plural} may hold at most {kind.max_nodes:,} values"
                 )
                 raise PolicyError(
-                    f"the policy is too large or too deeply nested: {limit}",
+                    f"the {kind.noun} is too large or too deeply nested: {limit}",
                     source=self.source,
                     line=mark.line + 1,
                     column=mark.column + 1,
@@ -274,19 +336,19 @@ class _PolicyLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
-def _parse(text: str, source: str) -> tuple[Any, _Marks]:
-    loader = _PolicyLoader(text, source)
+def _parse(text: str, source: str, kind: DocumentKind) -> tuple[Any, _Marks]:
+    loader = _PolicyLoader(text, source, kind)
     try:
         root = loader.get_single_node()
         if root is None:
             raise PolicyError(
-                "the policy is empty; it needs at least 'version: 1', a 'name' and rules",
+                f"the {kind.noun} is empty; {kind.empty_hint}",
                 source=source,
                 line=1,
                 column=1,
             )
         marks = _Marks()
-        _Walker(marks, source).walk(root, ())
+        _Walker(marks, source, kind).walk(root, ())
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, source) from None
@@ -320,15 +382,17 @@ def _syntax_error(exc: yaml.MarkedYAMLError, source: str) -> PolicyError:
 class _Walker:
     marks: _Marks
     source: str
+    kind: DocumentKind
     visited: int = 0
 
     def walk(self, node: yaml.Node, path: FieldPath, depth: int = 0) -> None:
         self.visited += 1
-        if self.visited > _MAX_EXPANDED or depth > MAX_POLICY_DEPTH:
+        kind = self.kind
+        if self.visited > kind.max_expanded or depth > kind.max_depth:
             mark = node.start_mark
             raise PolicyError(
-                "the policy is too large or too deeply nested once its aliases are followed "
-                f"(at most {MAX_POLICY_DEPTH} levels and {_MAX_EXPANDED:,} values; "
+                f"the {kind.noun} is too large or too deeply nested once its aliases are "
+                f"followed (at most {kind.max_depth} levels and {kind.max_expanded:,} values; "
                 "a recursive YAML alias?)",
                 source=self.source,
                 line=mark.line + 1,
@@ -405,7 +469,7 @@ _TAG_NAMES = {
 # ------------------------------------------------------------------ validation side
 
 
-def _validate(data: Any, marks: _Marks, source: str) -> Policy:
+def _validate(data: Any, marks: Locator, source: str) -> Policy:
     check_document(data, marks, source)
     try:
         return Policy.model_validate(data)
