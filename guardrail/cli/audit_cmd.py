@@ -412,7 +412,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_text(r: ReplayReport) -> str:
-    skipped = f", {sum(r.skipped.values())} other records skipped ({_counts(r.skipped)})"
+    others = _plural(sum(r.skipped.values()), "record")
+    skipped = f", {others} of other kinds skipped ({_counts(r.skipped)})"
     lines = [
         f"replay under policy {r.policy!r} (sha256 {r.policy_hash[:12]}): "
         f"{_plural(r.records, 'record')} in {_plural(len(r.logs), 'log')}, "
