@@ -28,6 +28,8 @@ or, for sinks that take models, the same dict validated::
 - :mod:`~guardrail.audit.keys`: :class:`AuditKey`, keyed content hashes and signatures;
 - :mod:`~guardrail.audit.checkpoints`: a log's count and head kept outside it;
 - :mod:`~guardrail.audit.reader`: reading, searching, summarising and verifying files;
+- :mod:`~guardrail.audit.replay`: :func:`replay_logs`, what another policy would
+  have decided for the calls of a log (``guardrail audit replay``);
 - :mod:`~guardrail.audit.verify`: :func:`verify_log`, the chain with its anchors
   and recoveries, as ``guardrail audit verify`` reports it.
 
@@ -97,6 +99,7 @@ from guardrail.audit.record import (
     VerdictSummary,
     parse_entry,
 )
+from guardrail.audit.replay import CallReplay, ReplayReport, replay_logs, replay_record
 from guardrail.audit.sinks import (
     AUDIT_EVENT,
     AuditSink,
@@ -130,6 +133,7 @@ __all__ = [
     "AuditRecord",
     "AuditSink",
     "BadCheckpoint",
+    "CallReplay",
     "ChainProblem",
     "Checkpoint",
     "ContentMode",
@@ -149,6 +153,7 @@ __all__ = [
     "RecordFilter",
     "RecordParams",
     "RecoveryNote",
+    "ReplayReport",
     "RewardEntry",
     "SealedRecord",
     "StageRecord",
@@ -170,6 +175,8 @@ __all__ = [
     "record_dict",
     "record_hash",
     "record_line",
+    "replay_logs",
+    "replay_record",
     "sink_from_config",
     "sink_from_settings",
     "stage_dict",

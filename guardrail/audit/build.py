@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,7 @@ __all__ = [
     "iso_ms",
     "record_dict",
     "stage_dict",
+    "strongest_action",
     "utc_now",
     "verdict_dict",
 ]
@@ -195,6 +196,19 @@ def _stage_entry(item: StageLike | Decision | Mapping[str, Any], keep_raw: bool)
     return entry
 
 
+def strongest_action(actions: Iterable[Action | str]) -> str:
+    """The strongest of ``actions`` by value (block > rewrite > flag > allow); allow for none.
+
+    What a call's final action is when it took these actions: a flow records the
+    strongest action it applied, flags or not.
+    """
+    return max(
+        (a._value_ if isinstance(a, Action) else a for a in actions),
+        key=_ACTION_RANK.__getitem__,
+        default="allow",
+    )
+
+
 def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     """The record of one guarded call as its plain JSON dict, built directly.
 
@@ -234,11 +248,7 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
 
     final_action = params.get("final_action")
     if final_action is None:
-        final = max(
-            (e["decision"]["action"] for e in entries),
-            key=_ACTION_RANK.__getitem__,
-            default="allow",
-        )
+        final = strongest_action(e["decision"]["action"] for e in entries)
         if final == "allow" and all_flags:
             final = "flag"
     elif isinstance(final_action, Action):

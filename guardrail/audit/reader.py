@@ -13,14 +13,16 @@ keeps working on any log. Filters and summaries take either.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -42,9 +44,21 @@ class AuditFileError(AuditError):
         super().__init__(f"{where}: {reason}")
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_text(path: str | os.PathLike[str]) -> TextIO:
+    """The log as text: plain, or gzip-compressed (told by its first bytes, not its name)."""
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
 def _open_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     try:
-        fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        fh = _open_text(path)
     except OSError as exc:
         raise AuditFileError(path, f"cannot open audit log: {exc.strerror or exc}") from exc
     with fh:
@@ -52,12 +66,14 @@ def _open_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
         try:
             for number, line in enumerate(fh, start=1):
                 yield number, line
-        except OSError as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib: a damaged gzip file
             raise AuditFileError(path, f"read failed: {exc}", line=number + 1) from exc
 
 
 def read_entries(path: str | os.PathLike[str]) -> Iterator[AuditEntry]:
     """Yield every record of a JSONL audit log in file order, lazily: calls and other kinds.
+
+    The file may be gzip-compressed (a rotated log): it is read as it is decompressed.
 
     A line with a ``kind`` field is an :class:`~guardrail.audit.record.EventRecord`
     (a recovery, an event...), any other an :class:`AuditRecord`. Blank lines are

@@ -138,6 +138,12 @@ class StageRecord(_Model):
     """The choice index when the upstream returned several candidates (``n > 1``)."""
     raw_text: str | None = None
     """The guard's raw output; kept only when the content mode is ``full``."""
+    # Written only when the check was scored (exclude_if), so that records without
+    # reward models, and every record written before the field existed, keep their
+    # exact bytes (their hashes are over those bytes).
+    reward: float | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The reward score the policy's reward conditions read for this check (higher is
+    better); ``None`` when the answer was not scored."""
 
     @classmethod
     def from_decision(
@@ -150,6 +156,7 @@ class StageRecord(_Model):
         attempt: int = 1,
         candidate: int | None = None,
         raw_text: bool = False,
+        reward: float | None = None,
     ) -> StageRecord:
         """Summarise one check from the policy's decision.
 
@@ -165,6 +172,7 @@ class StageRecord(_Model):
                 attempt=attempt,
                 candidate=candidate,
                 raw_text=raw_text,
+                reward=reward,
             )
         )
 

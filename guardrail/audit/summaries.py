@@ -9,6 +9,7 @@ engine's hot path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +83,7 @@ def stage_dict(
     attempt: int = 1,
     candidate: int | None = None,
     raw_text: bool = False,
+    reward: float | None = None,
 ) -> dict[str, Any]:
     """The JSON form of one check, from the policy's decision.
 
@@ -91,6 +93,9 @@ def stage_dict(
     check, 2, 3... for regenerations and retries; ``candidate`` the choice index
     when the upstream returned several. ``raw_text`` keeps the verdict's raw
     output; :func:`record_dict` drops it again unless the content mode is ``full``.
+    ``reward`` is the score the policy's reward conditions read for this check
+    (the reward's goodness); the key is written only for a scored check, so that
+    records without reward models keep the layout they always had.
 
     What ``StageRecord.from_decision(...)`` validates; :func:`record_dict`
     accepts it as a stage, at a fraction of the cost of a ``StageRecord``.
@@ -100,7 +105,7 @@ def stage_dict(
         error = decision.error
     if latency_s is None:
         latency_s = v.latency_s if v is not None else 0.0
-    return {
+    entry = {
         "stage": decision.stage._value_,
         "verdict": verdict_dict(v) if v is not None else None,
         "decision": decision_dict(decision),
@@ -110,3 +115,7 @@ def stage_dict(
         "candidate": candidate,
         "raw_text": v.raw_text if raw_text and v is not None else None,
     }
+    if reward is not None and math.isfinite(reward):
+        # A non-finite score is left out, as unscored: JSON has no NaN or infinity.
+        entry["reward"] = float(reward)
+    return entry

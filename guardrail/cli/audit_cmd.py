@@ -8,7 +8,12 @@
 - ``search FILE [filters] [--kind K] [--event T] [--json]``: matching records as a
   table or JSON lines (calls, events and recoveries alike unless ``--kind`` says);
 - ``summary FILE [--json]``: counts by action, rule, flag, level, category, and
-  latencies; records that are not calls counted apart, per kind and type.
+  latencies; records that are not calls counted apart, per kind and type;
+- ``replay LOG [LOG...] --policy NEW.yaml [--examples N] [--json]``: what another
+  policy would have decided for the logged calls, from their recorded verdicts
+  (no model runs): changes by old and new action and rule, with example request
+  ids, and the calls that cannot be replayed exactly, by reason. Exit 0 when it
+  ran: changes are its output, not findings.
 
 A file that cannot be read, a bad flag, or a line that is not a record (search,
 summary), is reported in one line naming the file and line (exit 2); what was
@@ -37,8 +42,10 @@ from guardrail.audit.reader import (
     summarize,
 )
 from guardrail.audit.record import AuditEntry, AuditRecord
+from guardrail.audit.replay import NOT_REPLAYABLE, Replayer, ReplayReport
 from guardrail.audit.verify import LogVerification, verify_log
 from guardrail.errors import ConfigurationError
+from guardrail.policy import load_policy
 from guardrail.types import Action, Category, SafetyLevel, Stage
 
 DEFAULT_KEY_ENV = "GUARDRAIL_AUDIT_KEY"
@@ -126,6 +133,32 @@ def add_parser(sub: Any) -> None:
     summary.add_argument("file", metavar="FILE")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     summary.set_defaults(func=run_summary)
+
+    replay = cmds.add_parser(
+        "replay",
+        help="what another policy would have decided for the logged calls",
+        description=(
+            "Re-decide every logged call from its recorded verdicts (levels, categories, "
+            "refusal, probabilities, reward scores, guard failures) under another policy, "
+            "without running any model, and show which decisions change: by old and new "
+            "action and deciding rule (stage:rule), with counts and example request ids. "
+            "Calls a record cannot replay exactly (a response never judged, a retry, "
+            "several candidates...) are counted by reason. Logs may be gzip-compressed. "
+            "Exit 0 when it ran (changes are the output, not findings), 2 when a log or "
+            "the policy cannot be read."
+        ),
+    )
+    replay.add_argument("files", metavar="LOG", nargs="+")
+    replay.add_argument("--policy", required=True, metavar="NEW.yaml", help="the policy to replay")
+    replay.add_argument(
+        "--examples",
+        metavar="N",
+        type=_count_arg,
+        default=3,
+        help="example request ids shown per change and per reason (default: 3)",
+    )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(func=run_replay)
 
 
 def _choice(
@@ -361,4 +394,55 @@ def _summary_text(path: str, s: Summary) -> str:
     if others:
         lines.append(f"  {'other records':<22}{_counts(others)}  (not calls, not counted above)")
         lines.append(f"  {'event types':<22}{_counts(s.by_event)}")
+    return "\n".join(lines)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``audit replay``: the changes another policy would make, as a table or JSON; exit 0."""
+    policy = load_policy(args.policy)  # a PolicyError names the file and line
+    replayer = Replayer(policy, examples=args.examples)
+    for path in args.files:
+        replayer.add_log(path)
+    report = replayer.report()
+    if args.json:
+        print(report.model_dump_json())
+    else:
+        print(_replay_text(report))
+    return 0
+
+
+def _replay_text(r: ReplayReport) -> str:
+    others = _plural(sum(r.skipped.values()), "record")
+    skipped = f", {others} of other kinds skipped ({_counts(r.skipped)})"
+    lines = [
+        f"replay under policy {r.policy!r} (sha256 {r.policy_hash[:12]}): "
+        f"{_plural(r.records, 'record')} in {_plural(len(r.logs), 'log')}, "
+        f"{_plural(r.calls, 'call')}" + (skipped if r.skipped else ""),
+        f"  {'replayed':<20}{r.replayed}",
+        f"  {'changed':<20}{r.changed}  (prompt now blocks: {r.prompt_now_blocks})",
+        f"  {'unchanged':<20}{r.unchanged}  (decided by another rule: {r.rule_changed})",
+        f"  {'not replayable':<20}{sum(r.not_replayable.values())}",
+    ]
+    for reason, n in r.not_replayable.items():
+        examples = ", ".join(r.not_replayable_examples.get(reason, ()))
+        lines.append(f"    {reason:<28}{n:>6}  {examples}")
+        lines.append(f"    {'':<28}{'':>6}  ({NOT_REPLAYABLE[reason]})")
+    if not r.changes:
+        lines.append("no decision changes")
+        return "\n".join(lines)
+    table = [("old -> new", "old rule -> new rule", "calls", "examples")]
+    for row in r.changes:
+        table.append(
+            (
+                f"{row.old_action.value} -> {row.new_action.value}",
+                f"{row.old_rule} -> {row.new_rule}",
+                str(row.calls),
+                ", ".join(row.examples),
+            )
+        )
+    w0 = max(len(t[0]) for t in table)
+    w1 = max(len(t[1]) for t in table)
+    w2 = max(len(t[2]) for t in table)
+    lines.append("")
+    lines.extend(f"{a:<{w0}}  {b:<{w1}}  {c:>{w2}}  {d}".rstrip() for a, b, c, d in table)
     return "\n".join(lines)

@@ -91,6 +91,8 @@ def decide(
         )
         if error is not None:
             trace.outcome_errors[len(trace.outcomes)] = error
+        elif reward is not None:
+            trace.outcome_rewards[len(trace.outcomes)] = reward.goodness
         trace.outcomes.append(
             StageOutcome(
                 stage=stage,

@@ -47,6 +47,8 @@ class Trace:
     """(candidate, score, hybrid score) for every scored answer."""
     outcome_errors: dict[int, BaseException] = field(default_factory=dict)
     """The guard exception behind each outcome decided by the failure mode, by position."""
+    outcome_rewards: dict[int, float] = field(default_factory=dict)
+    """The reward score (goodness) the policy read for each scored outcome, by position."""
     mask: Callable[[str], str] = NO_SECRETS
     """Masks the call's secrets (:class:`~guardrail.secrets.Masker`) in every error text
     that becomes part of a decision or the audit record."""
@@ -125,6 +127,7 @@ def audit_record(trace: Trace, recording: Recording, *, guard_model: str) -> dic
             attempt=o.attempt + 1,
             candidate=o.candidate,
             raw_text=content == "full",
+            reward=trace.outcome_rewards.get(i),
         )
         if entry["error"] is not None:
             entry["error"]["message"] = mask(entry["error"]["message"])
