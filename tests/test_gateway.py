@@ -92,7 +92,9 @@ def open_config(policy: Path, upstream: str, **limits: int) -> GatewayConfig:
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so (a socket
+    # made with proto 0 stalls each two-write response on the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
@@ -572,3 +574,11 @@ def test_importing_the_gateway_package_loads_no_web_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_example_config_is_valid() -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "gateway.yaml"
+    config = load_gateway_config(path)
+    assert [k.id for k in config.keys] == ["web-app", "batch-jobs"]
+    for policy in config.policies.values():
+        load_policy_text(Path(policy).read_bytes(), policy)
