@@ -5,7 +5,8 @@ The hierarchy::
     GuardrailError
     ├── ConfigurationError            bad arguments or settings given to the SDK
     │   ├── MissingDependencyError    an optional extra is not installed
-    │   └── UnguardedAccessError      a client method that would bypass the guard
+    │   ├── UnguardedAccessError      a client method that would bypass the guard
+    │   └── GatewayConfigError        a gateway config file is invalid (file:line:col)
     ├── InputError                    a conversation the guard cannot judge
     ├── ClassifierError               the guard could not produce a verdict
     │   ├── ModelLoadError            a checkpoint could not be found or loaded
@@ -55,6 +56,36 @@ class UnguardedAccessError(ConfigurationError, AttributeError):
 
     Also an ``AttributeError``, so ``hasattr()`` answers False for such methods.
     """
+
+
+class GatewayConfigError(ConfigurationError):
+    """A gateway config file is invalid.
+
+    ``source`` is the file, ``line``/``column`` are 1-based when known, ``field`` is
+    the dotted path of the offending field (``keys[1].policy``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.source = source
+        self.line = line
+        self.column = column
+        self.field = field
+        where = source or "<gateway config>"
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        prefix = f"{where}: {field}: " if field else f"{where}: "
+        super().__init__(prefix + message)
 
 
 class InputError(GuardrailError, ValueError):

@@ -26,7 +26,7 @@ from guardrail.audit import (
 )
 from guardrail.audit.keys import AuditKey
 from guardrail.audit.record import PolicyRef
-from guardrail.breaker import BreakerTransition, log_transition
+from guardrail.breaker import BreakerClassifier, BreakerTransition, CircuitBreaker, log_transition
 from guardrail.chat import content_text
 from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
 from guardrail.errors import ConfigurationError
@@ -136,6 +136,11 @@ class Guard:
         if self.rewards is None:
             return [None] * len(conversations)
         return await self.rewards.ascore([(list(m), content_text(r)) for m, r in conversations])
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The guard backend's circuit breaker (``None`` when the policy disables it)."""
+        return self._judge.breaker if isinstance(self._judge, BreakerClassifier) else None
 
     def _on_breaker(self, transition: BreakerTransition) -> None:
         """A circuit breaker of this guard's backends changed state: logged and audited."""

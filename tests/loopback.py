@@ -194,6 +194,12 @@ class LoopbackServer:
         return [r for r in self.requests if r.method == method.upper() and r.path == path]
 
     @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open now (a closed one is gone once noticed)."""
+        with self._lock:
+            return len(self._connections)
+
+    @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (no trailing slash)."""
         if self._httpd is None:

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("guardrail.flow",),
     ("guardrail.guard",),
     ("guardrail.client",),
+    ("guardrail.gateway",),
     ("guardrail.cli", "guardrail.__main__", "guardrail"),
 )
 

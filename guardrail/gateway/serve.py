@@ -1,0 +1,80 @@
+"""Serving the gateway with uvicorn: one process, or several workers.
+
+With one worker the app is built here, so a bad policy or a missing key fails
+before the port is bound. Workers (``server.workers > 1``) are processes uvicorn
+spawns: each builds its own app from the config, handed over in the environment
+variable :data:`CONFIG_ENV` as JSON (policy paths already absolute; it holds
+names of key variables and key digests, never a key). Every worker runs its own
+guards and appends to the same JSONL audit file, serialised by the sink's file
+lock. uvicorn drains in-flight requests on SIGTERM/SIGINT before the app's
+shutdown closes the upstream clients and the guards (flushing the audit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from guardrail.errors import ConfigurationError, MissingDependencyError
+from guardrail.gateway.config import GatewayConfig
+
+__all__ = ["CONFIG_ENV", "app_from_environment", "check_environment", "serve"]
+
+CONFIG_ENV = "GUARDRAIL_GATEWAY_CONFIG_JSON"
+"""Where workers find the gateway config (JSON), set by :func:`serve`."""
+
+
+def check_environment(config: GatewayConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Raise :class:`ConfigurationError` when a variable the config names is not set."""
+    for name, upstream in config.upstreams.items():
+        if upstream.api_key_env is not None and not environ.get(upstream.api_key_env):
+            raise ConfigurationError(
+                f"upstreams.{name}.api_key_env: the environment variable "
+                f"{upstream.api_key_env} is not set"
+            )
+    for i, key in enumerate(config.keys):
+        if key.key_env is not None and not environ.get(key.key_env):
+            raise ConfigurationError(
+                f"keys[{i}].key_env: the environment variable {key.key_env} is not set"
+            )
+
+
+def app_from_environment() -> Any:
+    """The app of one worker process (uvicorn's factory), from :data:`CONFIG_ENV`."""
+    from guardrail.gateway.app import create_app
+
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise ConfigurationError(f"{CONFIG_ENV} is not set: start workers with guardrail serve")
+    return create_app(GatewayConfig.model_validate_json(text))
+
+
+def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
+    """Serve the gateway until SIGINT/SIGTERM (blocking)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingDependencyError("uvicorn", "gateway") from None
+    check_environment(config)
+    server = config.server
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_level": log_level,
+        "access_log": server.access_log,
+        "timeout_graceful_shutdown": 30,
+        "server_header": False,
+    }
+    if server.workers > 1:
+        os.environ[CONFIG_ENV] = config.model_dump_json()
+        uvicorn.run(
+            "guardrail.gateway.serve:app_from_environment",
+            factory=True,
+            workers=server.workers,
+            **options,
+        )
+        return
+    from guardrail.gateway.app import create_app
+
+    uvicorn.run(create_app(config), **options)
