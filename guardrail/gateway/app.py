@@ -362,6 +362,7 @@ def _upstream(name: str, config: UpstreamConfig, environ: Mapping[str, str]) -> 
         api_key=secret or "EMPTY",
         timeout=config.timeout_s,
         max_retries=config.max_retries,
+        http_client=openai.DefaultAioHttpClient(timeout=config.timeout_s),
     )
     return Upstream(name=name, config=config, client=client, secret=secret)
 
