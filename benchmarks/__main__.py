@@ -89,12 +89,12 @@ WHY = {
     "g": (
         "The direct side is a bare asyncio server answering one fixed body; the gateway is a "
         "full Python request path sharing 2 cores with the load and the upstream. Profiled "
-        "at concurrency 64, about two thirds of its CPU per request is the openai client it "
-        "reuses for the upstream call (transforming the parameters through the TypedDicts, "
-        "httpx2's pool scanning every connection per request, constructing the response "
-        "models); uvicorn (h11) + Starlette and the guarded flow with its audit record share "
-        "the rest. Queueing at 64 in flight turns that CPU time into the added latency; one "
-        "request at a time adds about 2.5 ms."
+        "at concurrency 64, most of its CPU per request is the openai client it reuses for "
+        "the upstream call (transforming the parameters through the TypedDicts, building "
+        "the request, constructing the response models; its transport is aiohttp); uvicorn "
+        "(h11) + Starlette and the guarded flow with its audit record share the rest. "
+        "Queueing at 64 in flight turns that CPU time into the added latency; one request "
+        "at a time adds about 2.5 ms."
     ),
 }
 
