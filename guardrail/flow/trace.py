@@ -24,7 +24,7 @@ from guardrail.types import Action, Stage
 _ACTION_RANK = {Action.ALLOW: 0, Action.FLAG: 1, Action.REWRITE: 2, Action.BLOCK: 3}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs twice as much to build
 class Step:
     """One upstream call or reward scoring of a call, and when it ran.
 
