@@ -14,7 +14,7 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardrail.audit import (
     AuditSink,
@@ -44,7 +44,11 @@ from guardrail.parts import build_classifier, build_reward_gate, with_breaker
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
 from guardrail.secrets import Masker
+from guardrail.telemetry import CallTracer
 from guardrail.types import Decision, Stage, Verdict
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 
 class Guard:
@@ -58,6 +62,9 @@ class Guard:
     policy's ``reward`` section to ready scorers (the others are built);
     ``max_workers`` bounds each of the two thread pools of sync calls. Backends are
     called through their circuit breakers (``guard.breaker``, ``reward.breaker``).
+    ``tracer_provider`` turns on OpenTelemetry spans (:mod:`guardrail.telemetry`)
+    with that provider; a policy with ``telemetry: {otel: true}`` turns them on with
+    the global one.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class Guard:
         logger: Any = None,
         scorers: Mapping[str, RewardScorer] | None = None,
         max_workers: int = 32,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if policy is None:
             policy = Policy.default()
@@ -94,6 +102,11 @@ class Guard:
             content=audit.content,
             truncate_chars=audit.truncate_chars,
             content_key=key,
+        )
+        self._tracer = (
+            CallTracer.of(tracer_provider, self._recording, guard_model=self.classifier.model_id)
+            if tracer_provider is not None or policy.telemetry.otel
+            else None
         )
         # Two pools: upstream calls (which may be abandoned, still running) can never
         # starve guard checks of workers.
@@ -149,11 +162,25 @@ class Guard:
         if not isinstance(self.sink, NullSink) and json_writer(self.sink) is not None:
             write_event(self.sink, transition.event, transition.details(), time=transition.time)
 
+    def begin(self, mode: str, *, model: str = "", mask: Masker | None = None) -> Trace:
+        """The trace of a call beginning now; its span starts here when tracing is on.
+
+        ``mask`` defaults to the guard's own (a wrapped client adds its API key).
+        """
+        trace = Trace.begin(mode, model=model, mask=self.settings.mask if mask is None else mask)
+        if self._tracer is not None:
+            self._tracer.begin(trace)
+        return trace
+
     def audit(self, trace: Trace) -> None:
-        """Write the audit record of one guarded call or check."""
-        if not isinstance(self.sink, NullSink):  # nothing is kept: skip building the record
-            data = audit_record(trace, self._recording, guard_model=self.classifier.model_id)
-            write_record(self.sink, data)
+        """Write the audit record of one guarded call or check (and end its span)."""
+        try:
+            if not isinstance(self.sink, NullSink):  # nothing is kept: skip building the record
+                data = audit_record(trace, self._recording, guard_model=self.classifier.model_id)
+                write_record(self.sink, data)
+        finally:
+            if trace.span is not None:
+                trace.span.end(trace)
 
     def sync_driver(self, upstream: Callable[[dict[str, Any]], Any] | None = None) -> SyncDriver:
         """A driver for one sync call whose upstream is ``upstream(params)``."""
@@ -185,7 +212,9 @@ class Guard:
 
     def check_prompt(self, messages: Iterable[Any]) -> Decision:
         """Check a conversation's last user turn; the decision is audited, never raised."""
-        flow = check_flow(self.settings, Stage.PROMPT, messages, None, None)
+        flow = check_flow(
+            self.settings, Stage.PROMPT, messages, None, None, trace=self.begin("check")
+        )
         return self.sync_driver().run(flow)
 
     def check_response(
@@ -200,12 +229,21 @@ class Guard:
         Pass the prompt check's verdict as ``prompt_verdict`` so rules on the
         prompt's level (such as the unnecessary-refusal rule) can match.
         """
-        flow = check_flow(self.settings, Stage.RESPONSE, messages, response, prompt_verdict)
+        flow = check_flow(
+            self.settings,
+            Stage.RESPONSE,
+            messages,
+            response,
+            prompt_verdict,
+            trace=self.begin("check"),
+        )
         return self.sync_driver().run(flow)
 
     async def acheck_prompt(self, messages: Iterable[Any]) -> Decision:
         """Async twin of :meth:`check_prompt`."""
-        flow = check_flow(self.settings, Stage.PROMPT, messages, None, None)
+        flow = check_flow(
+            self.settings, Stage.PROMPT, messages, None, None, trace=self.begin("check")
+        )
         return await self.async_driver().run(flow)
 
     async def acheck_response(
@@ -216,7 +254,14 @@ class Guard:
         prompt_verdict: Verdict | None = None,
     ) -> Decision:
         """Async twin of :meth:`check_response`."""
-        flow = check_flow(self.settings, Stage.RESPONSE, messages, response, prompt_verdict)
+        flow = check_flow(
+            self.settings,
+            Stage.RESPONSE,
+            messages,
+            response,
+            prompt_verdict,
+            trace=self.begin("check"),
+        )
         return await self.async_driver().run(flow)
 
     # -- lifecycle --------------------------------------------------------------------

@@ -746,6 +746,15 @@ def test_json_schema_export() -> None:
     assert set(schema["properties"]) == set(Policy.model_fields)
     assert schema["required"] == ["version", "name"]
     assert schema["additionalProperties"] is False
+    telemetry = schema["$defs"]["TelemetryConfig"]
+    assert telemetry["additionalProperties"] is False
+    assert telemetry["properties"]["otel"] == {
+        "default": False,
+        "description": telemetry["properties"]["otel"]["description"],
+        "title": "Otel",
+        "type": "boolean",
+    }
+    assert "guardrail[otel]" in telemetry["properties"]["otel"]["description"]
     conditions = schema["$defs"]["Conditions"]
     assert conditions["additionalProperties"] is False
     described = " ".join(conditions["properties"]["min_probability"]["description"].split())
@@ -807,7 +816,8 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         1,
         "zzz",
         "unknown key 'zzz'; expected one of: version, name, description, guard, controversial, "
-        "reasoning, include_system, execution, failure, block, streaming, audit, reward, rules, "
+        "reasoning, include_system, execution, failure, block, streaming, audit, telemetry, "
+        "reward, rules, "
         "defaults",
     ),
     (
@@ -1213,7 +1223,8 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         1,
         "foo",
         "unknown key 'foo'; expected one of: version, name, description, guard, controversial, "
-        "reasoning, include_system, execution, failure, block, streaming, audit, reward, rules, "
+        "reasoning, include_system, execution, failure, block, streaming, audit, telemetry, "
+        "reward, rules, "
         "defaults (+2 more errors)",
     ),
 ]

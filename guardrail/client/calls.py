@@ -58,7 +58,7 @@ def normalise_params(params: dict[str, Any], *, streams: bool = True) -> dict[st
 
 def _trace(guard: Guard, params: dict[str, Any], mask: Masker) -> Trace:
     mode = "streaming" if params.get("stream") else guard.policy.execution.mode
-    return Trace.begin(mode, model=str(params.get("model", "")), mask=mask)
+    return guard.begin(mode, model=str(params.get("model", "")), mask=mask)
 
 
 def complete(

@@ -66,6 +66,7 @@ class _Choice:
     final_queued: bool = False  # a final check covering `queued` has started
     final_passed: bool = False
     finish_released: bool = False
+    finish_reason: str | None = None
 
     def message(
         self, *, content_from: int, reasoning_from: int, content_to: int | None = None
@@ -126,6 +127,8 @@ class StreamState:
         self._held: deque[_Held] = deque()
         self._ids = itertools.count()
         self.finished = False
+        self.latest: Any = None
+        """The last chunk fed (the one that carries the stream's usage, when asked for)."""
 
     # -- what was received ---------------------------------------------------------------
 
@@ -138,6 +141,14 @@ class StreamState:
     def indices(self) -> list[int]:
         """The choice indices seen so far."""
         return sorted(self._choices)
+
+    def finish_reasons(self) -> tuple[str, ...]:
+        """The ``finish_reason`` of each choice that reported one, by choice index."""
+        return tuple(
+            str(c.finish_reason)
+            for _, c in sorted(self._choices.items())
+            if c.finish_reason is not None
+        )
 
     @property
     def unfinished(self) -> list[int]:
@@ -172,6 +183,7 @@ class StreamState:
         step = StreamStep()
         ends: dict[int, int] = {}
         finishes: list[int] = []
+        self.latest = chunk
         for raw in getattr(chunk, "choices", None) or ():
             index = int(raw.index)
             choice = self._choices.setdefault(index, _Choice())
@@ -194,6 +206,7 @@ class StreamState:
             ends[index] = choice.length
             if raw.finish_reason is not None:
                 finishes.append(index)
+                choice.finish_reason = raw.finish_reason
                 # The choice is complete: its final check need not wait for the stream's end.
                 choice.final_queued = True
                 step.checks.append(self._segment(index, final=True))

@@ -30,7 +30,7 @@ from guardrail.flow.effects import (
     start_job,
 )
 from guardrail.flow.settings import FlowSettings
-from guardrail.flow.trace import Trace
+from guardrail.flow.trace import Step, Trace
 from guardrail.report import StageOutcome
 from guardrail.reward.base import RewardScore
 from guardrail.reward.hybrid import hybrid_score
@@ -53,7 +53,7 @@ def decide(
     verdicts: Sequence[Verdict] | GuardrailError,
     count: int,
     *,
-    elapsed: float,
+    started: float,
     prompt_verdict: Verdict | None = None,
     attempt: int = 0,
     candidates: Sequence[int | None] | None = None,
@@ -61,8 +61,10 @@ def decide(
 ) -> list[Decision]:
     """Let the policy decide each verdict, or the failure mode decide a guard failure.
 
-    Every decision becomes an outcome on the trace; a failure is recorded with it.
+    Every decision becomes an outcome on the trace, its latency counted from
+    ``started`` (the check's ``perf_counter`` start); a failure is recorded with it.
     """
+    elapsed = time.perf_counter() - started
     error: GuardrailError | None = None
     checked: Sequence[Verdict | None] = [None] * count
     if isinstance(verdicts, GuardrailError):
@@ -93,6 +95,7 @@ def decide(
             trace.outcome_errors[len(trace.outcomes)] = error
         elif reward is not None:
             trace.outcome_rewards[len(trace.outcomes)] = reward.goodness
+        trace.check_starts.append(started)
         trace.outcomes.append(
             StageOutcome(
                 stage=stage,
@@ -130,17 +133,21 @@ def check(
         result = as_guard_error(exc)
     rewards: Sequence[RewardScore | None] | None = None
     if stage is Stage.RESPONSE and settings.scores:
+        scoring = time.perf_counter()
+        failed: BaseException | None = None
         try:
             rewards = yield from run_job(Score(conversations))
         except Exception as exc:
             trace.errors.append(("reward", exc))
+            failed = exc
+        trace.steps.append(Step("reward", scoring, time.perf_counter(), attempt, failed, rewards))
     return decide(
         settings,
         trace,
         stage,
         result,
         len(conversations),
-        elapsed=time.perf_counter() - started,
+        started=started,
         prompt_verdict=prompt_verdict,
         attempt=attempt,
         candidates=candidates,
@@ -167,7 +174,10 @@ def prompt_phase(
     call's handle. A blocked or rewritten prompt cancels the raced call, so an
     answer to a blocked prompt never reaches the caller.
     """
-    handle = (yield from start_job(CallUpstream(params))) if settings.concurrent else None
+    handle = None
+    if settings.concurrent:
+        trace.raced_at = time.perf_counter()
+        handle = yield from start_job(CallUpstream(params))
     (decision,) = yield from check(settings, trace, Stage.PROMPT, [(params["messages"], None)])
     trace.took(decision.action, flags=decision.flags)
     if decision.blocked:
@@ -175,6 +185,7 @@ def prompt_phase(
     if handle is not None and (decision.blocked or decision.action is Action.REWRITE):
         yield Cancel(handle)
         handle = None
+        trace.raced_at = 0.0  # a rewritten prompt makes a new call
     if decision.action is Action.REWRITE:
         params = rewrite_prompt(params, decision)
     return decision, params, handle
@@ -209,14 +220,17 @@ def check_flow(
     messages: Iterable[Any],
     response: Any,
     prompt_verdict: Verdict | None,
+    *,
+    trace: Trace | None = None,
 ) -> Flow[Decision]:
     """A direct check of a prompt or an answer: decided, audited, never raised.
 
     Arguments that are no conversation to judge (``messages`` not a list, no
     ``response`` to a response check) raise :class:`~guardrail.errors.InputError`,
-    audited too.
+    audited too. ``trace``: the check's trace, begun by the caller (default: begun here).
     """
-    trace = Trace.begin("check", mask=settings.mask)
+    if trace is None:
+        trace = Trace.begin("check", mask=settings.mask)
     try:
         items = message_list(messages)
         if stage is Stage.RESPONSE and response is None:

@@ -68,14 +68,17 @@ def second_chance(
     retry_params = {**with_instruction(params, instruction), "n": 1}
     for attempt in range(1, attempts + 1):
         started = time.perf_counter()
+        completion: Any = None
+        failed: Exception | None = None
         try:
             completion = yield from run_job(CallUpstream(retry_params))
             choice = completion.choices[0]
         except Exception as exc:  # an upstream failure ends the attempts; audited
             trace.errors.append(("upstream", exc))
+            failed = exc
             return None
         finally:
-            trace.upstream_s += time.perf_counter() - started
+            trace.upstream_took(started, attempt=attempt, error=failed, result=completion)
         trace.responses.append(answer_text(choice.message))
         (decision,) = yield from check(
             settings,
@@ -195,6 +198,8 @@ def completion_flow(
             attach_report(result, trace.report())
             return result
         started = time.perf_counter()
+        completion: Any = None
+        failed: Exception | None = None
         try:
             if handle is not None:
                 completion = yield from await_job(handle)
@@ -202,9 +207,10 @@ def completion_flow(
                 completion = yield from run_job(CallUpstream(upstream_params))
         except Exception as exc:
             trace.errors.append(("upstream", exc))
+            failed = exc
             raise
         finally:
-            trace.upstream_s += time.perf_counter() - started
+            trace.upstream_took(started, error=failed, result=completion)
         checked = yield from response_phase(
             settings, trace, {**upstream_params, "n": 1}, completion, prompt.verdict
         )

@@ -40,7 +40,7 @@ from guardrail.flow.effects import (
     start_job,
 )
 from guardrail.flow.settings import FlowSettings
-from guardrail.flow.trace import Trace
+from guardrail.flow.trace import StreamEnd, Trace
 from guardrail.types import Action, RewriteMode, Stage, Verdict
 
 MAX_IN_FLIGHT = 2
@@ -115,7 +115,7 @@ class _StreamCall:
             Stage.RESPONSE,
             result,
             1,
-            elapsed=time.perf_counter() - started,
+            started=started,
             prompt_verdict=self.prompt_verdict,
             candidates=[segment.index],
         )
@@ -174,7 +174,13 @@ class _StreamCall:
     def stop_upstream_clock(self) -> None:
         """Count the time spent reading the upstream (once)."""
         if self.upstream_started:
-            self.trace.upstream_s += time.perf_counter() - self.upstream_started
+            error = next((e for w, e in self.trace.errors if w == "upstream"), None)
+            state = self.state
+            self.trace.upstream_took(
+                self.upstream_started,
+                error=error,
+                result=StreamEnd(state.latest, state.finish_reasons()),
+            )
             self.upstream_started = 0.0
 
     def cleanup(self) -> Flow[None]:

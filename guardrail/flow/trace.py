@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from guardrail.audit import AuditKey, ContentMode, PolicyRef, record_dict, stage_dict
 from guardrail.chat import last_user_text
@@ -22,6 +22,31 @@ from guardrail.secrets import NO_SECRETS
 from guardrail.types import Action, Stage
 
 _ACTION_RANK = {Action.ALLOW: 0, Action.FLAG: 1, Action.REWRITE: 2, Action.BLOCK: 3}
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs twice as much to build
+class Step:
+    """One upstream call or reward scoring of a call, and when it ran.
+
+    Times are :func:`time.perf_counter` readings, like :attr:`Trace.started`.
+    """
+
+    what: Literal["upstream", "reward"]
+    started: float
+    ended: float
+    attempt: int = 0
+    """0 for the first answer; 1.. for regenerations and retries."""
+    error: BaseException | None = None
+    result: Any = None
+    """The upstream's completion (a stream's :class:`StreamEnd`), or the scores given."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """What an upstream stream reported by its end: its last chunk, each choice's finish."""
+
+    chunk: Any
+    finish_reasons: tuple[str, ...]
 
 
 @dataclass
@@ -52,6 +77,14 @@ class Trace:
     mask: Callable[[str], str] = NO_SECRETS
     """Masks the call's secrets (:class:`~guardrail.secrets.Masker`) in every error text
     that becomes part of a decision or the audit record."""
+    check_starts: list[float] = field(default_factory=list)
+    """When the check behind each outcome started (``perf_counter``), by position."""
+    steps: list[Step] = field(default_factory=list)
+    """The upstream calls and reward scorings, in the order they ended."""
+    raced_at: float = 0.0
+    """When the upstream call raced against the prompt check started (concurrent mode)."""
+    span: Any = None
+    """The call's tracing span, kept by the guard's telemetry; flows never read it."""
 
     @classmethod
     def begin(
@@ -77,6 +110,23 @@ class Trace:
         for flag in flags:
             if flag not in self.flags:
                 self.flags.append(flag)
+
+    def upstream_took(
+        self,
+        started: float,
+        *,
+        attempt: int = 0,
+        error: BaseException | None = None,
+        result: Any = None,
+    ) -> None:
+        """Record an upstream call that ran from ``started`` (a raced one: from its start) to now.
+
+        ``upstream_s`` counts the time the flow waited for it.
+        """
+        ended = time.perf_counter()
+        self.upstream_s += ended - started
+        since = self.raced_at if self.raced_at and not attempt else started
+        self.steps.append(Step("upstream", since, ended, attempt, error, result))
 
     def elapsed(self) -> float:
         """Seconds since the call started."""

@@ -42,6 +42,7 @@ from guardrail.policy.schema import (
     RuleRetry,
     RuleRewrite,
     StreamingConfig,
+    TelemetryConfig,
     policy_json_schema,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "RuleRetry",
     "RuleRewrite",
     "StreamingConfig",
+    "TelemetryConfig",
     "default_policy",
     "evaluate",
     "format_field_path",

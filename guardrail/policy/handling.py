@@ -22,6 +22,7 @@ __all__ = [
     "ExecutionConfig",
     "FailureConfig",
     "StreamingConfig",
+    "TelemetryConfig",
 ]
 
 DEFAULT_BLOCK_MESSAGE = "Sorry, I can't help with that."
@@ -154,3 +155,13 @@ class DefaultsConfig(StrictModel):
     def for_stage(self, stage: Stage) -> Action:
         """The default action of ``stage``."""
         return Action(self.prompt if stage is Stage.PROMPT else self.response)
+
+
+class TelemetryConfig(StrictModel):
+    """Tracing of guarded calls beyond the audit log."""
+
+    otel: StrictBool = False
+    """Emit OpenTelemetry spans (needs the ``guardrail[otel]`` extra) through the
+    global tracer provider: one per guarded call, with its checks, upstream calls and
+    reward scorings as children. ``Guard(tracer_provider=...)`` turns spans on with
+    that provider whatever this says."""

@@ -40,6 +40,7 @@ from guardrail.policy.handling import (
     ExecutionConfig,
     FailureConfig,
     StreamingConfig,
+    TelemetryConfig,
 )
 from guardrail.policy.packaged import (
     DEFAULT_POLICY_SOURCE,
@@ -81,6 +82,7 @@ __all__ = [
     "RuleRetry",
     "RuleRewrite",
     "StreamingConfig",
+    "TelemetryConfig",
     "policy_json_schema",
 ]
 
@@ -122,6 +124,8 @@ class Policy(StrictModel):
     """How streamed responses are checked."""
     audit: AuditConfig = AuditConfig()
     """Where decisions are recorded."""
+    telemetry: TelemetryConfig = TelemetryConfig()
+    """Whether guarded calls are traced with OpenTelemetry."""
     reward: RewardConfig | None = None
     """Optional reward models scoring answers for rules (``reward_above`` /
     ``reward_below``), best-of-n and the audit's hybrid score."""
