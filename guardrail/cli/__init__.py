@@ -37,7 +37,7 @@ EXIT_STATUS_HELP = (
     "extra, no model)"
 )
 
-_SUBCOMMANDS = ("check", "policy", "audit")
+_SUBCOMMANDS = ("check", "eval", "policy", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:
