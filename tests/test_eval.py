@@ -610,6 +610,9 @@ def test_cli_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
         main(["eval", data, "--batch-size", "0"])
     assert caught.value.code == EXIT_ERROR
     assert "must be at least 1" in capsys.readouterr().err
+    policy = str(DEFAULT_POLICY)
+    assert main(["eval", data, "--policy", policy, "--dtype", "float32"]) == EXIT_ERROR
+    assert "--dtype applies to --model or --base-url only" in capsys.readouterr().err
     missing_policy = str(tmp_path / "nope.yaml")
     assert main(["eval", data, "--policy", missing_policy]) == EXIT_ERROR
     assert "nope.yaml" in capsys.readouterr().err

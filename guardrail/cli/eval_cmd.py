@@ -19,13 +19,14 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from guardrail.classifiers.base import Classifier
 from guardrail.classifiers.loading import quiet_backend
 from guardrail.cli import EXIT_OK, error
 from guardrail.cli.guard_args import add_guard_arguments, build_guard
+from guardrail.errors import ConfigurationError
 from guardrail.measure import (
     DEFAULT_BATCH_SIZE,
     Dataset,
@@ -109,7 +110,7 @@ def add_parser(sub: Any) -> None:
 class _ProgressLine:
     """A one-line progress display, rewritten in place; only on a terminal."""
 
-    def __init__(self, stream: IO[str], clock: Any = time.monotonic) -> None:
+    def __init__(self, stream: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.clock = clock
         self.started = clock()
@@ -145,9 +146,22 @@ def _progress() -> Iterator[_ProgressLine | None]:
 # -------------------------------------------------------------------------- guard
 
 
+_GUARD_SETTINGS = ("served_model", "revision", "device", "dtype", "threads")
+
+
 def _guard(args: argparse.Namespace, policy: Policy | None) -> Classifier:
     if policy is not None and not args.model and not args.base_url:
         from guardrail.parts import build_classifier
+
+        given = [name for name in _GUARD_SETTINGS if getattr(args, name) is not None]
+        if given:
+            # Silently ignoring them would measure another guard than the one asked for.
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigurationError(
+                f"{flags} {verb} to --model or --base-url only; the policy's guard section "
+                "sets its own"
+            )
 
         # No circuit breaker: every row's own outcome is measured, not a fast failure.
         return build_classifier(policy.guard)
