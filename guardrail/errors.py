@@ -20,6 +20,7 @@ The hierarchy::
     │       └── GuardHTTPError        the server answered with an error status
     ├── PolicyError                   a policy file or object is invalid
     │   └── CaseFileError             a policy test case file is invalid
+    ├── DatasetError                  a labelled evaluation data set is invalid or unreadable
     ├── BlockedError                  the policy blocked a call (carries the decision)
     └── AuditError                    an audit record could not be written or verified
 
@@ -202,6 +203,35 @@ class CaseFileError(PolicyError):
     Located like :class:`PolicyError`: ``source``, 1-based ``line`` and ``column``,
     and ``field``, the dotted path in the case file (``cases[3].expect.action``).
     """
+
+
+class DatasetError(GuardrailError, ValueError):
+    """A labelled data set (``guardrail eval``) is invalid or cannot be read.
+
+    ``source`` is the file, ``line`` the 1-based line where the offending record
+    starts, ``row`` its 1-based data row in a CSV file (the header is not a row),
+    ``field`` the offending field or column. The message reads
+    ``FILE:LINE: FIELD: problem``, with ``(row N)`` after the line for CSV.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        line: int | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.source = source
+        self.line = line
+        self.row = row
+        self.field = field
+        where = source if line is None else f"{source}:{line}"
+        if row is not None:
+            where += f" (row {row})"
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
 
 class BlockedError(GuardrailError):

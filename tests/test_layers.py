@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("guardrail.http",),
     ("guardrail.classifiers", "guardrail.reward", "guardrail.testing", "guardrail.breaker"),
     ("guardrail.policy", "guardrail.audit"),
-    ("guardrail.parts",),
+    ("guardrail.parts", "guardrail.measure"),
     ("guardrail.flow",),
     ("guardrail.guard", "guardrail.telemetry"),
     ("guardrail.client",),

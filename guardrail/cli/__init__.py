@@ -37,7 +37,7 @@ EXIT_STATUS_HELP = (
     "extra, no model)"
 )
 
-_SUBCOMMANDS = ("check", "policy", "audit", "serve")
+_SUBCOMMANDS = ("check", "eval", "policy", "audit", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,9 @@ import json
 import sys
 from typing import Any
 
-from guardrail.classifiers.base import Classifier, moderate
+from guardrail.classifiers.base import moderate
 from guardrail.classifiers.loading import quiet_backend
-from guardrail.qwen3guard import DEFAULT_MODEL
+from guardrail.cli.guard_args import add_guard_arguments, build_guard
 from guardrail.types import Verdict
 
 
@@ -27,31 +27,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("text", metavar="TEXT", help="the user prompt")
     p.add_argument("--response", metavar="TEXT", help="an assistant response to judge")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--model",
-        metavar="ID_OR_DIR",
-        help=f"guard checkpoint: hub id or local directory (default {DEFAULT_MODEL})",
-    )
-    where.add_argument(
-        "--base-url", metavar="URL", help="OpenAI-compatible guard server, e.g. http://host:8000/v1"
-    )
-    p.add_argument("--served-model", metavar="NAME", help="model name on the server (remote)")
-    p.add_argument("--revision", help="hub revision to pin (local)")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (local)")
-    p.add_argument(
-        "--dtype",
-        help="float32, bfloat16, float16 or auto (local; default bfloat16 where the CPU or "
-        "GPU computes it natively, else float32)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="torch CPU threads (local; default OMP_NUM_THREADS if set, else the cores "
-        "available to the process)",
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (remote)")
+    add_guard_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "-v",
@@ -67,27 +43,6 @@ def add_parser(sub: Any) -> None:
         "without it, 0 whatever the verdicts",
     )
     p.set_defaults(func=run)
-
-
-def _classifier(args: argparse.Namespace) -> Classifier:
-    if args.base_url:
-        from guardrail.classifiers.remote import RemoteQwen3Guard
-
-        return RemoteQwen3Guard(
-            args.base_url, model=args.served_model or DEFAULT_MODEL, timeout=args.timeout
-        )
-    from guardrail.classifiers.local import LocalQwen3Guard
-
-    guard = LocalQwen3Guard(
-        args.model or DEFAULT_MODEL,
-        revision=args.revision,
-        device=args.device,
-        dtype=args.dtype,
-        threads=args.threads,
-    )
-    if args.verbose:
-        print(f"guard: {guard.describe()}", file=sys.stderr)
-    return guard
 
 
 def _summary(verdict: Verdict) -> dict[str, Any]:
@@ -109,7 +64,7 @@ def _table(rows: dict[str, Verdict]) -> str:
 
 
 def _verdicts(args: argparse.Namespace) -> dict[str, Verdict]:
-    classifier = _classifier(args)
+    classifier = build_guard(args)
     messages = [{"role": "user", "content": args.text}]
     rows = {"prompt": moderate(classifier, messages)}
     if args.response is not None:
