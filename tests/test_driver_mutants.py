@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from test_flow import SCRIPT, SHAPES, ask, chunk, completion, policy, stream_of, texts
 
+from guardrail import deadline
 from guardrail.classifiers.base import Conversation, moderate_many
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, GuardTimeoutError
 from guardrail.flow import (
     AsyncDriver,
     CheckPace,
@@ -33,13 +34,20 @@ from guardrail.flow import (
     completion_flow,
     stream_flow,
 )
+from guardrail.flow import sync_driver as sync_driver_module
 from guardrail.flow.effects import (
     CallUpstream,
+    Cancel,
     Classify,
     Flow,
+    Handle,
     Job,
+    ReadChunk,
+    Score,
     Start,
+    WaitFirst,
     await_job,
+    run_job,
     start_job,
 )
 from guardrail.flow.sync_driver import INLINE_AFTER, INLINE_BELOW_S
@@ -459,6 +467,283 @@ def test_a_hung_check_times_out_while_the_upstream_stalls(pools: Any) -> None:
     assert trace.outcomes[-1].decision.rule_id == "failure"
 
 
+# ------------------------------------------- sync deadlines, queues, races, cancels
+
+
+def judged_and_scored() -> Flow[tuple[list[Verdict], list[RewardScore | None]]]:
+    judged = yield from run_job(Classify(Stage.PROMPT, [(HI, None)]))
+    scored = yield from run_job(Score([(HI, None)]))
+    return judged, scored
+
+
+class DeadlineProbe(list[float | None]):
+    """Records, for each call, the seconds left before the deadline the driver set for it."""
+
+    def seen(self) -> None:
+        current = deadline.current()
+        self.append(None if current is None else current - time.monotonic())
+
+    def classify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        self.seen()
+        return verdicts(stage, conversations)
+
+    def score(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        self.seen()
+        return [None for _ in conversations]
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_sync_checks_and_scores_run_under_their_deadline(pools: Any, warm: bool) -> None:
+    probe = DeadlineProbe()
+    pace = warm_pace() if warm else CheckPace()
+    driver, _ = sync_driver(pools, probe.classify, score=probe.score, pace=pace)
+    driver.run(judged_and_scored())
+    assert len(probe) == 2
+    assert all(left is not None and 0 < left <= WAIT_S for left in probe)
+    assert deadline.current() is None  # restored on the caller's thread
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_sync_driver_without_a_deadline_runs_checks_without_one(pools: Any, warm: bool) -> None:
+    probe = DeadlineProbe()
+    pace = warm_pace() if warm else CheckPace()
+    driver, _ = sync_driver(pools, probe.classify, timeout_s=None, pace=pace)
+    assert driver.run(direct_check()).action is Action.ALLOW
+    assert probe == [None]
+
+
+class RecordingPace(CheckPace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.took: list[float] = []
+
+    def record(self, seconds: float) -> None:
+        self.took.append(seconds)
+        super().record(seconds)
+
+
+def test_the_pace_is_told_how_long_the_check_took(pools: Any) -> None:
+    pace = RecordingPace()
+    driver, _ = sync_driver(pools, pace=pace)
+    begun = time.perf_counter()
+    driver.run(direct_check())
+    whole = time.perf_counter() - begun
+    assert len(pace.took) == 1
+    assert 0 <= pace.took[0] <= whole  # a part of the call, never more
+
+
+def test_a_sync_check_with_a_zero_deadline_names_it(pools: Any) -> None:
+    release = threading.Event()
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        release.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    driver, _ = sync_driver(pools, classify, timeout_s=0.0)
+    try:
+        decision = driver.run(direct_check())
+    finally:
+        release.set()
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0s deadline"
+
+
+def test_a_sync_check_awaited_after_its_deadline_times_out_at_once(pools: Any) -> None:
+    # The deadline counts from when the check started, not from when it is awaited.
+    go = threading.Event()
+    answer_soon = threading.Timer(0.5, go.set)
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        assert go.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    def upstream(params: dict[str, Any]) -> Any:
+        time.sleep(0.35)  # past the check's 0.3 s deadline
+        return completion("Fine.")
+
+    def flow() -> Flow[str]:
+        check = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+        yield from run_job(CallUpstream(ask("hi")))
+        answer_soon.start()  # well within a deadline wrongly counted from now
+        try:
+            yield from await_job(check)
+        except GuardTimeoutError as exc:
+            return str(exc)
+        return "answered"
+
+    driver, _ = sync_driver(pools, classify, upstream, timeout_s=0.3)
+    try:
+        outcome = driver.run(flow())
+    finally:
+        answer_soon.cancel()
+        go.set()
+    assert outcome == "prompt check exceeded its 0.3s deadline"
+
+
+def busy_pool() -> tuple[concurrent.futures.ThreadPoolExecutor, threading.Event]:
+    """A one-worker pool whose worker is busy until the event is set."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    busy = threading.Event()
+    pool.submit(busy.wait, WAIT_S)
+    return pool, busy
+
+
+def test_a_check_that_finds_no_free_worker_times_out_and_never_runs(
+    pools: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_driver_module, "QUEUE_LIMIT_S", 0.05)
+    stages: list[Stage] = []
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        stages.append(stage)
+        return verdicts(stage, conversations)
+
+    checks, busy = busy_pool()
+    _, io = pools
+    driver = SyncDriver(
+        classify,
+        lambda params: completion("Fine."),
+        Audits(),
+        timeout_s=WAIT_S,
+        checks=checks,
+        io=io,
+    )
+    try:
+        decision = driver.run(direct_check())
+    finally:
+        busy.set()
+        checks.shutdown(wait=True)
+    assert decision.error == "GuardTimeoutError: no guard worker was free for 0.05s"
+    assert stages == []  # the queued check was dropped
+
+
+def test_a_cancelled_check_still_queued_never_runs(pools: Any) -> None:
+    stages: list[Stage] = []
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        stages.append(stage)
+        return verdicts(stage, conversations)
+
+    def flow() -> Flow[str]:
+        handle = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+        yield Cancel(handle)
+        return "cancelled"
+
+    checks, busy = busy_pool()
+    _, io = pools
+    driver = SyncDriver(
+        classify,
+        lambda params: completion("Fine."),
+        Audits(),
+        timeout_s=WAIT_S,
+        checks=checks,
+        io=io,
+    )
+    try:
+        assert driver.run(flow()) == "cancelled"
+    finally:
+        busy.set()
+        checks.shutdown(wait=True)
+    assert stages == []
+
+
+def test_cancelling_a_check_that_ran_inline_is_harmless(pools: Any) -> None:
+    threads: list[int] = []
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        threads.append(threading.get_ident())
+        return verdicts(stage, conversations)
+
+    def flow() -> Flow[str]:
+        handle = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+        yield Cancel(handle)
+        return "cancelled"
+
+    driver, _ = sync_driver(pools, classify, pace=warm_pace())
+    assert driver.run(flow()) == "cancelled"
+    assert threads == [threading.get_ident()]
+
+
+def test_cancelling_an_unstarted_call_twice_is_harmless(pools: Any) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def upstream(params: dict[str, Any]) -> Any:
+        calls.append(params)
+        return completion("Fine.")
+
+    def flow() -> Flow[str]:
+        handle = yield from start_job(CallUpstream(ask("hi")))
+        yield Cancel(handle)
+        yield Cancel(handle)
+        return "cancelled"
+
+    driver, _ = sync_driver(pools, upstream=upstream)
+    assert driver.run(flow()) == "cancelled"
+    assert calls == []
+
+
+class Interrupt(BaseException):
+    """Not an Exception: the driver lets it through, and the flow is abandoned."""
+
+
+def test_an_interrupted_upstream_call_reaches_the_caller_unchanged(pools: Any) -> None:
+    def upstream(params: dict[str, Any]) -> Any:
+        raise Interrupt
+
+    driver, _ = sync_driver(pools, upstream=upstream)
+    # The call ran on the caller's thread; the abandoned flow's cancel of it is harmless.
+    with pytest.raises(Interrupt):
+        driver.run(run_job(CallUpstream(ask("hi"))))
+
+
+def race(stream: Any, release: Any) -> Flow[tuple[str, Any]]:
+    """Race a read against a check; then release the check and collect both."""
+    check = yield from start_job(Classify(Stage.RESPONSE, [(HI, None)]))
+    read = yield from start_job(ReadChunk(stream))
+    first = yield WaitFirst(read, check)
+    release()
+    yield from await_job(check)
+    got = yield from await_job(read)
+    return first, got
+
+
+def test_a_sync_race_answers_read_when_only_the_read_has_ended(pools: Any) -> None:
+    release = threading.Event()
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        assert release.wait(WAIT_S)
+        return verdicts(stage, conversations)
+
+    driver, _ = sync_driver(pools, classify)
+    try:
+        assert driver.run(race(iter(["chunk"]), release.set)) == ("read", "chunk")
+    finally:
+        release.set()
+
+
+def test_a_sync_race_with_a_finished_check_leaves_the_read_to_the_caller(pools: Any) -> None:
+    threads: list[int] = []
+
+    class Reads:
+        def __iter__(self) -> Reads:
+            return self
+
+        def __next__(self) -> str:
+            threads.append(threading.get_ident())
+            return "chunk"
+
+    def flow() -> Flow[tuple[str, Any]]:
+        check: Handle[list[Verdict]] = yield from start_job(Classify(Stage.RESPONSE, [(HI, None)]))
+        yield from await_job(check)  # on a worker, and done
+        read = yield from start_job(ReadChunk(Reads()))
+        first = yield WaitFirst(read, check)
+        got = yield from await_job(read)
+        return first, got
+
+    driver, _ = sync_driver(pools)
+    assert driver.run(flow()) == ("check", "chunk")
+    assert threads == [threading.get_ident()]  # never handed to a worker
+
+
 # ------------------------------------------------------------------------- async
 
 
@@ -681,19 +966,22 @@ async def test_an_async_hung_check_times_out_while_the_upstream_stalls() -> None
     assert audits[0].outcomes[-1].decision.rule_id == "failure"
 
 
-@pytest.mark.parametrize("blocks", [True, False])
-async def test_an_async_audit_write_runs_inline_only_when_it_never_blocks(blocks: bool) -> None:
+@pytest.mark.parametrize("blocks", [True, False, None])
+async def test_an_async_audit_write_runs_inline_only_when_it_never_blocks(
+    blocks: bool | None,
+) -> None:
     threads: list[int] = []
     driver = AsyncDriver(
         lambda stage, conversations: asyncio.sleep(0, verdicts(stage, conversations)),
         lambda params: asyncio.sleep(0, completion("Fine.")),
         lambda trace: threads.append(threading.get_ident()),
         timeout_s=WAIT_S,
-        audit_blocks=blocks,
+        **({} if blocks is None else {"audit_blocks": blocks}),
     )
     await driver.run(direct_check())
     assert len(threads) == 1
-    assert (threads[0] == threading.get_ident()) is not blocks
+    # By default a write may block: it goes to a worker thread.
+    assert (threads[0] == threading.get_ident()) is (blocks is False)
 
 
 async def test_an_async_check_answered_within_its_deadline_leaves_no_timer() -> None:
@@ -749,3 +1037,70 @@ async def test_an_async_job_that_never_suspends_is_done_when_started() -> None:
     handle = await driver._start(Start(Classify(Stage.PROMPT, ())))  # type: ignore[attr-defined]
     assert handle.task.done()
     assert current == [handle.task]  # it ran as its own task, not as the caller
+
+
+async def test_async_checks_and_scores_run_under_their_deadline() -> None:
+    probe = DeadlineProbe()
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        return probe.classify(stage, conversations)
+
+    async def score(conversations: Sequence[Conversation]) -> list[RewardScore | None]:
+        return probe.score(conversations)
+
+    driver, _ = async_driver(classify, score=score)
+    await asyncio.wait_for(driver.run(judged_and_scored()), WAIT_S)
+    assert len(probe) == 2
+    assert all(left is not None and 0 < left <= WAIT_S for left in probe)
+    assert deadline.current() is None  # set only in the jobs' own contexts
+
+
+async def test_an_async_check_with_a_zero_deadline_names_it() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.Event().wait()  # never answers: cancelled at the deadline
+
+    driver, _ = async_driver(classify, timeout_s=0.0)
+    decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0s deadline"
+
+
+async def test_an_async_check_awaited_after_its_deadline_times_out_at_once() -> None:
+    # The deadline counts from when the check started, not from when it is awaited.
+    go = asyncio.Event()
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.wait_for(go.wait(), WAIT_S)
+        return verdicts(stage, conversations)
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.35)  # past the check's 0.3 s deadline
+        return completion("Fine.")
+
+    def flow() -> Flow[str]:
+        check = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+        yield from run_job(CallUpstream(ask("hi")))
+        # Well within a deadline wrongly counted from now.
+        answer_soon = asyncio.get_running_loop().call_later(0.5, go.set)
+        try:
+            yield from await_job(check)
+        except GuardTimeoutError as exc:
+            return str(exc)
+        finally:
+            answer_soon.cancel()
+        return "answered"
+
+    driver, _ = async_driver(classify, upstream, timeout_s=0.3)
+    outcome = await asyncio.wait_for(driver.run(flow()), WAIT_S)
+    assert outcome == "prompt check exceeded its 0.3s deadline"
+
+
+async def test_an_async_race_answers_read_when_only_the_read_has_ended() -> None:
+    release = asyncio.Event()
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.wait_for(release.wait(), WAIT_S)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify)
+    flow = race(AsyncStream(aiter_of("chunk")), release.set)
+    assert await asyncio.wait_for(driver.run(flow), WAIT_S) == ("read", "chunk")
