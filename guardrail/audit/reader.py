@@ -124,8 +124,40 @@ def verify_file(
     problems inside it are reported in the result. Anchors, recoveries and counts
     per kind: :func:`~guardrail.audit.verify.verify_log`.
     """
-    lines = (line for _, line in _open_lines(path))
-    return verify_chain(lines, genesis=genesis, on_record=on_record)
+    return verify_chain(_raw_lines(path), genesis=genesis, on_record=on_record)
+
+
+def _raw_lines(path: str | os.PathLike[str]) -> Iterator[bytes | str]:
+    """A log's lines as bytes, for the chain's fast path; as text where text differs.
+
+    The lines are those a text reader yields (universal newlines): a line with a
+    carriage return is decoded and split as a text reader splits it.
+    """
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+        fh: Any = gzip.GzipFile(path, "rb") if compressed else open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise AuditFileError(path, f"cannot open audit log: {exc.strerror or exc}") from exc
+    with fh:
+        number = 0
+        try:
+            for line in fh:
+                if b"\r" not in line:
+                    number += 1
+                    yield line
+                    continue
+                text = line.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                parts = text.split("\n")
+                for i, part in enumerate(parts):
+                    if i < len(parts) - 1:
+                        number += 1
+                        yield part + "\n"
+                    elif part:
+                        number += 1
+                        yield part
+        except (OSError, EOFError, zlib.error) as exc:
+            raise AuditFileError(path, f"read failed: {exc}", line=number + 1) from exc
 
 
 def _fold(value: str | None) -> str | None:

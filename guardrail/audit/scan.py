@@ -17,13 +17,12 @@ after every match before it was yielded.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, BinaryIO
 
 from guardrail.audit.kinds import CALL_KIND, iso_ms
 from guardrail.audit.reader import AuditFileError, RecordFilter, text_matches
@@ -62,7 +61,7 @@ def json_loads() -> Callable[[bytes], Any]:
     return _LOADS
 
 
-def open_binary(path: str | os.PathLike[str]) -> io.BufferedIOBase:
+def open_binary(path: str | os.PathLike[str]) -> BinaryIO | gzip.GzipFile:
     """The log's bytes: plain, or decompressed gzip (told by its first bytes, not its name)."""
     try:
         with open(path, "rb") as raw:
