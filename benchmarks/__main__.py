@@ -30,6 +30,7 @@ MODULES = {
     "d": "bench_middleware",
     "e": "bench_remote",
     "f": "bench_local",
+    "h": "bench_audit",
 }
 
 # (bench, case or "*", metric) -> (check, target text). A figure with no target is context.
@@ -47,6 +48,8 @@ TARGETS: dict[tuple[str, str, str], tuple[Callable[[float], bool], str]] = {
     ("d", "guarded", "added total / one check"): (lambda v: v <= 1.0, "<= 1 check"),
     ("e", "RemoteQwen3Guard", "guarded / bare"): (lambda v: v >= 0.8, ">= 0.8x"),
     ("e", "*", "guarded / unguarded"): (lambda v: v <= 1.5, "<= 1.5x"),
+    ("h", "stats (duckdb)", "records/s"): (lambda v: v >= 1_000_000, ">= 1,000,000/s"),
+    ("h", "verify", "records/s"): (lambda v: v >= 200_000, ">= 200,000/s"),
 }
 
 
@@ -134,7 +137,7 @@ def table(rows: list[Row]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--full", action="store_true", help="full mode (long on small CPUs)")
-    parser.add_argument("--only", default="a,b,c,d,e,f", help="benchmarks to run, e.g. b,c")
+    parser.add_argument("--only", default="a,b,c,d,e,f,h", help="benchmarks to run, e.g. b,c")
     parser.add_argument("--output", default="BENCHMARKS.md", help="report file ('-': none)")
     args = parser.parse_args()
     quick = not args.full

@@ -270,7 +270,7 @@ def test_summary_is_stats_as_text(capsys: pytest.CaptureFixture[str], log: Path)
     assert "response 4 Safe=4 -" in text
     assert "answers flagged unnecessary_refusal 1 4 25.00%" in text
     assert "guard errors (checks) 0 10 0.00%" in text
-    assert "total 6 0.220 0.250 0.250" in text
+    assert "total 6 220.0 250.0 250.0" in text
     assert "per 15m (UTC)" in text
 
 

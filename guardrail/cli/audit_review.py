@@ -359,8 +359,8 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.2f}%"
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 def _stats_title(files: Sequence[str], s: AuditStats) -> str:
@@ -422,7 +422,7 @@ def stats_sections(s: AuditStats) -> list[Section]:
     )
     sections.append(
         (
-            "latency (seconds)",
+            "latency (ms)",
             ("latency", "n", "p50", "p95", "p99"),
             [_latency_row(name, p) for name, p in s.latency.items()],
         )
@@ -453,7 +453,7 @@ def stats_sections(s: AuditStats) -> list[Section]:
 
 
 def _latency_row(name: str, p: LatencyStats) -> tuple[str, ...]:
-    return (name, str(p.count), _seconds(p.p50), _seconds(p.p95), _seconds(p.p99))
+    return (name, str(p.count), _ms(p.p50), _ms(p.p95), _ms(p.p99))
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> str:
