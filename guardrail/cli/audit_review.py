@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -486,7 +487,11 @@ def _rich_sections(sections: list[Section], *, title: str) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """``audit export``: matching records to OUT as CSV rows or verbatim JSON lines."""
-    matches = _limited(scan(args.files, criteria_of(args)), args.limit)
+    criteria = criteria_of(args)
+    if args.format == "csv" and criteria.kind is None:
+        # One row per call: --limit counts rows, so other records are not even matched.
+        criteria = dataclasses.replace(criteria, kind=CALL_KIND)
+    matches = _limited(scan(args.files, criteria), args.limit)
     to_stdout = args.output == "-"
     fh: IO[str] = (
         sys.stdout if to_stdout else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
