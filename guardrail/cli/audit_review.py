@@ -280,14 +280,16 @@ def _rich_list(matches: Iterator[ScannedRecord], batch: int = 100) -> int:
     """Matches as rich tables of ``batch`` rows each (streamed: a table per batch)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    # Cells are Text, never markup: a record's text must print as it is.
+    console = Console(highlight=False)
     found = 0
     table: Table | None = None
     for record in matches:
         if table is None:
             table = Table(*HEADER, header_style="bold", show_lines=False)
-        table.add_row(*row_cells(record.data))
+        table.add_row(*(Text(c) for c in row_cells(record.data)))
         found += 1
         if found % batch == 0:
             console.print(table)
@@ -462,7 +464,7 @@ def _aligned(rows: Sequence[Sequence[str]]) -> str:
     lines = []
     for r in rows:
         cells = [
-            c.rjust(w) if c[:1].isdigit() or c in ("-",) else c.ljust(w)
+            c.rjust(w) if c[:1].isdigit() or c == "-" else c.ljust(w)
             for c, w in zip(r, widths, strict=True)
         ]
         lines.append("  " + "  ".join(cells).rstrip())
@@ -472,14 +474,24 @@ def _aligned(rows: Sequence[Sequence[str]]) -> str:
 def _rich_sections(sections: list[Section], *, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
-    console.print(title, style="bold")
+    console = Console(highlight=False)
+    console.print(Text(title, style="bold"))
     for name, header, rows in sections:
-        table = Table(*header, title=name, title_justify="left", header_style="bold")
+        console.print()
+        console.print(Text(name, style="bold"))
+        table = Table(header_style="bold")
+        for i, column in enumerate(header):
+            numeric = bool(rows) and all(_numeric(r[i]) for r in rows)
+            table.add_column(column, justify="right" if numeric else "left")
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*(Text(c) for c in r))
         console.print(table)
+
+
+def _numeric(cell: str) -> bool:
+    return cell == "-" or cell.rstrip("%").replace(".", "", 1).isdigit()
 
 
 # ----------------------------------------------------------------------------- export
