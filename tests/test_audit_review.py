@@ -836,3 +836,44 @@ def test_orjson_and_json_agree_wherever_the_fast_path_trusts_orjson() -> None:
             trusted += 1
             assert fast == json.dumps(x).encode(), x
     assert trusted > 40_000
+
+
+def test_verify_file_reads_lines_as_a_text_reader_does(
+    logs: dict[str, Path], tmp_path: Path
+) -> None:
+    from guardrail.audit.reader import verify_file
+
+    lines = logs["full"].read_bytes().splitlines(keepends=True)
+    cases = {
+        "carriage return inside a line": [
+            *lines[:2],
+            lines[2][:50] + b"\r" + lines[2][50:],
+            *lines[3:],
+        ],
+        "CRLF line ends": [line[:-1] + b"\r\n" for line in lines],
+        "as written": lines,
+    }
+    for name, content in cases.items():
+        path = tmp_path / "log.jsonl"
+        path.write_bytes(b"".join(content))
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            expected = verify_chain(list(fh))  # the text reader, through json
+        assert verify_file(path) == expected, name
+        assert expected.ok == (name != "carriage return inside a line")
+    assert verify_file(logs["gzip"]) == verify_file(logs["full"])
+    assert verify_file(logs["gzip"]).ok
+
+
+def test_export_csv_limit_counts_rows_of_calls(
+    capsys: pytest.CaptureFixture[str], logs: dict[str, Path]
+) -> None:
+    code, text, _ = cli(
+        capsys, "export", str(logs["full"]), "--format", "csv", "-o", "-", "--limit", "6"
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(text)))
+    # An event sits among the first six records; the rows are still six calls.
+    assert [r["request_id"] for r in rows] == [
+        r["request_id"] for r in calls(raw_lines(logs["full"]))[:6]
+    ]
+    assert "kind" in json.loads(raw_lines(logs["full"])[5])

@@ -8,7 +8,10 @@ is derived by the same code afterwards. Percentiles are DuckDB's
 ``quantile_disc`` (nearest rank, as the Python engine computes them) over the
 same whole microseconds.
 
-Imported only when the engine is used: ``import guardrail`` never loads DuckDB.
+The projected columns are held in a DuckDB table while the counts run (a few
+hundred bytes a record; DuckDB spills to its temp directory past its memory
+limit). Imported only when the engine is used: ``import guardrail`` never loads
+DuckDB.
 """
 
 from __future__ import annotations
