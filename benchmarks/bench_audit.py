@@ -59,6 +59,31 @@ def _quiet(argv: list[str]) -> Callable[[], object]:
     return run
 
 
+def _duckdb_scan(path: str) -> object:
+    import duckdb
+
+    from guardrail.audit.duck import _source
+
+    source, params = _source([path])
+    with duckdb.connect() as con:
+        return con.execute(
+            "SELECT count(*), sum(len(stages)), count(kind), count(time), sum(len(flags)), "
+            f"count(final_action), sum(latency.total_s) FROM ({source})",
+            params,
+        ).fetchall()
+
+
+def _duckdb_lines(path: str) -> object:
+    import duckdb
+
+    with duckdb.connect() as con:
+        return con.execute(
+            "SELECT count(*) FROM read_csv(?, columns={'line': 'VARCHAR'}, delim='\x01', "
+            "quote='', escape='', header=false)",
+            [path],
+        ).fetchall()
+
+
 def _prefix(path: Path, records: int) -> list[bytes]:
     lines = []
     with open(path, "rb") as fh:
@@ -86,6 +111,22 @@ def run(quick: bool) -> list[Row]:
     for engine in engines:
         value, spread = _rate(records, lambda e=engine: compute_stats([path], engine=e), runs)
         rows.append(row(BENCH, f"stats ({engine})", UNIT, value, UNIT, spread, note))
+    if duckdb_available():
+        # Context: DuckDB's floor on this machine, its bare scan of the fields stats reads,
+        # and merely splitting the file into lines.
+        scan_rate, _ = _rate(records, lambda: _duckdb_scan(path), 1)
+        lines_rate, _ = _rate(records, lambda: _duckdb_lines(path), 1)
+        rows.append(
+            row(
+                BENCH,
+                "stats (duckdb)",
+                "/ bare JSON scan",
+                rows[0]["value"] / scan_rate,
+                "x",
+                "",
+                f"bare scan {scan_rate / 1e3:.0f}k/s; lines only {lines_rate / 1e3:.0f}k/s",
+            )
+        )
     value, spread = _rate(records, _quiet(["audit", "list", path, "--action", "block"]), runs)
     rows.append(row(BENCH, "list --action block", UNIT, value, UNIT, spread, note))
     out = os.devnull

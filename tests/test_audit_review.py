@@ -877,3 +877,23 @@ def test_export_csv_limit_counts_rows_of_calls(
         r["request_id"] for r in calls(raw_lines(logs["full"]))[:6]
     ]
     assert "kind" in json.loads(raw_lines(logs["full"])[5])
+
+
+def test_without_duckdb_auto_uses_python_and_duckdb_names_the_extra(
+    capsys: pytest.CaptureFixture[str], logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from guardrail.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # `import duckdb` now fails
+    assert compute_stats([logs["full"]]).engine == "python"
+    with pytest.raises(MissingDependencyError, match=r"guardrail\[analytics\]"):
+        compute_stats([logs["full"]], engine="duckdb")
+    code, out, err = cli(capsys, "stats", str(logs["full"]), "--engine", "duckdb")
+    assert code == 2
+    assert out == ""
+    assert (
+        err
+        == "guardrail: error: duckdb is required for this feature: pip install 'guardrail[analytics]'\n"
+    )

@@ -386,7 +386,10 @@ def duckdb_available() -> bool:
     """Whether the ``analytics`` extra (DuckDB) is installed."""
     import importlib.util
 
-    return importlib.util.find_spec("duckdb") is not None
+    try:
+        return importlib.util.find_spec("duckdb") is not None
+    except (ImportError, ValueError):  # a module entry of None: treated as not installed
+        return False
 
 
 def compute_stats(
