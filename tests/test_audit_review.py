@@ -893,7 +893,5 @@ def test_without_duckdb_auto_uses_python_and_duckdb_names_the_extra(
     code, out, err = cli(capsys, "stats", str(logs["full"]), "--engine", "duckdb")
     assert code == 2
     assert out == ""
-    assert (
-        err
-        == "guardrail: error: duckdb is required for this feature: pip install 'guardrail[analytics]'\n"
-    )
+    want = "duckdb is required for this feature: pip install 'guardrail[analytics]'"
+    assert err == f"guardrail: error: {want}\n"
