@@ -255,28 +255,30 @@ def test_search_record_that_is_not_a_record(
 # -------------------------------------------------------------------------- summary
 
 
-def test_summary_text(capsys: pytest.CaptureFixture[str], log: Path) -> None:
-    code, out, _ = run(capsys, "summary", str(log))
+def test_summary_is_stats_as_text(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    code, out, _ = run(capsys, "summary", str(log), "--engine", "python")
     assert code == 0
     assert out.startswith(
-        f"{log}: 6 records  (2026-11-03T12:00:00.000Z .. 2026-11-03T17:00:00.000Z)\n"
+        f"{log}: 6 calls  (2026-11-03T12:00:00.000Z .. 2026-11-03T17:00:00.000Z)  [engine python]\n"
     )
+    assert run(capsys, "stats", str(log), "--engine", "python")[1] == out
     text = " ".join(out.split())
-    assert "actions allow=3 block=2 flag=1" in text
-    assert "rules default=4 no-pii=2 over-refusal=1" in text
-    assert "unnecessary refusals 1" in text
-    assert "prompt levels Safe=4 Unsafe=2" in text
-    assert "prompt categories PII=2" in text
-    assert "response checks 4" in text
-    assert "guard errors 0" in text
-    assert "total latency s p50=0.220 p95=0.250 (n=6)" in text
+    assert "action count allow 3 block 2 flag 1" in text
+    assert "rule count default 4 no-pii 2 over-refusal 1" in text
+    assert "flag count unnecessary_refusal 1" in text
+    assert "prompt 6 Safe=4 Unsafe=2 PII=2" in text
+    assert "response 4 Safe=4 -" in text
+    assert "answers flagged unnecessary_refusal 1 4 25.00%" in text
+    assert "guard errors (checks) 0 10 0.00%" in text
+    assert "total 6 220.0 250.0 250.0" in text
+    assert "per 15m (UTC)" in text
 
 
-def test_summary_json(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+def test_summary_is_stats_as_json(capsys: pytest.CaptureFixture[str], log: Path) -> None:
     code, out, _ = run(capsys, "summary", str(log), "--json")
     assert code == 0
     data: dict[str, Any] = json.loads(out)
-    assert data["records"] == 6
+    assert data["calls"] == 6
     assert data["by_action"] == {"allow": 3, "block": 2, "flag": 1}
     assert data["by_flag"] == {"unnecessary_refusal": 1}
     assert data["by_level"]["response"] == {"Safe": 4}
@@ -284,6 +286,7 @@ def test_summary_json(capsys: pytest.CaptureFixture[str], log: Path) -> None:
     assert guard["count"] == 6
     assert guard["p50"] == pytest.approx(0.03)
     assert guard["p95"] == pytest.approx(0.06)
+    assert guard["p99"] == pytest.approx(0.06)
 
 
 def test_summary_bad_file(capsys: pytest.CaptureFixture[str], log: Path) -> None:

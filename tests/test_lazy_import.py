@@ -30,6 +30,16 @@ def test_import_guardrail_loads_no_model_or_client_library() -> None:
     assert _loaded_after(["import guardrail", "import guardrail.classifiers"], heavy) == []
 
 
+def test_import_guardrail_loads_no_audit_review_dependency() -> None:
+    # orjson, rich and duckdb come with the audit review commands, when they run.
+    optional = ("duckdb", "orjson", "rich")
+    assert _loaded_after(["import guardrail", "import guardrail.audit"], optional) == []
+    assert (
+        _loaded_after(["import guardrail.audit.scan", "import guardrail.audit.stats"], optional)
+        == []
+    )
+
+
 def test_local_backend_modules_do_not_load_torch_or_transformers() -> None:
     modules = [
         "import guardrail.classifiers.local",

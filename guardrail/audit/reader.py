@@ -124,8 +124,40 @@ def verify_file(
     problems inside it are reported in the result. Anchors, recoveries and counts
     per kind: :func:`~guardrail.audit.verify.verify_log`.
     """
-    lines = (line for _, line in _open_lines(path))
-    return verify_chain(lines, genesis=genesis, on_record=on_record)
+    return verify_chain(_raw_lines(path), genesis=genesis, on_record=on_record)
+
+
+def _raw_lines(path: str | os.PathLike[str]) -> Iterator[bytes | str]:
+    """A log's lines as bytes, for the chain's fast path; as text where text differs.
+
+    The lines are those a text reader yields (universal newlines): a line with a
+    carriage return is decoded and split as a text reader splits it.
+    """
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+        fh: Any = gzip.GzipFile(path, "rb") if compressed else open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise AuditFileError(path, f"cannot open audit log: {exc.strerror or exc}") from exc
+    with fh:
+        number = 0
+        try:
+            for line in fh:
+                if b"\r" not in line:
+                    number += 1
+                    yield line
+                    continue
+                text = line.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                parts = text.split("\n")
+                for i, part in enumerate(parts):
+                    if i < len(parts) - 1:
+                        number += 1
+                        yield part + "\n"
+                    elif part:
+                        number += 1
+                        yield part
+        except (OSError, EOFError, zlib.error) as exc:
+            raise AuditFileError(path, f"read failed: {exc}", line=number + 1) from exc
 
 
 def _fold(value: str | None) -> str | None:
@@ -144,10 +176,13 @@ class RecordFilter:
     - ``stage``, ``rule_id``, ``level``, ``category``: must all hold for ONE
       check of the call (``stage=response, level=Unsafe`` finds calls whose
       response was judged unsafe, not calls with an unsafe prompt and some response);
+    - ``text``: a substring of the prompt or the response, case-insensitive; only
+      records whose content mode kept the text (``full``, ``truncated``) can match,
+      hashed content cannot be searched;
     - ``kind``: the record's kind (``call``, ``event``, ``recovery``);
     - ``event``: the type of a record that is not a call (``breaker.open``).
 
-    The criteria about a call (action, flag, request id, the checks) match no
+    The criteria about a call (action, flag, request id, text, the checks) match no
     record of another kind, and ``event`` no call; the times match both.
     Names compare case-insensitively (``unsafe`` matches ``Unsafe``).
     """
@@ -163,6 +198,7 @@ class RecordFilter:
     request_id: str | None = None
     kind: str | None = None
     event: str | None = None
+    text: str | None = None
 
     def matches(self, record: AuditEntry) -> bool:
         """Whether ``record`` meets every criterion."""
@@ -184,6 +220,13 @@ class RecordFilter:
             return False
         if self.flag is not None and not any(
             f.casefold() == self.flag.casefold() for f in record.flags
+        ):
+            return False
+        if self.text is not None and not text_matches(
+            self.text.casefold(),
+            record.content.mode,
+            record.content.prompt,
+            record.content.response,
         ):
             return False
         stage, rule, level, cat = (
@@ -220,7 +263,19 @@ class RecordFilter:
             and self.level is None
             and self.category is None
             and self.request_id is None
+            and self.text is None
         )
+
+
+SEARCHABLE_CONTENT = ("full", "truncated")
+"""The content modes that keep readable text (``hash`` and ``none`` cannot be searched)."""
+
+
+def text_matches(folded: str, mode: object, prompt: object, response: object) -> bool:
+    """Whether ``folded`` (casefolded) occurs in a record's kept prompt or response text."""
+    if mode not in SEARCHABLE_CONTENT:
+        return False
+    return any(isinstance(t, str) and folded in t.casefold() for t in (prompt, response))
 
 
 def _utc(value: datetime) -> datetime:

@@ -5,45 +5,34 @@
   recoveries and each anchor's outcome. Exit 0 when the chain is intact and every
   anchor holds (recoveries are reported, not failures), 1 with ``WHERE: problem``
   lines for each finding (tampering, a missing anchor, a bad checkpoint);
-- ``search FILE [filters] [--kind K] [--event T] [--json]``: matching records as a
-  table or JSON lines (calls, events and recoveries alike unless ``--kind`` says);
-- ``summary FILE [--json]``: counts by action, rule, flag, level, category, and
-  latencies; records that are not calls counted apart, per kind and type;
+- ``list LOG... [filters] [--limit N] [--json]`` (alias ``search``), ``show ID LOG...``,
+  ``stats LOG... [--bucket 1h] [--engine E] [--json]`` (alias ``summary``) and
+  ``export LOG... [filters] --format csv|jsonl -o OUT``: reading logs for review, in
+  :mod:`guardrail.cli.audit_review`;
 - ``replay LOG [LOG...] --policy NEW.yaml [--examples N] [--json]``: what another
   policy would have decided for the logged calls, from their recorded verdicts
   (no model runs): changes by old and new action and rule, with example request
   ids, and the calls that cannot be replayed exactly, by reason. Exit 0 when it
   ran: changes are its output, not findings.
 
-A file that cannot be read, a bad flag, or a line that is not a record (search,
-summary), is reported in one line naming the file and line (exit 2); what was
+A file that cannot be read, a bad flag, or a line that is not a record (list,
+stats, export, show), is reported in one line naming the file and line (exit 2); what was
 found before the bad line has already been printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from guardrail.audit.chain import record_line
 from guardrail.audit.checkpoints import default_checkpoint_path
 from guardrail.audit.keys import AuditKey
-from guardrail.audit.kinds import RECORD_KINDS, iso_ms
-from guardrail.audit.reader import (
-    RecordFilter,
-    Summary,
-    filter_records,
-    read_entries,
-    summarize,
-)
-from guardrail.audit.record import AuditEntry, AuditRecord
 from guardrail.audit.replay import NOT_REPLAYABLE, Replayer, ReplayReport
 from guardrail.audit.verify import LogVerification, verify_log
+from guardrail.cli.audit_review import add_review_parsers
 from guardrail.errors import ConfigurationError
 from guardrail.policy import load_policy
 from guardrail.types import Action, Category, SafetyLevel, Stage
@@ -101,38 +90,7 @@ def add_parser(sub: Any) -> None:
     )
     verify.set_defaults(func=run_verify)
 
-    search = cmds.add_parser(
-        "search",
-        help="list the records that match every given filter",
-        description=(
-            "--stage, --rule, --level and --category must all hold for one check of a call "
-            "(--stage response --level unsafe: the response was judged Unsafe). "
-            "Names are case-insensitive; times are ISO-8601 (UTC when no offset is given)."
-        ),
-    )
-    search.add_argument("file", metavar="FILE")
-    search.add_argument("--action", type=_choice(Action), help="final action of the call")
-    search.add_argument("--rule", dest="rule_id", metavar="ID", help="rule id of a check")
-    search.add_argument("--flag", metavar="F", help="a flag of the call, e.g. unnecessary_refusal")
-    search.add_argument("--stage", type=_choice(Stage), help="prompt or response")
-    search.add_argument("--level", type=_choice(SafetyLevel), help="Safe, Controversial, Unsafe")
-    search.add_argument("--category", type=_choice(Category), help="a guard category, e.g. PII")
-    search.add_argument("--since", type=_iso_time, metavar="ISO", help="time >= ISO")
-    search.add_argument("--until", type=_iso_time, metavar="ISO", help="time < ISO")
-    search.add_argument("--request-id", metavar="ID")
-    search.add_argument(
-        "--kind",
-        type=_kind_arg,
-        help=f"only records of this kind: {', '.join(RECORD_KINDS)} (default: all)",
-    )
-    search.add_argument("--event", metavar="TYPE", help="type of an event, e.g. breaker.open")
-    search.add_argument("--json", action="store_true", help="print JSON lines (chain fields kept)")
-    search.set_defaults(func=run_search)
-
-    summary = cmds.add_parser("summary", help="counts and latency percentiles of a log")
-    summary.add_argument("file", metavar="FILE")
-    summary.add_argument("--json", action="store_true", help="print the summary as JSON")
-    summary.set_defaults(func=run_summary)
+    add_review_parsers(cmds, _choice, _iso_time)
 
     replay = cmds.add_parser(
         "replay",
@@ -193,13 +151,6 @@ def _count_arg(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (an integer >= 0)")
-    return value
-
-
-def _kind_arg(text: str) -> str:
-    value = text.casefold()
-    if value not in RECORD_KINDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(RECORD_KINDS)}")
     return value
 
 
@@ -282,119 +233,8 @@ def _plural(n: int, kind: str) -> str:
     return f"{n} {kind[:-1]}ies" if kind.endswith("y") else f"{n} {kind}s"
 
 
-def run_search(args: argparse.Namespace) -> int:
-    """``audit search``: print matching records as a table or JSON lines."""
-    criteria = RecordFilter(
-        since=args.since,
-        until=args.until,
-        action=args.action,
-        stage=args.stage,
-        rule_id=args.rule_id,
-        flag=args.flag,
-        level=args.level,
-        category=args.category,
-        request_id=args.request_id,
-        kind=args.kind,
-        event=args.event,
-    )
-    matches = filter_records(read_entries(args.file), criteria)
-    found = 0
-    try:
-        if not args.json:
-            print(_ROW.format(*_HEADER))
-        for record in matches:
-            found += 1
-            if args.json:
-                print(record_line(record.to_json_dict()))
-            else:
-                print(_ROW.format(*_row(record)))
-            # Flush per record: a bad line later in the file must not lose what was found.
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # `| head` closed the pipe: stop quietly, and keep Python from failing at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    if not found:
-        print("no matching records", file=sys.stderr)
-    return 0
-
-
-_HEADER = ("time", "request", "action", "at", "rules", "prompt", "response", "flags", "total_s")
-_ROW = "{:<24} {:<12} {:<7} {:<8} {:<24} {:<22} {:<22} {:<20} {:>7}"
-
-
-def _verdict_cell(record: AuditRecord, stage: Stage) -> str:
-    entries = record.stage_entries(stage)
-    if not entries:
-        return "-"
-    last = entries[-1]  # the final attempt is what the app got
-    if last.verdict is None:
-        return f"error:{last.error.type}" if last.error else "-"
-    v = last.verdict
-    cell = v.level.value if v.category is None else f"{v.level.value}/{v.category.value}"
-    return cell + (" refusal" if v.refusal else "")
-
-
-def _row(record: AuditEntry) -> tuple[str, ...]:
-    if not isinstance(record, AuditRecord):  # an event or a recovery: its type and details
-        details = json.dumps(record.details, ensure_ascii=False, sort_keys=True)
-        return (iso_ms(record.time), "-", record.kind, "-", record.type, details, "", "", "")
-    rules = dict.fromkeys(e.decision.rule_id for e in record.stages)
-    return (
-        iso_ms(record.time),
-        record.request_id[:12],
-        record.final_action.value,
-        record.blocked_stage.value if record.blocked_stage else "-",
-        ",".join(rules) or "-",
-        _verdict_cell(record, Stage.PROMPT),
-        _verdict_cell(record, Stage.RESPONSE),
-        ",".join(record.flags) or "-",
-        f"{record.latency.total_s:.3f}",
-    )
-
-
-def run_summary(args: argparse.Namespace) -> int:
-    """``audit summary``: counts and latency percentiles, as text or JSON."""
-    summary = summarize(read_entries(args.file))
-    if args.json:
-        print(summary.model_dump_json())
-    else:
-        print(_summary_text(args.file, summary))
-    return 0
-
-
 def _counts(counts: dict[str, int]) -> str:
     return "  ".join(f"{k}={v}" for k, v in counts.items()) or "-"
-
-
-def _summary_text(path: str, s: Summary) -> str:
-    span = ""
-    if s.first_time is not None and s.last_time is not None:
-        span = f"  ({iso_ms(s.first_time)} .. {iso_ms(s.last_time)})"
-    lines = [
-        f"{path}: {s.records} records{span}",
-        f"  {'actions':<22}{_counts(s.by_action)}",
-        f"  {'rules':<22}{_counts(s.by_rule)}",
-        f"  {'flags':<22}{_counts(s.by_flag)}",
-        f"  {'unnecessary refusals':<22}{s.unnecessary_refusals}",
-    ]
-    for stage in Stage:
-        lines.append(f"  {stage.value + ' checks':<22}{s.checks.get(stage.value, 0)}")
-        lines.append(f"  {stage.value + ' levels':<22}{_counts(s.by_level.get(stage.value, {}))}")
-        lines.append(
-            f"  {stage.value + ' categories':<22}{_counts(s.by_category.get(stage.value, {}))}"
-        )
-    lines.append(f"  {'refusals':<22}{s.refusals}")
-    lines.append(f"  {'guard errors':<22}{s.guard_errors}  (all errors: {s.errors})")
-    for name, p in s.latency.items():
-        value = "-" if p.p50 is None else f"p50={p.p50:.3f}  p95={p.p95:.3f}  (n={p.count})"
-        lines.append(f"  {name + ' latency s':<22}{value}")
-    others = {k: n for k, n in s.by_kind.items() if k != "call"}
-    if others:
-        lines.append(f"  {'other records':<22}{_counts(others)}  (not calls, not counted above)")
-        lines.append(f"  {'event types':<22}{_counts(s.by_event)}")
-    return "\n".join(lines)
 
 
 def run_replay(args: argparse.Namespace) -> int:

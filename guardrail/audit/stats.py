@@ -1,0 +1,424 @@
+"""What audit logs add up to: counts, time buckets, over-refusal, latencies, errors.
+
+:func:`compute_stats` reads one or more logs once and returns :class:`AuditStats`
+(``guardrail audit stats``). Two engines compute the same numbers:
+
+- ``python``: a streaming scan of record dicts (:mod:`~guardrail.audit.scan`),
+  no models built;
+- ``duckdb``: DuckDB's JSON reader, parallel and much faster, when the
+  ``guardrail[analytics]`` extra is installed (:mod:`~guardrail.audit.duck`).
+
+Both fill the same :class:`Tallies`, which :func:`finish` turns into the
+report, so each figure is derived once. Latencies are counted in whole
+microseconds (rounded half up) and percentiles are nearest-rank, an observed
+value: the engines agree exactly, and the Python engine's memory grows with the
+number of distinct microsecond values, not with the number of records.
+
+Units: ``calls`` and the ``by_action`` / ``by_rule`` / ``by_flag`` counts are
+guarded calls (a rule that fired on several checks of one call counts once);
+``checks``, ``by_level``, ``by_category`` and guard errors count guard checks.
+Records that are not calls (events, recoveries) are counted per kind and type.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from guardrail.audit.kinds import iso_ms
+from guardrail.audit.scan import epoch_ms, iter_lines, parse_line
+from guardrail.audit.tally import (
+    ANSWERED_ACTIONS,
+    BASE_BUCKET_MS,
+    LATENCY_NAMES,
+    UNNECESSARY_REFUSAL,
+    BucketTally,
+    Quantiles,
+    Tallies,
+    micros,
+    nearest_rank,
+)
+from guardrail.errors import ConfigurationError, MissingDependencyError
+
+__all__ = [
+    "AuditStats",
+    "BucketStats",
+    "LatencyStats",
+    "OverRefusal",
+    "compute_stats",
+    "duckdb_available",
+    "finish",
+    "parse_bucket",
+]
+
+Engine = Literal["auto", "duckdb", "python"]
+
+
+_BUCKET = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_bucket(text: str) -> int:
+    """A bucket size such as ``15m``, ``1h`` or ``1d``, in milliseconds.
+
+    Raises ``ConfigurationError`` for anything else.
+    """
+    m = _BUCKET.match(text.strip())
+    if m is None:
+        raise ConfigurationError(
+            f"bucket {text!r} is not a duration: a number and m, h or d (15m, 1h, 1d)"
+        )
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def bucket_name(ms: int) -> str:
+    """``15m``, ``1h``, ``1d``: the shortest name of a bucket size."""
+    for unit in ("d", "h", "m"):
+        if ms % _UNIT_MS[unit] == 0:
+            return f"{ms // _UNIT_MS[unit]}{unit}"
+    return f"{ms}ms"  # pragma: no cover - sizes come from parse_bucket
+
+
+def default_bucket(span_ms: int) -> int:
+    """The bucket size for a log spanning ``span_ms``: 15m up to 12 h, 1h up to 7 days, 1d."""
+    if span_ms <= 12 * _UNIT_MS["h"]:
+        return BASE_BUCKET_MS
+    if span_ms <= 7 * _UNIT_MS["d"]:
+        return _UNIT_MS["h"]
+    return _UNIT_MS["d"]
+
+
+# ------------------------------------------------------------------------ the report
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class LatencyStats(_Frozen):
+    """Nearest-rank percentiles of one latency, in seconds (``None`` without data)."""
+
+    count: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class BucketStats(_Frozen):
+    """What happened in one time bucket."""
+
+    start: str
+    """The bucket's start, UTC (buckets are aligned on the Unix epoch)."""
+    calls: int = 0
+    by_action: dict[str, int] = {}
+    unnecessary_refusals: int = 0
+    """Calls flagged ``unnecessary_refusal``."""
+    guard_errors: int = 0
+    """Guard checks that failed (the failure mode decided)."""
+    events: int = 0
+    """Records that are not calls."""
+
+
+class OverRefusal(_Frozen):
+    """How often answers were refused without need.
+
+    ``rate`` = ``unnecessary`` / ``answered``: of the calls whose answer reached the
+    user (final action allow or flag, with a response check), the share flagged
+    ``unnecessary_refusal``. ``of_refusals`` = ``refused_unnecessary`` / ``refused``:
+    of the calls whose response the guard judged a refusal, the share flagged so.
+    ``refusal_rate`` = ``refusal_checks`` / ``response_checks``: of the judged
+    response checks, the share judged a refusal.
+    """
+
+    answered: int = 0
+    unnecessary: int = 0
+    rate: float | None = None
+    refused: int = 0
+    refused_unnecessary: int = 0
+    of_refusals: float | None = None
+    response_checks: int = 0
+    refusal_checks: int = 0
+    refusal_rate: float | None = None
+
+
+class AuditStats(_Frozen):
+    """What one or more audit logs add up to (see the module notes for units)."""
+
+    engine: str
+    """``python`` or ``duckdb``: which engine computed it (the figures are the same)."""
+    records: int = 0
+    """Records of every kind."""
+    calls: int = 0
+    first_time: str | None = None
+    last_time: str | None = None
+    by_kind: dict[str, int] = {}
+    by_event: dict[str, int] = {}
+    """Records that are not calls, per type (``breaker.open``, ``torn_line``...)."""
+    breaker: dict[str, int] = {}
+    """Circuit breaker events (``breaker.*``), per type."""
+    by_action: dict[str, int] = {}
+    by_rule: dict[str, int] = {}
+    by_flag: dict[str, int] = {}
+    checks: dict[str, int] = {}
+    """Guard checks per stage."""
+    by_level: dict[str, dict[str, int]] = {}
+    """Per stage: judged checks per safety level."""
+    by_category: dict[str, dict[str, int]] = {}
+    """Per stage: judged checks per category (checks without one are not counted)."""
+    guard_errors: int = 0
+    guard_error_rate: float | None = None
+    """``guard_errors`` / all checks."""
+    over_refusal: OverRefusal = OverRefusal()
+    latency: dict[str, LatencyStats] = {}
+    """``guard.prompt`` / ``guard.response`` (one check each), ``guard`` (a call's guard
+    time), ``upstream`` (calls that reached it), ``total``."""
+    bucket: str = ""
+    """The size of the time buckets (``15m``, ``1h``, ``1d``)."""
+    buckets: tuple[BucketStats, ...] = ()
+
+
+def _ranked(counts: Mapping[Any, int]) -> dict[str, int]:
+    """Counts, most frequent first, ties by name (the same order from either engine)."""
+    return {str(k): v for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))}
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _nested(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, Counter[str]] = {}
+    for (stage, name), n in counts.items():
+        out.setdefault(stage, Counter())[name] += n
+    return {stage: _ranked(out[stage]) for stage in sorted(out)}
+
+
+def _latency(q: Quantiles | None) -> LatencyStats:
+    if q is None or q[0] == 0:
+        return LatencyStats()
+    n, p50, p95, p99 = q
+    return LatencyStats(count=n, p50=p50 / 1e6, p95=p95 / 1e6, p99=p99 / 1e6)
+
+
+def _iso(ms: int) -> str:
+    return iso_ms(datetime.fromtimestamp(ms / 1000, tz=timezone.utc))
+
+
+def finish(t: Tallies, *, engine: str, bucket_ms: int | None) -> AuditStats:
+    """The report from an engine's tallies; ``bucket_ms=None`` picks a size for the span."""
+    size = bucket_ms
+    buckets = t.buckets
+    if size is None:
+        span = 0 if t.first_ms is None or t.last_ms is None else t.last_ms - t.first_ms
+        size = default_bucket(span)
+    if size != t.bucket_ms:  # merge the base buckets into the size chosen
+        if size % t.bucket_ms:
+            raise ValueError("bucket sizes must be multiples of the collected size")
+        merged: dict[int, BucketTally] = {}
+        for index, tally in t.buckets.items():
+            start = index * t.bucket_ms
+            merged.setdefault(start // size, BucketTally()).merge(tally)
+        buckets = merged
+    calls = t.kinds.get("call", 0)
+    checks = sum(t.checks.values())
+    o = OverRefusal(
+        answered=t.answered,
+        unnecessary=t.unnecessary,
+        rate=_rate(t.unnecessary, t.answered),
+        refused=t.refused,
+        refused_unnecessary=t.refused_unnecessary,
+        of_refusals=_rate(t.refused_unnecessary, t.refused),
+        response_checks=t.response_checks,
+        refusal_checks=t.refusal_checks,
+        refusal_rate=_rate(t.refusal_checks, t.response_checks),
+    )
+    kinds = dict(t.kinds)
+    kinds.setdefault("call", 0)
+    return AuditStats(
+        engine=engine,
+        records=sum(t.kinds.values()),
+        calls=calls,
+        first_time=_iso(t.first_ms) if t.first_ms is not None else None,
+        last_time=_iso(t.last_ms) if t.last_ms is not None else None,
+        by_kind=_ranked(kinds),
+        by_event=_ranked(t.events),
+        breaker=_ranked({k: n for k, n in t.events.items() if k.startswith("breaker.")}),
+        by_action=_ranked(t.actions),
+        by_rule=_ranked(t.rules),
+        by_flag=_ranked(t.flags),
+        checks={s: t.checks[s] for s in sorted(t.checks)},
+        by_level=_nested(t.levels),
+        by_category=_nested(t.categories),
+        guard_errors=t.guard_errors,
+        guard_error_rate=_rate(t.guard_errors, checks),
+        over_refusal=o,
+        latency={name: _latency(t.latency.get(name)) for name in LATENCY_NAMES},
+        bucket=bucket_name(size),
+        buckets=tuple(
+            BucketStats(
+                start=_iso(index * size),
+                calls=b.calls,
+                by_action=_ranked(b.actions),
+                unnecessary_refusals=b.unnecessary,
+                guard_errors=b.guard_errors,
+                events=b.events,
+            )
+            for index, b in sorted(buckets.items())
+        ),
+    )
+
+
+# ------------------------------------------------------------------ the Python engine
+
+
+class _PythonTally:
+    """Counts record dicts one at a time (the Python engine's hot loop)."""
+
+    def __init__(self, bucket_ms: int) -> None:
+        self.t = Tallies(bucket_ms=bucket_ms)
+        self.lat: dict[str, Counter[int]] = {name: Counter() for name in LATENCY_NAMES}
+
+    def add(self, data: dict[str, Any]) -> None:
+        t = self.t
+        ms = epoch_ms(data["time"])
+        if t.first_ms is None or ms < t.first_ms:
+            t.first_ms = ms
+        if t.last_ms is None or ms > t.last_ms:
+            t.last_ms = ms
+        index = ms // t.bucket_ms
+        bucket = t.buckets.get(index)
+        if bucket is None:
+            bucket = t.buckets[index] = BucketTally()
+        kind = data.get("kind")
+        if kind is not None:
+            t.kinds[str(kind)] += 1
+            t.events[str(data["type"])] += 1
+            bucket.events += 1
+            return
+        t.kinds["call"] += 1
+        bucket.calls += 1
+        action = data["final_action"]
+        t.actions[action] += 1
+        bucket.actions[action] += 1
+        flags = data["flags"]
+        t.flags.update(flags)
+        unnecessary = UNNECESSARY_REFUSAL in flags
+        bucket.unnecessary += unnecessary
+        rules = set()
+        responded = refused = False
+        lat = self.lat
+        for entry in data["stages"]:
+            stage = entry["stage"]
+            rules.add(entry["decision"]["rule_id"])
+            t.checks[stage] += 1
+            if entry.get("error") is not None:
+                t.guard_errors += 1
+                bucket.guard_errors += 1
+            latency = entry.get("latency_s")
+            if latency is not None:
+                lat.setdefault("guard." + stage, Counter())[micros(latency)] += 1
+            verdict = entry.get("verdict")
+            if stage == "response":
+                responded = True
+            if verdict is None:
+                continue
+            level = verdict.get("level")
+            if level is not None:
+                t.levels[stage, level] += 1
+            category = verdict.get("category")
+            if category is not None:
+                t.categories[stage, category] += 1
+            if stage == "response":
+                t.response_checks += 1
+                if verdict.get("refusal") is True:
+                    t.refusal_checks += 1
+                    refused = True
+        t.rules.update(rules)
+        if responded and action in ANSWERED_ACTIONS:
+            t.answered += 1
+            t.unnecessary += unnecessary
+        if refused:
+            t.refused += 1
+            t.refused_unnecessary += unnecessary
+        latency_record = data.get("latency")
+        if isinstance(latency_record, dict):
+            for key, name in (
+                ("guard_s", "guard"),
+                ("upstream_s", "upstream"),
+                ("total_s", "total"),
+            ):
+                value = latency_record.get(key)
+                if value is not None:
+                    lat[name][micros(value)] += 1
+
+    def tallies(self) -> Tallies:
+        self.t.latency = {name: nearest_rank(c) for name, c in self.lat.items() if c}
+        return self.t
+
+
+def python_tallies(paths: Sequence[str | os.PathLike[str]], bucket_ms: int) -> Tallies:
+    """The Python engine: one streaming pass over the logs' record dicts."""
+    tally = _PythonTally(bucket_ms)
+    for p in paths:
+        path = os.fspath(p)
+        for number, line in iter_lines(path):
+            data = parse_line(path, number, line)
+            if data is None:
+                continue
+            try:
+                tally.add(data)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                from guardrail.audit.reader import AuditFileError
+
+                raise AuditFileError(
+                    path, f"not an audit record: {type(exc).__name__}: {exc}", line=number
+                ) from None
+    return tally.tallies()
+
+
+def duckdb_available() -> bool:
+    """Whether the ``analytics`` extra (DuckDB) is installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("duckdb") is not None
+    except (ImportError, ValueError):  # a module entry of None: treated as not installed
+        return False
+
+
+def compute_stats(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    bucket: str | None = None,
+    engine: Engine = "auto",
+) -> AuditStats:
+    """Read the logs once and add them up (see :class:`AuditStats`).
+
+    ``bucket`` is the time bucket size (``15m``, ``1h``, ``1d``...; default: chosen
+    from the logs' span). ``engine``: ``duckdb`` (needs ``guardrail[analytics]``),
+    ``python``, or ``auto``, DuckDB when installed. Both give the same figures. A
+    line that is not a record raises
+    :class:`~guardrail.audit.reader.AuditFileError` naming the file and line.
+    """
+    files = [os.fspath(p) for p in paths]
+    size = parse_bucket(bucket) if bucket is not None else None
+    collect = size if size is not None else BASE_BUCKET_MS
+    use_duckdb = engine == "duckdb" or (engine == "auto" and duckdb_available())
+    if engine == "duckdb" and not duckdb_available():
+        raise MissingDependencyError("duckdb", "analytics")
+    if use_duckdb:
+        from guardrail.audit.duck import DuckReadError, duckdb_tallies
+
+        try:
+            return finish(duckdb_tallies(files, collect), engine="duckdb", bucket_ms=size)
+        except DuckReadError:
+            # DuckDB could not read a line: the Python engine names the file and line
+            # (AuditFileError), or reads what DuckDB could not, with the same meaning.
+            pass
+    return finish(python_tallies(files, collect), engine="python", bucket_ms=size)
