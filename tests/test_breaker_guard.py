@@ -41,6 +41,12 @@ def errors(sink: ListSink) -> list[str | None]:
     return [r.stages[0].error.type if r.stages[0].error else None for r in sink.records]
 
 
+def timed_out(names: list[str | None]) -> bool:
+    """Whether every check ran out of time: the check's deadline or, cut to what was left
+    of it, the last request's own timeout (which of the two fires first is a race)."""
+    return bool(names) and all(n in ("GuardTimeoutError", "RemoteGuardTimeoutError") for n in names)
+
+
 def counted_guard(url: str, attempts: list[httpx.Request], **kwargs: Any) -> RemoteQwen3Guard:
     """A remote guard whose HTTP client counts every attempt, refused connections included."""
     hooks = {"request": [attempts.append]}
@@ -131,7 +137,8 @@ def test_a_hanging_guard_trips_the_breaker_and_is_not_called_while_open(
             assert guard.check_prompt(PROMPT).action is Action.BLOCK
     assert hung == 2  # the deadline stopped each hung check's retries
     assert len(server.requests_to("POST", CHAT)) == hung  # open: nothing sent
-    assert errors(sink) == ["GuardTimeoutError"] * 2 + ["CircuitOpenError"] * 5
+    assert timed_out(errors(sink)[:2])
+    assert errors(sink)[2:] == ["CircuitOpenError"] * 5
 
 
 async def test_a_hanging_guard_trips_the_breaker_in_async_checks(server: LoopbackServer) -> None:
@@ -149,7 +156,8 @@ async def test_a_hanging_guard_trips_the_breaker_in_async_checks(server: Loopbac
         for _ in range(3):
             await guard.acheck_prompt(PROMPT)
     assert len(server.requests_to("POST", CHAT)) == 2
-    assert errors(sink) == ["GuardTimeoutError"] * 2 + ["CircuitOpenError"] * 3
+    assert timed_out(errors(sink)[:2])
+    assert errors(sink)[2:] == ["CircuitOpenError"] * 3
 
 
 # ------------------------------------------------------------------------- recovery
