@@ -1,4 +1,4 @@
-"""``guardrail audit``: verify, search and summarise audit logs.
+"""``guardrail audit``: verify, list, show, summarise, export and replay audit logs.
 
 - ``verify FILE [--expect-head H] [--min-count N] [--checkpoint F] [--key-env VAR]``:
   check the hash chain and the anchors given; print the record count, the head hash,
@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
     """Register ``audit`` and its subcommands on the CLI's subparsers."""
     p: argparse.ArgumentParser = sub.add_parser(
         "audit",
-        help="verify, search and summarise audit logs",
+        help="verify, list, show, summarise, export and replay audit logs",
         description="Review the JSON-lines audit logs the guarded client writes.",
     )
     cmds = p.add_subparsers(dest="audit_command", metavar="ACTION")
