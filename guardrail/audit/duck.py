@@ -23,6 +23,7 @@ from typing import Any
 
 from guardrail.audit.tally import (
     ANSWERED_ACTIONS,
+    LATENCY_BIN_EDGES_US,
     UNNECESSARY_REFUSAL,
     BucketTally,
     Tallies,
@@ -210,4 +211,27 @@ def _tallies(con: Any, files: Sequence[str], bucket_ms: int) -> Tallies:
         ).fetchone()
         if row is not None and row[0]:
             t.latency[name] = (row[0], row[1], row[2], row[3])
+    bins: dict[str, list[int]] = {}
+    for name, index, n in con.execute(
+        f"SELECT 'guard.' || stage, {_bin('v')}, count(*) FROM (SELECT stage, "
+        f"{_micros('latency_s')} AS v FROM c WHERE latency_s IS NOT NULL) GROUP BY ALL "
+        + "".join(
+            f"UNION ALL SELECT '{name}', {_bin('v')}, count(*) FROM (SELECT "
+            f"{_micros('latency.' + key)} AS v FROM r WHERE kind IS NULL AND "
+            f"latency.{key} IS NOT NULL) GROUP BY ALL "
+            for name, key in (
+                ("guard", "guard_s"),
+                ("upstream", "upstream_s"),
+                ("total", "total_s"),
+            )
+        )
+    ).fetchall():
+        bins.setdefault(name, [0] * (len(LATENCY_BIN_EDGES_US) + 1))[index] += n
+    t.latency_hist = {name: tuple(counts) for name, counts in bins.items()}
     return t
+
+
+def _bin(v: str) -> str:
+    """SQL for :func:`~guardrail.audit.tally.latency_bin` of the microseconds ``v``."""
+    cases = " ".join(f"WHEN {v} < {edge} THEN {i}" for i, edge in enumerate(LATENCY_BIN_EDGES_US))
+    return f"CASE {cases} ELSE {len(LATENCY_BIN_EDGES_US)} END"

@@ -36,11 +36,13 @@ from guardrail.audit.scan import epoch_ms, iter_lines, parse_line
 from guardrail.audit.tally import (
     ANSWERED_ACTIONS,
     BASE_BUCKET_MS,
+    LATENCY_BIN_EDGES_US,
     LATENCY_NAMES,
     UNNECESSARY_REFUSAL,
     BucketTally,
     Quantiles,
     Tallies,
+    histogram,
     micros,
     nearest_rank,
 )
@@ -49,6 +51,7 @@ from guardrail.errors import ConfigurationError, MissingDependencyError
 __all__ = [
     "AuditStats",
     "BucketStats",
+    "LATENCY_BINS_S",
     "LatencyStats",
     "OverRefusal",
     "compute_stats",
@@ -101,6 +104,10 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+LATENCY_BINS_S = tuple(edge / 1e6 for edge in LATENCY_BIN_EDGES_US)
+"""The edges of :attr:`LatencyStats.histogram`'s bins, in seconds."""
+
+
 class LatencyStats(_Frozen):
     """Nearest-rank percentiles of one latency, in seconds (``None`` without data)."""
 
@@ -108,6 +115,9 @@ class LatencyStats(_Frozen):
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
+    histogram: tuple[int, ...] = ()
+    """Counts per bin: bin ``i`` from edge ``i - 1`` (0 for the first) up to edge ``i``
+    of :data:`LATENCY_BINS_S`, the last from the last edge on; empty without data."""
 
 
 class BucketStats(_Frozen):
@@ -199,11 +209,11 @@ def _nested(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
     return {stage: _ranked(out[stage]) for stage in sorted(out)}
 
 
-def _latency(q: Quantiles | None) -> LatencyStats:
+def _latency(q: Quantiles | None, hist: tuple[int, ...] | None) -> LatencyStats:
     if q is None or q[0] == 0:
         return LatencyStats()
     n, p50, p95, p99 = q
-    return LatencyStats(count=n, p50=p50 / 1e6, p95=p95 / 1e6, p99=p99 / 1e6)
+    return LatencyStats(count=n, p50=p50 / 1e6, p95=p95 / 1e6, p99=p99 / 1e6, histogram=hist or ())
 
 
 def _iso(ms: int) -> str:
@@ -258,7 +268,9 @@ def finish(t: Tallies, *, engine: str, bucket_ms: int | None) -> AuditStats:
         guard_errors=t.guard_errors,
         guard_error_rate=_rate(t.guard_errors, checks),
         over_refusal=o,
-        latency={name: _latency(t.latency.get(name)) for name in LATENCY_NAMES},
+        latency={
+            name: _latency(t.latency.get(name), t.latency_hist.get(name)) for name in LATENCY_NAMES
+        },
         bucket=bucket_name(size),
         buckets=tuple(
             BucketStats(
@@ -359,6 +371,7 @@ class _PythonTally:
 
     def tallies(self) -> Tallies:
         self.t.latency = {name: nearest_rank(c) for name, c in self.lat.items() if c}
+        self.t.latency_hist = {name: histogram(c) for name, c in self.lat.items() if c}
         return self.t
 
 

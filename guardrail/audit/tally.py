@@ -7,6 +7,7 @@ it, so each figure is derived once.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 __all__ = [
     "ANSWERED_ACTIONS",
     "BASE_BUCKET_MS",
+    "LATENCY_BIN_EDGES_US",
     "LATENCY_NAMES",
     "PERCENTILES",
     "UNNECESSARY_REFUSAL",
     "BucketTally",
     "Quantiles",
     "Tallies",
+    "histogram",
+    "latency_bin",
     "micros",
     "nearest_rank",
 ]
@@ -34,6 +38,27 @@ BASE_BUCKET_MS = 15 * 60 * 1000
 that suits the log's span (:func:`default_bucket`)."""
 
 LATENCY_NAMES = ("guard.prompt", "guard.response", "guard", "upstream", "total")
+
+LATENCY_BIN_EDGES_US = (
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+)
+"""The latency histogram's bin edges, in microseconds: bin ``i`` holds values from
+edge ``i - 1`` (inclusive; 0 for the first) up to edge ``i`` (exclusive); the last
+bin holds everything from the last edge on."""
 
 
 # --------------------------------------------------------------------- the tallies
@@ -87,6 +112,8 @@ class Tallies:
     buckets: dict[int, BucketTally] = field(default_factory=dict)
     """Per bucket index (the bucket's start / ``bucket_ms``)."""
     latency: dict[str, Quantiles] = field(default_factory=dict)
+    latency_hist: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per latency name: counts per bin of :data:`LATENCY_BIN_EDGES_US`."""
 
 
 def micros(seconds: float) -> int:
@@ -115,3 +142,16 @@ def nearest_rank(counts: Mapping[int, int]) -> Quantiles:
             seen += k
         out.append(value)
     return (n, out[0], out[1], out[2])
+
+
+def latency_bin(us: int) -> int:
+    """The histogram bin of a latency in whole microseconds (see :data:`LATENCY_BIN_EDGES_US`)."""
+    return bisect.bisect_right(LATENCY_BIN_EDGES_US, us)
+
+
+def histogram(counts: Mapping[int, int]) -> tuple[int, ...]:
+    """Counts per latency bin of values given as microseconds -> occurrences."""
+    bins = [0] * (len(LATENCY_BIN_EDGES_US) + 1)
+    for value, k in counts.items():
+        bins[latency_bin(value)] += k
+    return tuple(bins)

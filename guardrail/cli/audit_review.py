@@ -1,4 +1,4 @@
-"""``guardrail audit list | show | stats | export``: reading audit logs for review.
+"""``guardrail audit list | show | stats | report | export``: reading audit logs for review.
 
 Every command streams its logs (plain or gzip, several in order) through the
 fast dict scan of :mod:`guardrail.audit.scan`: no record is validated into a
@@ -21,8 +21,10 @@ from typing import IO, Any
 from guardrail.audit.export import CSV_COLUMNS, csv_row
 from guardrail.audit.kinds import CALL_KIND, RECORD_KINDS
 from guardrail.audit.reader import RecordFilter
+from guardrail.audit.report_html import ChainStatus, render_report
 from guardrail.audit.scan import ScannedRecord, record_kind, scan
 from guardrail.audit.stats import AuditStats, LatencyStats, compute_stats, parse_bucket
+from guardrail.audit.verify import verify_log
 from guardrail.errors import AuditError, ConfigurationError
 from guardrail.types import Action, Category, SafetyLevel, Stage
 
@@ -67,7 +69,7 @@ def add_filters(p: argparse.ArgumentParser, choice: Callable[[Any], Choice], iso
 
 
 def add_review_parsers(cmds: Any, choice: Callable[[Any], Choice], iso: Any) -> None:
-    """Register ``list`` (alias ``search``), ``show``, ``stats`` (alias ``summary``), ``export``."""
+    """Register ``list`` (``search``), ``show``, ``stats`` (``summary``), ``report``, ``export``."""
     lst = cmds.add_parser(
         "list",
         aliases=["search"],
@@ -130,6 +132,36 @@ def add_review_parsers(cmds: Any, choice: Callable[[Any], Choice], iso: Any) -> 
     )
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=run_stats)
+
+    report = cmds.add_parser(
+        "report",
+        help="the statistics and chain status as one self-contained HTML file with charts",
+        description=(
+            "Write one HTML file that opens offline (inline CSS and SVG, no script, nothing "
+            "fetched): final actions per time bucket, categories, levels, over-refusal, "
+            "latency histograms, top rules and each log's hash chain (as audit verify "
+            "finds it). The figures are those of audit stats. Exit 0, or 2 when a log cannot "
+            "be read, a line is not a record or OUT cannot be written."
+        ),
+    )
+    report.add_argument("files", metavar="LOG", nargs="+")
+    report.add_argument(
+        "-o", "--output", metavar="OUT", required=True, help="the HTML file to write"
+    )
+    report.add_argument(
+        "--bucket",
+        type=_bucket_arg,
+        metavar="SIZE",
+        help="time bucket: 15m, 1h, 1d... (default: 15m, 1h or 1d from the logs' span)",
+    )
+    report.add_argument("--title", default="Audit report", help="the page's title")
+    report.add_argument(
+        "--engine",
+        choices=("auto", "duckdb", "python"),
+        default="auto",
+        help="the stats engine, as for stats",
+    )
+    report.set_defaults(func=run_report)
 
     export = cmds.add_parser(
         "export",
@@ -495,6 +527,17 @@ def _numeric(cell: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- export
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``audit report``: the statistics and each log's chain as one HTML file; exit 0."""
+    result = compute_stats(args.files, bucket=args.bucket, engine=args.engine)
+    chains = [ChainStatus.of(path, verify_log(path)) for path in args.files]
+    page = render_report(result, chains, title=args.title, logs=args.files)
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    print(f"wrote the report of {result.records} records to {args.output}", file=sys.stderr)
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
