@@ -27,7 +27,7 @@ case "${1:-test}" in
         mypy
         # The HTML report test renders its page in headless Chromium.
         if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-            apt-get update -qq && apt-get install -y -qq chromium \
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
                 || echo "chromium could not be installed: its report test will skip" >&2
         fi
         pytest -q
