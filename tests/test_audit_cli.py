@@ -321,3 +321,33 @@ def test_through_the_dispatcher(capsys: pytest.CaptureFixture[str], log: Path) -
     )
     assert main(["audit", "verify", str(log.parent / "missing.jsonl")]) == 2
     assert "cannot open audit log" in capsys.readouterr().err
+
+
+def test_verify_json_ok(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    code, out, _ = run(capsys, "verify", "--json", str(log))
+    assert code == 0
+    assert json.loads(out) == {
+        "path": str(log),
+        "ok": True,
+        "chain_ok": True,
+        "count": 6,
+        "kinds": {"call": 6},
+        "head": _head(log),
+        "problem": None,
+        "anchors": [],
+        "recoveries": [],
+    }
+
+
+def test_verify_json_names_the_problem_and_a_failed_anchor(
+    capsys: pytest.CaptureFixture[str], log: Path
+) -> None:
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]), encoding="utf-8")  # the tail cut
+    code, out, _ = run(capsys, "verify", "--json", "--min-count", "6", str(log))
+    assert code == 1
+    data = json.loads(out)
+    assert (data["ok"], data["chain_ok"], data["count"], data["problem"]) == (False, True, 5, None)
+    (anchor,) = data["anchors"]
+    assert anchor["anchor"] == "--min-count 6"
+    assert anchor["ok"] is False

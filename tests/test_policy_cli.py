@@ -137,3 +137,27 @@ def test_through_the_real_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["policy", "validate", str(POLICIES / "default.yaml")]) == 0
     assert capsys.readouterr().out.startswith("OK  ")
+
+
+def test_validate_json_gives_one_object_per_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN, encoding="utf-8")
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(BROKEN.replace("levls", "levels"), encoding="utf-8")
+    assert run("policy", "validate", "--json", str(fixed), str(broken)) == 1
+    out, err = capsys.readouterr()
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first == {
+        "file": str(fixed),
+        "ok": True,
+        "error": None,
+        "name": "broken",
+        "version": 1,
+        "rules": 1,
+        "sha256": hashlib.sha256(fixed.read_bytes()).hexdigest(),
+    }
+    message = f"{broken}:7:7: rules[0].when.levls: unknown key 'levls'; did you mean 'levels'?"
+    assert second == {"file": str(broken), "ok": False, "error": message}
+    assert err.splitlines() == [message]  # the located message stays on stderr too

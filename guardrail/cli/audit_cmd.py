@@ -23,6 +23,8 @@ found before the bad line has already been printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -87,6 +89,11 @@ def add_parser(sub: Any) -> None:
             "environment variable holding the key that signed the checkpoints; then every "
             f"checkpoint must be signed (default: {DEFAULT_KEY_ENV}, if set)"
         ),
+    )
+    verify.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (same exit status)",
     )
     verify.set_defaults(func=run_verify)
 
@@ -180,8 +187,27 @@ def run_verify(args: argparse.Namespace) -> int:
         checkpoints=args.checkpoint,
         key=key,
     )
-    print(_verify_text(args.file, result, checkpoint_given=args.checkpoint is not None))
+    if getattr(args, "json", False):
+        print(json.dumps(verify_json(result), ensure_ascii=False))
+    else:
+        print(_verify_text(args.file, result, checkpoint_given=args.checkpoint is not None))
     return 0 if result.ok else 1
+
+
+def verify_json(result: LogVerification) -> dict[str, Any]:
+    """``audit verify --json``: the verification as plain JSON data."""
+    problem = result.chain.problem
+    return {
+        "path": result.path,
+        "ok": result.ok,
+        "chain_ok": result.chain.ok,
+        "count": result.count,
+        "kinds": dict(result.kinds),
+        "head": result.head,
+        "problem": None if problem is None else dataclasses.asdict(problem),
+        "anchors": [dataclasses.asdict(a) for a in result.anchors],
+        "recoveries": [dataclasses.asdict(r) for r in result.recoveries],
+    }
 
 
 def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) -> str:

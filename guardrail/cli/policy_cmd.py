@@ -58,6 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="policy YAML files")
+    validate.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per file on stdout (same exit status)",
+    )
     validate.set_defaults(func=run_validate)
 
     test = actions.add_parser(
@@ -94,7 +99,12 @@ def _read(name: str) -> bytes:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Validate every file in ``args.files``: 0 all valid, 1 some invalid, 2 some unreadable."""
+    """Validate every file in ``args.files``: 0 all valid, 1 some invalid, 2 some unreadable.
+
+    With ``--json``, one object per file on stdout: ``{"file", "ok", "error"}`` plus
+    ``name``, ``version``, ``rules`` and ``sha256`` for a valid file.
+    """
+    as_json = getattr(args, "json", False)
     invalid = unreadable = False
     for name in args.files:
         try:
@@ -102,18 +112,41 @@ def run_validate(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
             unreadable = True
             reason = getattr(exc, "strerror", None) or exc
-            print(f"{name}: cannot read the policy file: {reason}", file=sys.stderr)
+            message = f"{name}: cannot read the policy file: {reason}"
+            _report_invalid(name, message, as_json)
             continue
         try:
             policy = load_policy_text(raw, "<stdin>" if name == "-" else name)
         except PolicyError as exc:
-            print(exc, file=sys.stderr)
+            _report_invalid(name, str(exc), as_json)
             invalid = True
+            continue
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "file": name,
+                        "ok": True,
+                        "error": None,
+                        "name": policy.name,
+                        "version": policy.version,
+                        "rules": len(policy.rules),
+                        "sha256": policy.content_hash,
+                    }
+                )
+            )
             continue
         rules = f"{len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}"
         summary = f"{policy.name} v{policy.version}, {rules}, sha256:{policy.content_hash[:8]}"
         print(f"OK  {name}  ({summary})")
     return EXIT_ERROR if unreadable else EXIT_FINDINGS if invalid else EXIT_OK
+
+
+def _report_invalid(name: str, message: str, as_json: bool) -> None:
+    # The located message always goes to stderr; --json adds its line on stdout.
+    print(message, file=sys.stderr)
+    if as_json:
+        print(json.dumps({"file": name, "ok": False, "error": message}, ensure_ascii=False))
 
 
 def run_test(args: argparse.Namespace) -> int:
