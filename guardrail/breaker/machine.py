@@ -126,6 +126,14 @@ class CircuitBreaker:
         permit: Permit | None = None
         with self._lock:
             now = self._clock()
+            deadlines = self._deadlines
+            if self._state is BreakerState.CLOSED and not (deadlines and deadlines[0][0] <= now):
+                # The common case, kept short: closed, and no admitted call overdue.
+                permit = Permit(deadline, self._epoch, False)
+                if deadline is not None:
+                    heapq.heappush(deadlines, (deadline, next(self._seq), permit))
+                    self._tracked += 1
+                return permit
             self._expire(now, notes)
             settings = self.settings
             if self._state is BreakerState.OPEN and now - self._opened_at >= settings.cooldown_s:
@@ -167,6 +175,16 @@ class CircuitBreaker:
 
     def succeeded(self, permit: Permit) -> None:
         """The admitted call returned a result."""
+        if not permit.probe:
+            with self._lock:
+                deadlines = self._deadlines
+                now = self._clock()
+                if not (deadlines and deadlines[0][0] <= now):
+                    # The common case, kept short: a success counts and moves nothing.
+                    if self._take(permit):
+                        self._window.add(now, False)
+                        self._consecutive = 0
+                    return
         self._settle(permit, failed=False, cause="")
 
     def failed(self, permit: Permit, error: BaseException | None = None) -> None:

@@ -49,7 +49,7 @@ class StreamEnd:
     finish_reasons: tuple[str, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class Trace:
     """What happened during one guarded call; becomes the report and the audit record."""
 
