@@ -29,12 +29,13 @@ from test_flow import (
 
 from guardrail.chat import answer_text
 from guardrail.classifiers.base import Conversation, moderate_many
-from guardrail.errors import BlockedError, ClassifierError, GuardrailError, PolicyError
+from guardrail.errors import BlockedError, ClassifierError, GuardrailError, InputError, PolicyError
 from guardrail.flow import FlowSettings, Trace, check_flow, completion_flow, stream_flow
 from guardrail.flow.checks import as_guard_error
 from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import Classify, Emit, Flow, Score
 from guardrail.reward.base import RewardScore
+from guardrail.secrets import Masker
 from guardrail.testing import ScriptedClassifier
 from guardrail.types import Action, Stage
 
@@ -692,3 +693,32 @@ def test_a_direct_check_audits_the_conversation_it_judged() -> None:
     script.drive(check_flow(FlowSettings.of(policy()), Stage.PROMPT, messages, None, None))
     (trace,) = script.audited
     assert trace.messages == messages
+
+
+def test_a_direct_response_check_without_an_answer_is_refused_and_audited() -> None:
+    script = Script()
+    messages = ask("hello")["messages"]
+    flow = check_flow(FlowSettings.of(policy()), Stage.RESPONSE, messages, None, None)
+    with pytest.raises(InputError) as raised:
+        script.drive(flow)
+    assert str(raised.value) == "response: a response check needs the answer to judge"
+    assert raised.value.where == "response"
+    assert script.judged == []
+    (trace,) = script.audited
+    assert trace.errors == [("input", raised.value)]
+    assert trace.action is Action.BLOCK
+
+
+def test_a_direct_check_masks_the_guards_secrets_in_its_decision() -> None:
+    secret = "sk-guard-key-0123456789abcdef"
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        raise ClassifierError(f"the guard said no to {secret}")
+
+    script = Script(classify=classify)
+    settings = FlowSettings.of(policy(), mask=Masker([secret]))
+    messages = ask("hello")["messages"]
+    decision = script.drive(check_flow(settings, Stage.PROMPT, messages, None, None))
+    assert decision.reason is not None
+    assert "the guard said no to" in decision.reason
+    assert secret not in decision.reason

@@ -334,3 +334,22 @@ def test_parse_verdict_defaults_and_passed_fields() -> None:
     assert full.refusal_probs == {"Yes": 0.1, "No": 0.9}
     prompt = parse_verdict("Safety: Safe", stage="prompt", refusal_probs={"Yes": 1.0})
     assert prompt.refusal_probs is None  # prompts have no refusal
+
+
+@pytest.mark.parametrize("text", ["Safety: XSafe", "Safety: SafeX"])
+def test_only_quotes_and_a_trailing_dot_are_cleaned_off_a_value(text: str) -> None:
+    with pytest.raises(VerdictParseError, match="unknown safety level"):
+        parse_verdict(text, stage="prompt")
+
+
+def test_a_field_name_whose_line_ended_waits_for_no_value() -> None:
+    # The value must follow its name on the same line, as parse_verdict reads it.
+    one_line = [TokenLogprobs("Safety:\n"), TokenLogprobs(" Unsafe", 0.0)]
+    assert field_probabilities(one_line).level is None
+    later_line = [TokenLogprobs("Note\n"), TokenLogprobs("Safety:\n"), TokenLogprobs(" Unsafe", 0.0)]
+    assert field_probabilities(later_line).level is None
+
+
+def test_markup_after_a_field_name_in_the_same_token_is_skipped() -> None:
+    tokens = [TokenLogprobs("Safety: **"), TokenLogprobs(" Unsafe", 0.0)]
+    assert field_probabilities(tokens).level == {"Safe": 0.0, "Unsafe": 1.0, "Controversial": 0.0}
