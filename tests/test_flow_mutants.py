@@ -34,6 +34,7 @@ from guardrail.flow import FlowSettings, Trace, check_flow, completion_flow, str
 from guardrail.flow.checks import as_guard_error
 from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import Classify, Emit, Flow, Score
+from guardrail.flow.trace import StreamEnd
 from guardrail.reward.base import RewardScore
 from guardrail.secrets import Masker
 from guardrail.testing import ScriptedClassifier
@@ -722,3 +723,58 @@ def test_a_direct_check_masks_the_guards_secrets_in_its_decision() -> None:
     assert decision.reason is not None
     assert "the guard said no to" in decision.reason
     assert secret not in decision.reason
+
+
+def test_each_retry_call_is_a_step_with_its_attempt_error_and_answer(clock: Clock) -> None:
+    refusal, answer = completion("Sorry, I can't."), completion("Here you go.")
+    script = timed_script(clock, refusal, answer)
+    params = ask("plan a picnic")
+    trace = trace_at(clock, params)
+    script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    assert [(s.what, s.attempt, s.error, s.result) for s in trace.steps] == [
+        ("upstream", 0, None, refusal),
+        ("upstream", 1, None, answer),
+    ]
+
+
+def test_a_failed_retry_call_is_a_step_with_its_error_and_no_answer(clock: Clock) -> None:
+    down = ConnectionError("down")
+
+    def fail(params: dict[str, Any]) -> Any:
+        raise down
+
+    script = timed_script(clock, completion("Sorry, I can't."), fail)
+    params = ask("plan a picnic")
+    trace = trace_at(clock, params)
+    script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    retry = trace.steps[-1]
+    assert (retry.attempt, retry.error, retry.result) == (1, down, None)
+
+
+def test_a_streams_upstream_step_keeps_its_last_chunk_and_finish_reasons() -> None:
+    pieces = [chunk("Hello there. "), chunk(None, finish="stop")]
+    script = Script(upstream=lambda params: iter(pieces))
+    params = {**ask("hi"), "stream": True}
+    trace = Trace.begin("streaming", model="m", messages=params["messages"])
+    script.drive(stream_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert (step.what, step.error) == ("upstream", None)
+    assert step.result == StreamEnd(pieces[-1], ("stop",))
+
+
+def test_a_stream_whose_read_fails_records_the_failure_on_its_upstream_step() -> None:
+    broken = ConnectionError("reset")
+    first = chunk("Hello there. ")
+
+    def pieces() -> Iterator[ChatCompletionChunk]:
+        yield first
+        raise broken
+
+    script = Script(upstream=lambda params: pieces())
+    params = {**ask("hi"), "stream": True}
+    trace = Trace.begin("streaming", model="m", messages=params["messages"])
+    with pytest.raises(ConnectionError):
+        script.drive(stream_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert step.error is broken
+    assert step.result == StreamEnd(first, ())
