@@ -34,6 +34,7 @@ from guardrail.flow import FlowSettings, Trace, check_flow, completion_flow, str
 from guardrail.flow.checks import as_guard_error
 from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import Classify, Emit, Flow, Score
+from guardrail.flow.stream import MAX_IN_FLIGHT
 from guardrail.flow.trace import StreamEnd
 from guardrail.reward.base import RewardScore
 from guardrail.secrets import Masker
@@ -778,3 +779,19 @@ def test_a_stream_whose_read_fails_records_the_failure_on_its_upstream_step() ->
     (step,) = trace.steps
     assert step.error is broken
     assert step.result == StreamEnd(first, ())
+
+
+def test_two_checks_stay_in_flight_while_the_next_chunk_is_read() -> None:
+    pieces = ("The weather is nice. ", "Then you wait a bit. ", "And then it rains. ", "End. ")
+    script = Script(upstream=lambda params: stream_of(*pieces), first="read")
+    run_stream(script, FlowSettings.of(policy(STREAMING)), ask("hi"))
+    running, at_reads = 0, []
+    for kind in script.kinds()[3:]:  # after the prompt check
+        if kind == "Start:Classify":
+            running += 1
+        elif kind in ("Await:Classify", "Cancel:Classify"):
+            running -= 1
+        elif kind == "Await:ReadChunk":
+            at_reads.append(running)
+    assert max(at_reads) == MAX_IN_FLIGHT == 2
+    assert texts(script.emitted) == "".join(pieces)
