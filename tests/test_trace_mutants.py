@@ -189,3 +189,22 @@ def test_a_record_reports_the_calls_outcome_not_the_strongest_check(clock: Clock
     record = audit_record(trace, Recording(policy=REF), guard_model="g")
     assert record["final_action"] == "rewrite"
     assert record["blocked_stage"] is None
+
+
+def test_an_upstream_step_runs_from_its_start_or_from_the_raced_start(clock: Clock) -> None:
+    trace = Trace.begin("sequential")
+    error, answer = ConnectionError("down"), object()
+    clock.now = 510.0
+    trace.upstream_took(502.0, error=error, result=answer)
+    trace.raced_at = 501.0  # the first call raced the prompt check; a retry does not
+    clock.now = 520.0
+    trace.upstream_took(515.0)
+    trace.upstream_took(518.0, attempt=1)
+    assert [(s.what, s.started, s.ended, s.attempt) for s in trace.steps] == [
+        ("upstream", 502.0, 510.0, 0),
+        ("upstream", 501.0, 520.0, 0),
+        ("upstream", 518.0, 520.0, 1),
+    ]
+    assert (trace.steps[0].error, trace.steps[0].result) == (error, answer)
+    assert (trace.steps[1].error, trace.steps[1].result) == (None, None)
+    assert trace.upstream_s == 8.0 + 5.0 + 2.0  # the time waited, not the raced time
