@@ -60,7 +60,7 @@ def test_exactly_a_quarter_with_a_sentence_end_is_enough() -> None:
 
 
 def test_chunk_chars_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="chunk_chars must be positive"):
+    with pytest.raises(ValueError, match=r"^chunk_chars must be positive$"):
         StreamState(chunk_chars=0)
 
 
@@ -202,3 +202,7 @@ def test_a_sentence_longer_than_chunk_chars_is_cut_as_a_partial_check() -> None:
     state = StreamState(chunk_chars=8, sentence_boundary=False)
     (check,) = state.feed(said("x" * 8)).checks
     assert (check.end, check.final) == (8, False)
+
+
+def test_no_chunk_is_the_latest_before_the_first() -> None:
+    assert StreamState().latest is None

@@ -795,3 +795,18 @@ def test_two_checks_stay_in_flight_while_the_next_chunk_is_read() -> None:
             at_reads.append(running)
     assert max(at_reads) == MAX_IN_FLIGHT == 2
     assert texts(script.emitted) == "".join(pieces)
+
+
+def test_a_failed_upstream_call_is_a_step_with_its_error_and_no_answer(clock: Clock) -> None:
+    down = ConnectionError("down")
+
+    def fail(params: dict[str, Any]) -> Any:
+        raise down
+
+    script = timed_script(clock, fail)
+    params = ask("hello")
+    trace = trace_at(clock, params)
+    with pytest.raises(ConnectionError):
+        script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert (step.what, step.attempt, step.error, step.result) == ("upstream", 0, down, None)
