@@ -353,3 +353,21 @@ def test_a_field_name_whose_line_ended_waits_for_no_value() -> None:
 def test_markup_after_a_field_name_in_the_same_token_is_skipped() -> None:
     tokens = [TokenLogprobs("Safety: **"), TokenLogprobs(" Unsafe", 0.0)]
     assert field_probabilities(tokens).level == {"Safe": 0.0, "Unsafe": 1.0, "Controversial": 0.0}
+
+
+def test_tool_calls_that_are_not_a_list_are_located_and_described() -> None:
+    answer = {"role": "assistant", "content": "ok", "tool_calls": "f"}
+    with pytest.raises(InputError) as info:
+        guard_inputs([USER], answer)
+    assert info.value.where == "response.tool_calls"
+    assert str(info.value) == (
+        "response.tool_calls: tool_calls must be a list of tool calls, not str of length 1"
+    )
+
+
+def test_content_of_another_type_is_located_and_named() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([{"role": "user", "content": 5}])
+    assert str(info.value) == (
+        "messages[0].content: content must be a string, a list of parts or None, not int"
+    )
