@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.errors import InputError, VerdictParseError
+from guardrail.errors import ConfigurationError, InputError, VerdictParseError
 from guardrail.qwen3guard import (
     GENERATION_PROMPT,
     GuardInput,
@@ -371,3 +371,30 @@ def test_content_of_another_type_is_located_and_named() -> None:
     assert str(info.value) == (
         "messages[0].content: content must be a string, a list of parts or None, not int"
     )
+
+
+def test_output_that_is_not_text_is_named_and_shown() -> None:
+    with pytest.raises(VerdictParseError) as info:
+        parse_verdict(b"Safety: Safe", stage="prompt")  # type: ignore[arg-type]
+    assert info.value.text == "b'Safety: Safe'"
+    assert str(info.value).startswith("guard output must be text, not bytes;")
+
+
+def test_an_unknown_stage_is_named() -> None:
+    with pytest.raises(ConfigurationError, match=r"^unknown stage 'both'; expected prompt or"):
+        parse_verdict("Safety: Safe", stage="both")
+
+
+def test_combine_prefers_the_thinking_among_equally_unsafe_parts() -> None:
+    unsafe = {"level": SafetyLevel.UNSAFE}
+    answer = _v("answer", categories=(Category.VIOLENT,), refusal=True).model_copy(update=unsafe)
+    thinking = _v("reasoning", categories=(Category.PII,), refusal=False).model_copy(update=unsafe)
+    merged = combine_verdicts([answer, thinking])
+    assert merged.categories == (Category.PII,)
+    assert merged.refusal is True  # only the answer can refuse
+
+
+def test_combine_is_truncated_when_any_part_was() -> None:
+    merged = combine_verdicts([_v("reasoning", truncated=True), _v("answer")])
+    assert merged.truncated is True
+    assert combine_verdicts([_v("reasoning"), _v("answer")]).truncated is False

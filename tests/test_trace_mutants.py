@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from guardrail.audit import AuditRecord, PolicyRef
-from guardrail.errors import ClassifierError
+from guardrail.audit import AuditKey, AuditRecord, PolicyRef
+from guardrail.errors import ClassifierError, InputError
 from guardrail.flow import Recording, Trace, audit_record
 from guardrail.policy import Policy, evaluate
 from guardrail.report import StageOutcome
@@ -209,3 +209,37 @@ def test_an_upstream_step_runs_from_its_start_or_from_the_raced_start(clock: Clo
     assert (trace.steps[0].error, trace.steps[0].result) == (error, answer)
     assert (trace.steps[1].error, trace.steps[1].result) == (None, None)
     assert trace.upstream_s == 8.0 + 5.0 + 2.0  # the time waited, not the raced time
+
+
+def test_a_record_keeps_each_scored_checks_reward(clock: Clock) -> None:
+    trace = finished_trace(clock)
+    trace.outcome_rewards[1] = 0.75
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert [s.get("reward") for s in record["stages"]] == [None, 0.75, None]
+
+
+def test_a_record_lists_a_call_refused_for_its_input(clock: Clock) -> None:
+    trace = Trace(request_id="r", mode="check", model="", messages=[], started=clock.now)
+    trace.errors.append(("input", InputError("messages must be a list", where="messages")))
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert record["errors"] == [
+        {"stage": "prompt", "type": "InputError", "message": "messages: messages must be a list"}
+    ]
+
+
+def test_a_record_takes_the_traces_own_flags_and_blocked_stage(clock: Clock) -> None:
+    # Not only what the stages imply: a trace may be blocked with no check recorded.
+    trace = Trace(request_id="r", mode="check", model="", messages=MESSAGES, started=clock.now)
+    trace.took(Action.BLOCK, flags=["oversized"])
+    trace.blocked_stage = Stage.PROMPT
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert (record["flags"], record["blocked_stage"]) == (["oversized"], "prompt")
+
+
+def test_a_record_hashes_content_with_the_recordings_key(clock: Clock) -> None:
+    key = AuditKey(b"k" * 32)
+    record = audit_record(
+        finished_trace(clock), Recording(policy=REF, content_key=key), guard_model="g"
+    )
+    assert record["content"]["prompt"] == key.content_hash(b"second question")
+    assert record["content"]["prompt"].startswith("hmac-sha256:")
