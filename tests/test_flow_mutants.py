@@ -810,3 +810,48 @@ def test_a_failed_upstream_call_is_a_step_with_its_error_and_no_answer(clock: Cl
         script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
     (step,) = trace.steps
     assert (step.what, step.attempt, step.error, step.result) == ("upstream", 0, down, None)
+
+
+def test_scoring_is_a_step_and_each_check_keeps_its_start_and_reward(clock: Clock) -> None:
+    script = timed_script(clock, completion("Fine."), rewards={"Fine.": 0.9})
+    params = ask("hello")
+    trace = trace_at(clock, params)
+    settings = FlowSettings.of(policy(SEQUENTIAL + REWARD))
+    script.drive(completion_flow(settings, trace, params, SHAPES))
+    upstream, scoring = trace.steps
+    assert upstream.what == "upstream"
+    # The prompt check runs 1000-1001, the upstream 1001-1011, the answer's check 1011-1012.
+    assert (scoring.what, scoring.started, scoring.ended, scoring.attempt) == (
+        "reward",
+        1012.0,
+        1012.0,
+        0,
+    )
+    assert scoring.error is None
+    assert [s.goodness for s in scoring.result] == [0.9]
+    assert trace.check_starts == [1000.0, 1011.0]
+    assert trace.outcome_rewards == {1: 0.9}
+
+
+SCORER_DOWN = RuntimeError("scorer down")
+
+
+class FailingScorer(Script):
+    """Every scoring fails."""
+
+    def run(self, job: Any) -> Any:
+        if isinstance(job, Score):
+            raise SCORER_DOWN
+        return super().run(job)
+
+
+def test_a_failed_scoring_is_a_step_with_its_error() -> None:
+    script = FailingScorer()
+    params = ask("hello")
+    trace = Trace.begin("sequential", model="m", messages=params["messages"])
+    settings = FlowSettings.of(policy(SEQUENTIAL + REWARD))
+    script.drive(completion_flow(settings, trace, params, SHAPES))
+    scoring = trace.steps[-1]
+    assert (scoring.what, scoring.error, scoring.result) == ("reward", SCORER_DOWN, None)
+    assert ("reward", SCORER_DOWN) in trace.errors
+    assert trace.outcome_rewards == {}
