@@ -162,6 +162,8 @@ def test_a_trace_begins_with_its_messages_and_a_fresh_id() -> None:
     assert first.request_id != second.request_id
     assert first.action is Action.ALLOW
     assert (second.model, second.messages) == ("", ())
+    masked = Trace.begin("check", mask=str.upper)
+    assert masked.mask("key") == "KEY"
 
 
 def test_the_strongest_action_is_reported_and_flags_kept_once() -> None:
