@@ -107,3 +107,12 @@ def test_a_verdict_with_only_its_primary_category_matches_a_category_rule() -> N
     assert evaluate(rules, PROMPT, only_primary).action is Action.FLAG
     other = Verdict(stage=PROMPT, level=SafetyLevel.UNSAFE, category=Category.PII)
     assert evaluate(rules, PROMPT, other).action is Action.ALLOW
+
+
+def test_a_policy_is_compiled_once_and_reused() -> None:
+    rules = policy(flag_when(PROMPT, levels=["Safe"]))
+    assert evaluate(rules, PROMPT, safe()).action is Action.FLAG
+    compiled = rules._compiled
+    assert compiled is not None
+    assert evaluate(rules, "prompt", safe()).action is Action.FLAG
+    assert rules._compiled is compiled

@@ -398,3 +398,10 @@ def test_combine_is_truncated_when_any_part_was() -> None:
     merged = combine_verdicts([_v("reasoning", truncated=True), _v("answer")])
     assert merged.truncated is True
     assert combine_verdicts([_v("reasoning"), _v("answer")]).truncated is False
+
+
+def test_the_guard_sees_lone_surrogates_as_replacement_characters() -> None:
+    message = GuardMessage("user", "a\ud800b \ud83d\ude00 \udfff")
+    assert message.content == "a\ufffdb \U0001f600 \ufffd"
+    clean = "caf\u00e9 \U0001f600"
+    assert GuardMessage("user", clean).content is clean  # valid text is passed through
