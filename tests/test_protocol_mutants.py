@@ -405,3 +405,24 @@ def test_the_guard_sees_lone_surrogates_as_replacement_characters() -> None:
     assert message.content == "a\ufffdb \U0001f600 \ufffd"
     clean = "caf\u00e9 \U0001f600"
     assert GuardMessage("user", clean).content is clean  # valid text is passed through
+
+
+def test_an_error_in_the_response_is_located_in_the_response() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([USER], {"role": "assistant", "content": 5})
+    assert info.value.where == "response.content"
+    with pytest.raises(InputError) as earlier:
+        guard_inputs([USER, {"role": "assistant", "content": 5}], "answer")
+    assert earlier.value.where == "messages[1].content"
+
+
+def test_an_unknown_role_is_named() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([{"role": "bot", "content": "x"}])
+    assert str(info.value) == "messages[0].role: unknown role 'bot'"
+
+
+def test_an_unknown_reasoning_mode_names_the_choices() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        guard_inputs([USER], "answer", reasoning="all")
+    assert str(info.value) == "unknown reasoning mode 'all'; expected answer, separate, joint"
