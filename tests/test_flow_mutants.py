@@ -101,11 +101,11 @@ def test_a_stepper_has_no_result_before_its_flow_returns() -> None:
         return 1
 
     stepper: Stepper[int] = Stepper(flow())
-    assert stepper.result is None
+    assert (stepper.result, stepper.finished) == (None, False)
     stepper.next_effect()
-    assert stepper.result is None
+    assert (stepper.result, stepper.finished) == (None, False)
     assert stepper.next_effect() is None
-    assert stepper.result == 1
+    assert (stepper.result, stepper.finished) == (1, True)
 
 
 def test_any_check_failure_becomes_a_guard_error_that_keeps_its_cause() -> None:
