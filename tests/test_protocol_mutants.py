@@ -346,7 +346,11 @@ def test_a_field_name_whose_line_ended_waits_for_no_value() -> None:
     # The value must follow its name on the same line, as parse_verdict reads it.
     one_line = [TokenLogprobs("Safety:\n"), TokenLogprobs(" Unsafe", 0.0)]
     assert field_probabilities(one_line).level is None
-    later_line = [TokenLogprobs("Note\n"), TokenLogprobs("Safety:\n"), TokenLogprobs(" Unsafe", 0.0)]
+    later_line = [
+        TokenLogprobs("Note\n"),
+        TokenLogprobs("Safety:\n"),
+        TokenLogprobs(" Unsafe", 0.0),
+    ]
     assert field_probabilities(later_line).level is None
 
 
