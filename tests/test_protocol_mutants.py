@@ -399,7 +399,8 @@ def test_combine_prefers_the_thinking_among_equally_unsafe_parts() -> None:
 
 
 def test_combine_is_truncated_when_any_part_was() -> None:
-    merged = combine_verdicts([_v("reasoning", truncated=True), _v("answer")])
+    # The worst part (the thinking, on a tie) was not truncated; the answer was.
+    merged = combine_verdicts([_v("reasoning"), _v("answer", truncated=True)])
     assert merged.truncated is True
     assert combine_verdicts([_v("reasoning"), _v("answer")]).truncated is False
 
