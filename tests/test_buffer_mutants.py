@@ -60,7 +60,7 @@ def test_exactly_a_quarter_with_a_sentence_end_is_enough() -> None:
 
 
 def test_chunk_chars_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="chunk_chars must be positive"):
+    with pytest.raises(ValueError, match=r"^chunk_chars must be positive$"):
         StreamState(chunk_chars=0)
 
 
@@ -163,3 +163,46 @@ def test_the_last_chunk_is_the_most_recent_one_held() -> None:
     for c in held:
         state.feed(c)
     assert state.last_chunk() is held[-1]
+
+
+def test_text_joins_a_choices_content_as_received() -> None:
+    state = StreamState()
+    state.feed(said("Hel"))
+    state.feed(said("lo"))
+    assert state.text() == "Hello"
+    assert state.text(1) == ""
+
+
+def test_the_latest_chunk_and_the_finish_reasons_are_kept() -> None:
+    state = StreamState()
+    first = chunk(choice(0, content="a"), choice(1, "length", content="b"))
+    state.feed(first)
+    assert state.latest is first
+    assert state.finish_reasons() == ("length",)
+    last = chunk(choice(0, "stop"))
+    state.feed(last)
+    assert state.latest is last
+    assert state.finish_reasons() == ("stop", "length")
+
+
+def test_a_sentence_after_reasoning_is_cut_at_its_offset_on_every_channel() -> None:
+    state = StreamState(chunk_chars=40)  # a sentence end closes a window after 10 characters
+    assert state.feed(chunk(choice(reasoning_content="r" * 20))).checks == []
+    (check,) = state.feed(said("Hi. there")).checks  # 24 characters, 4 of them content
+    assert (check.end, check.text, check.final) == (24, "Hi. ", False)
+
+
+def test_a_short_sentence_after_a_checked_window_waits_for_more() -> None:
+    state = StreamState(chunk_chars=40)
+    assert [c.end for c in state.feed(said("Hello there. ")).checks] == [13]
+    assert state.feed(said("Hi. ")).checks == []  # 4 characters since the last window
+
+
+def test_a_sentence_longer_than_chunk_chars_is_cut_as_a_partial_check() -> None:
+    state = StreamState(chunk_chars=8, sentence_boundary=False)
+    (check,) = state.feed(said("x" * 8)).checks
+    assert (check.end, check.final) == (8, False)
+
+
+def test_no_chunk_is_the_latest_before_the_first() -> None:
+    assert StreamState().latest is None

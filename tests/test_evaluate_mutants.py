@@ -13,7 +13,7 @@ import pytest
 from guardrail.errors import ConfigurationError
 from guardrail.flow import FlowSettings
 from guardrail.policy import Policy, evaluate
-from guardrail.types import Action, SafetyLevel, Stage, Verdict
+from guardrail.types import Action, Category, SafetyLevel, Stage, Verdict
 
 PROMPT, RESPONSE = Stage.PROMPT, Stage.RESPONSE
 
@@ -99,3 +99,20 @@ def test_a_rule_message_wins_over_the_policy_block_message() -> None:
     assert settings.block_message(settings.decide(PROMPT, safe())) == "Not this one."
     failed = settings.decide(PROMPT, None, error=RuntimeError("x"))
     assert settings.block_message(failed) == "Generic."
+
+
+def test_a_verdict_with_only_its_primary_category_matches_a_category_rule() -> None:
+    rules = policy(flag_when(PROMPT, categories=["Violent"]))
+    only_primary = Verdict(stage=PROMPT, level=SafetyLevel.UNSAFE, category=Category.VIOLENT)
+    assert evaluate(rules, PROMPT, only_primary).action is Action.FLAG
+    other = Verdict(stage=PROMPT, level=SafetyLevel.UNSAFE, category=Category.PII)
+    assert evaluate(rules, PROMPT, other).action is Action.ALLOW
+
+
+def test_a_policy_is_compiled_once_and_reused() -> None:
+    rules = policy(flag_when(PROMPT, levels=["Safe"]))
+    assert evaluate(rules, PROMPT, safe()).action is Action.FLAG
+    compiled = rules._compiled
+    assert compiled is not None
+    assert evaluate(rules, "prompt", safe()).action is Action.FLAG
+    assert rules._compiled is compiled

@@ -29,12 +29,15 @@ from test_flow import (
 
 from guardrail.chat import answer_text
 from guardrail.classifiers.base import Conversation, moderate_many
-from guardrail.errors import BlockedError, ClassifierError, GuardrailError, PolicyError
+from guardrail.errors import BlockedError, ClassifierError, GuardrailError, InputError, PolicyError
 from guardrail.flow import FlowSettings, Trace, check_flow, completion_flow, stream_flow
 from guardrail.flow.checks import as_guard_error
 from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import Classify, Emit, Flow, Score
+from guardrail.flow.stream import MAX_IN_FLIGHT
+from guardrail.flow.trace import StreamEnd
 from guardrail.reward.base import RewardScore
+from guardrail.secrets import Masker
 from guardrail.testing import ScriptedClassifier
 from guardrail.types import Action, Stage
 
@@ -98,11 +101,11 @@ def test_a_stepper_has_no_result_before_its_flow_returns() -> None:
         return 1
 
     stepper: Stepper[int] = Stepper(flow())
-    assert stepper.result is None
+    assert (stepper.result, stepper.finished) == (None, False)
     stepper.next_effect()
-    assert stepper.result is None
+    assert (stepper.result, stepper.finished) == (None, False)
     assert stepper.next_effect() is None
-    assert stepper.result == 1
+    assert (stepper.result, stepper.finished) == (1, True)
 
 
 def test_any_check_failure_becomes_a_guard_error_that_keeps_its_cause() -> None:
@@ -692,3 +695,163 @@ def test_a_direct_check_audits_the_conversation_it_judged() -> None:
     script.drive(check_flow(FlowSettings.of(policy()), Stage.PROMPT, messages, None, None))
     (trace,) = script.audited
     assert trace.messages == messages
+
+
+def test_a_direct_response_check_without_an_answer_is_refused_and_audited() -> None:
+    script = Script()
+    messages = ask("hello")["messages"]
+    flow = check_flow(FlowSettings.of(policy()), Stage.RESPONSE, messages, None, None)
+    with pytest.raises(InputError) as raised:
+        script.drive(flow)
+    assert str(raised.value) == "response: a response check needs the answer to judge"
+    assert raised.value.where == "response"
+    assert script.judged == []
+    (trace,) = script.audited
+    assert trace.errors == [("input", raised.value)]
+    assert trace.action is Action.BLOCK
+
+
+def test_a_direct_check_masks_the_guards_secrets_in_its_decision() -> None:
+    secret = "sk-guard-key-0123456789abcdef"
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        raise ClassifierError(f"the guard said no to {secret}")
+
+    script = Script(classify=classify)
+    settings = FlowSettings.of(policy(), mask=Masker([secret]))
+    messages = ask("hello")["messages"]
+    decision = script.drive(check_flow(settings, Stage.PROMPT, messages, None, None))
+    assert decision.reason is not None
+    assert "the guard said no to" in decision.reason
+    assert secret not in decision.reason
+
+
+def test_each_retry_call_is_a_step_with_its_attempt_error_and_answer(clock: Clock) -> None:
+    refusal, answer = completion("Sorry, I can't."), completion("Here you go.")
+    script = timed_script(clock, refusal, answer)
+    params = ask("plan a picnic")
+    trace = trace_at(clock, params)
+    script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    assert [(s.what, s.attempt, s.error, s.result) for s in trace.steps] == [
+        ("upstream", 0, None, refusal),
+        ("upstream", 1, None, answer),
+    ]
+
+
+def test_a_failed_retry_call_is_a_step_with_its_error_and_no_answer(clock: Clock) -> None:
+    down = ConnectionError("down")
+
+    def fail(params: dict[str, Any]) -> Any:
+        raise down
+
+    script = timed_script(clock, completion("Sorry, I can't."), fail)
+    params = ask("plan a picnic")
+    trace = trace_at(clock, params)
+    script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    retry = trace.steps[-1]
+    assert (retry.attempt, retry.error, retry.result) == (1, down, None)
+
+
+def test_a_streams_upstream_step_keeps_its_last_chunk_and_finish_reasons() -> None:
+    pieces = [chunk("Hello there. "), chunk(None, finish="stop")]
+    script = Script(upstream=lambda params: iter(pieces))
+    params = {**ask("hi"), "stream": True}
+    trace = Trace.begin("streaming", model="m", messages=params["messages"])
+    script.drive(stream_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert (step.what, step.error) == ("upstream", None)
+    assert step.result == StreamEnd(pieces[-1], ("stop",))
+
+
+def test_a_stream_whose_read_fails_records_the_failure_on_its_upstream_step() -> None:
+    broken = ConnectionError("reset")
+    first = chunk("Hello there. ")
+
+    def pieces() -> Iterator[ChatCompletionChunk]:
+        yield first
+        raise broken
+
+    script = Script(upstream=lambda params: pieces())
+    params = {**ask("hi"), "stream": True}
+    trace = Trace.begin("streaming", model="m", messages=params["messages"])
+    with pytest.raises(ConnectionError):
+        script.drive(stream_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert step.error is broken
+    assert step.result == StreamEnd(first, ())
+
+
+def test_two_checks_stay_in_flight_while_the_next_chunk_is_read() -> None:
+    pieces = ("The weather is nice. ", "Then you wait a bit. ", "And then it rains. ", "End. ")
+    script = Script(upstream=lambda params: stream_of(*pieces), first="read")
+    run_stream(script, FlowSettings.of(policy(STREAMING)), ask("hi"))
+    running, at_reads = 0, []
+    for kind in script.kinds()[3:]:  # after the prompt check
+        if kind == "Start:Classify":
+            running += 1
+        elif kind in ("Await:Classify", "Cancel:Classify"):
+            running -= 1
+        elif kind == "Await:ReadChunk":
+            at_reads.append(running)
+    assert max(at_reads) == MAX_IN_FLIGHT == 2
+    assert texts(script.emitted) == "".join(pieces)
+
+
+def test_a_failed_upstream_call_is_a_step_with_its_error_and_no_answer(clock: Clock) -> None:
+    down = ConnectionError("down")
+
+    def fail(params: dict[str, Any]) -> Any:
+        raise down
+
+    script = timed_script(clock, fail)
+    params = ask("hello")
+    trace = trace_at(clock, params)
+    with pytest.raises(ConnectionError):
+        script.drive(completion_flow(FlowSettings.of(policy(SEQUENTIAL)), trace, params, SHAPES))
+    (step,) = trace.steps
+    assert (step.what, step.attempt, step.error, step.result) == ("upstream", 0, down, None)
+
+
+def test_scoring_is_a_step_and_each_check_keeps_its_start_and_reward(clock: Clock) -> None:
+    script = timed_script(clock, completion("Fine."), rewards={"Fine.": 0.9})
+    params = ask("hello")
+    trace = trace_at(clock, params)
+    settings = FlowSettings.of(policy(SEQUENTIAL + REWARD))
+    script.drive(completion_flow(settings, trace, params, SHAPES))
+    upstream, scoring = trace.steps
+    assert upstream.what == "upstream"
+    # The prompt check runs 1000-1001, the upstream 1001-1011, the answer's check 1011-1012.
+    assert (scoring.what, scoring.started, scoring.ended, scoring.attempt) == (
+        "reward",
+        1012.0,
+        1012.0,
+        0,
+    )
+    assert scoring.error is None
+    assert [s.goodness for s in scoring.result] == [0.9]
+    assert trace.check_starts == [1000.0, 1011.0]
+    assert trace.outcome_rewards == {1: 0.9}
+
+
+SCORER_DOWN = RuntimeError("scorer down")
+
+
+class FailingScorer(Script):
+    """Every scoring fails."""
+
+    def run(self, job: Any) -> Any:
+        if isinstance(job, Score):
+            raise SCORER_DOWN
+        return super().run(job)
+
+
+def test_a_failed_scoring_is_a_step_with_its_error() -> None:
+    script = FailingScorer()
+    params = ask("hello")
+    trace = Trace.begin("sequential", model="m", messages=params["messages"])
+    settings = FlowSettings.of(policy(SEQUENTIAL + REWARD))
+    script.drive(completion_flow(settings, trace, params, SHAPES))
+    scoring = trace.steps[-1]
+    assert (scoring.what, scoring.error, scoring.result) == ("reward", SCORER_DOWN, None)
+    assert ("reward", SCORER_DOWN) in trace.errors
+    assert trace.outcome_rewards == {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.errors import InputError, VerdictParseError
+from guardrail.errors import ConfigurationError, InputError, VerdictParseError
 from guardrail.qwen3guard import (
     GENERATION_PROMPT,
     GuardInput,
@@ -334,3 +334,100 @@ def test_parse_verdict_defaults_and_passed_fields() -> None:
     assert full.refusal_probs == {"Yes": 0.1, "No": 0.9}
     prompt = parse_verdict("Safety: Safe", stage="prompt", refusal_probs={"Yes": 1.0})
     assert prompt.refusal_probs is None  # prompts have no refusal
+
+
+@pytest.mark.parametrize("text", ["Safety: XSafe", "Safety: SafeX"])
+def test_only_quotes_and_a_trailing_dot_are_cleaned_off_a_value(text: str) -> None:
+    with pytest.raises(VerdictParseError, match="unknown safety level"):
+        parse_verdict(text, stage="prompt")
+
+
+def test_a_field_name_whose_line_ended_waits_for_no_value() -> None:
+    # The value must follow its name on the same line, as parse_verdict reads it.
+    one_line = [TokenLogprobs("Safety:\n"), TokenLogprobs(" Unsafe", 0.0)]
+    assert field_probabilities(one_line).level is None
+    later_line = [
+        TokenLogprobs("Note\n"),
+        TokenLogprobs("Safety:\n"),
+        TokenLogprobs(" Unsafe", 0.0),
+    ]
+    assert field_probabilities(later_line).level is None
+
+
+def test_markup_after_a_field_name_in_the_same_token_is_skipped() -> None:
+    tokens = [TokenLogprobs("Safety: **"), TokenLogprobs(" Unsafe", 0.0)]
+    assert field_probabilities(tokens).level == {"Safe": 0.0, "Unsafe": 1.0, "Controversial": 0.0}
+
+
+def test_tool_calls_that_are_not_a_list_are_located_and_described() -> None:
+    answer = {"role": "assistant", "content": "ok", "tool_calls": "f"}
+    with pytest.raises(InputError) as info:
+        guard_inputs([USER], answer)
+    assert info.value.where == "response.tool_calls"
+    assert str(info.value) == (
+        "response.tool_calls: tool_calls must be a list of tool calls, not str of length 1"
+    )
+
+
+def test_content_of_another_type_is_located_and_named() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([{"role": "user", "content": 5}])
+    assert str(info.value) == (
+        "messages[0].content: content must be a string, a list of parts or None, not int"
+    )
+
+
+def test_output_that_is_not_text_is_named_and_shown() -> None:
+    with pytest.raises(VerdictParseError) as info:
+        parse_verdict(b"Safety: Safe", stage="prompt")  # type: ignore[arg-type]
+    assert info.value.text == "b'Safety: Safe'"
+    assert str(info.value).startswith("guard output must be text, not bytes;")
+
+
+def test_an_unknown_stage_is_named() -> None:
+    with pytest.raises(ConfigurationError, match=r"^unknown stage 'both'; expected prompt or"):
+        parse_verdict("Safety: Safe", stage="both")
+
+
+def test_combine_prefers_the_thinking_among_equally_unsafe_parts() -> None:
+    unsafe = {"level": SafetyLevel.UNSAFE}
+    answer = _v("answer", categories=(Category.VIOLENT,), refusal=True).model_copy(update=unsafe)
+    thinking = _v("reasoning", categories=(Category.PII,), refusal=False).model_copy(update=unsafe)
+    merged = combine_verdicts([answer, thinking])
+    assert merged.categories == (Category.PII,)
+    assert merged.refusal is True  # only the answer can refuse
+
+
+def test_combine_is_truncated_when_any_part_was() -> None:
+    # The worst part (the thinking, on a tie) was not truncated; the answer was.
+    merged = combine_verdicts([_v("reasoning"), _v("answer", truncated=True)])
+    assert merged.truncated is True
+    assert combine_verdicts([_v("reasoning"), _v("answer")]).truncated is False
+
+
+def test_the_guard_sees_lone_surrogates_as_replacement_characters() -> None:
+    message = GuardMessage("user", "a\ud800b \ud83d\ude00 \udfff")
+    assert message.content == "a\ufffdb \U0001f600 \ufffd"
+    clean = "caf\u00e9 \U0001f600"
+    assert GuardMessage("user", clean).content is clean  # valid text is passed through
+
+
+def test_an_error_in_the_response_is_located_in_the_response() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([USER], {"role": "assistant", "content": 5})
+    assert info.value.where == "response.content"
+    with pytest.raises(InputError) as earlier:
+        guard_inputs([USER, {"role": "assistant", "content": 5}], "answer")
+    assert earlier.value.where == "messages[1].content"
+
+
+def test_an_unknown_role_is_named() -> None:
+    with pytest.raises(InputError) as info:
+        guard_inputs([{"role": "bot", "content": "x"}])
+    assert str(info.value) == "messages[0].role: unknown role 'bot'"
+
+
+def test_an_unknown_reasoning_mode_names_the_choices() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        guard_inputs([USER], "answer", reasoning="all")
+    assert str(info.value) == "unknown reasoning mode 'all'; expected answer, separate, joint"

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from guardrail.audit import AuditRecord, PolicyRef
-from guardrail.errors import ClassifierError
+from guardrail.audit import AuditKey, AuditRecord, PolicyRef
+from guardrail.errors import ClassifierError, InputError
 from guardrail.flow import Recording, Trace, audit_record
 from guardrail.policy import Policy, evaluate
 from guardrail.report import StageOutcome
@@ -161,6 +161,9 @@ def test_a_trace_begins_with_its_messages_and_a_fresh_id() -> None:
     assert (first.mode, first.model) == ("check", "m")
     assert first.request_id != second.request_id
     assert first.action is Action.ALLOW
+    assert (second.model, second.messages) == ("", ())
+    masked = Trace.begin("check", mask=str.upper)
+    assert masked.mask("key") == "KEY"
 
 
 def test_the_strongest_action_is_reported_and_flags_kept_once() -> None:
@@ -189,3 +192,56 @@ def test_a_record_reports_the_calls_outcome_not_the_strongest_check(clock: Clock
     record = audit_record(trace, Recording(policy=REF), guard_model="g")
     assert record["final_action"] == "rewrite"
     assert record["blocked_stage"] is None
+
+
+def test_an_upstream_step_runs_from_its_start_or_from_the_raced_start(clock: Clock) -> None:
+    trace = Trace.begin("sequential")
+    error, answer = ConnectionError("down"), object()
+    clock.now = 510.0
+    trace.upstream_took(502.0, error=error, result=answer)
+    trace.raced_at = 501.0  # the first call raced the prompt check; a retry does not
+    clock.now = 520.0
+    trace.upstream_took(515.0)
+    trace.upstream_took(518.0, attempt=1)
+    assert [(s.what, s.started, s.ended, s.attempt) for s in trace.steps] == [
+        ("upstream", 502.0, 510.0, 0),
+        ("upstream", 501.0, 520.0, 0),
+        ("upstream", 518.0, 520.0, 1),
+    ]
+    assert (trace.steps[0].error, trace.steps[0].result) == (error, answer)
+    assert (trace.steps[1].error, trace.steps[1].result) == (None, None)
+    assert trace.upstream_s == 8.0 + 5.0 + 2.0  # the time waited, not the raced time
+
+
+def test_a_record_keeps_each_scored_checks_reward(clock: Clock) -> None:
+    trace = finished_trace(clock)
+    trace.outcome_rewards[1] = 0.75
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert [s.get("reward") for s in record["stages"]] == [None, 0.75, None]
+
+
+def test_a_record_lists_a_call_refused_for_its_input(clock: Clock) -> None:
+    trace = Trace(request_id="r", mode="check", model="", messages=[], started=clock.now)
+    trace.errors.append(("input", InputError("messages must be a list", where="messages")))
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert record["errors"] == [
+        {"stage": "prompt", "type": "InputError", "message": "messages: messages must be a list"}
+    ]
+
+
+def test_a_record_takes_the_traces_own_flags_and_blocked_stage(clock: Clock) -> None:
+    # Not only what the stages imply: a trace may be blocked with no check recorded.
+    trace = Trace(request_id="r", mode="check", model="", messages=MESSAGES, started=clock.now)
+    trace.took(Action.BLOCK, flags=["oversized"])
+    trace.blocked_stage = Stage.PROMPT
+    record = audit_record(trace, Recording(policy=REF), guard_model="g")
+    assert (record["flags"], record["blocked_stage"]) == (["oversized"], "prompt")
+
+
+def test_a_record_hashes_content_with_the_recordings_key(clock: Clock) -> None:
+    key = AuditKey(b"k" * 32)
+    record = audit_record(
+        finished_trace(clock), Recording(policy=REF, content_key=key), guard_model="g"
+    )
+    assert record["content"]["prompt"] == key.content_hash(b"second question")
+    assert record["content"]["prompt"].startswith("hmac-sha256:")
