@@ -3,7 +3,8 @@
 :func:`stream_flow` checks the prompt (racing the upstream call in concurrent
 mode), then feeds each upstream chunk to a :class:`~guardrail.flow.buffer.StreamState`
 and emits what it releases. Checks are pipelined: a segment is checked while the
-next chunks arrive, at most two checks are in flight, and checked text is
+next chunks arrive (at most two checks stay in flight while the next chunk is
+read; a chunk's new checks start before the oldest is awaited), and checked text is
 released as soon as its check passes (without waiting for the next chunk). A
 block or template rewrite cuts the stream with a closing chunk
 (``finish_reason="content_filter"``) for every choice still open. However the
@@ -44,7 +45,7 @@ from guardrail.flow.trace import StreamEnd, Trace
 from guardrail.types import Action, RewriteMode, Stage, Verdict
 
 MAX_IN_FLIGHT = 2
-"""Checks a stream keeps running at once before it waits for the oldest."""
+"""Checks a stream keeps running while it reads the next chunk; past it, it waits for the oldest."""
 
 
 def _mask_refusal(verdicts: Sequence[Verdict]) -> list[Verdict]:
