@@ -77,7 +77,9 @@ WHY = {
         "report, and with a JSONL sink building the record plus sealing and appending it "
         "(canonical JSON, sha256 chain, one write under the file lock). Instant checks run "
         "on the caller's thread in sync calls; async calls add the event loop's scheduling "
-        "of each check and upstream task (on Python 3.12+ eager tasks skip most of it)."
+        "of each check and upstream task (on Python 3.12+ eager tasks skip most of it). "
+        "Over HTTP the added time exceeds that work: the raw call itself runs slower when "
+        "it alternates with wrapped calls than alone, a cost not yet pinned down."
     ),
     "c": "The guard delay is scheduled after the upstream answer: see the ratio's spread.",
     "d": (
