@@ -59,6 +59,17 @@ class UnguardedAccessError(ConfigurationError, AttributeError):
     """
 
 
+def _located(
+    message: str, where: str, line: int | None, column: int | None, field: str | None
+) -> str:
+    """``WHERE:LINE:COL: FIELD: message``, with the parts that are known."""
+    if line is not None:
+        where += f":{line}"
+        if column is not None:
+            where += f":{column}"
+    return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+
+
 class GatewayConfigError(ConfigurationError):
     """A gateway config file is invalid.
 
@@ -80,13 +91,7 @@ class GatewayConfigError(ConfigurationError):
         self.line = line
         self.column = column
         self.field = field
-        where = source or "<gateway config>"
-        if line is not None:
-            where += f":{line}"
-            if column is not None:
-                where += f":{column}"
-        prefix = f"{where}: {field}: " if field else f"{where}: "
-        super().__init__(prefix + message)
+        super().__init__(_located(message, source or "<gateway config>", line, column, field))
 
 
 class InputError(GuardrailError, ValueError):
@@ -188,13 +193,7 @@ class PolicyError(GuardrailError, ValueError):
         self.line = line
         self.column = column
         self.field = field
-        where = source or "<policy>"
-        if line is not None:
-            where += f":{line}"
-            if column is not None:
-                where += f":{column}"
-        prefix = f"{where}: {field}: " if field else f"{where}: "
-        super().__init__(prefix + message)
+        super().__init__(_located(message, source or "<policy>", line, column, field))
 
 
 class CaseFileError(PolicyError):
