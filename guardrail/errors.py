@@ -70,12 +70,15 @@ def _located(
     return f"{where}: {field}: {message}" if field else f"{where}: {message}"
 
 
-class GatewayConfigError(ConfigurationError):
-    """A gateway config file is invalid.
+class _LocatedError(Exception):
+    """An error in a file, read as ``FILE:LINE:COL: FIELD: problem``.
 
     ``source`` is the file, ``line``/``column`` are 1-based when known, ``field`` is
-    the dotted path of the offending field (``keys[1].policy``).
+    the dotted path of the offending field; ``reason`` is the problem alone.
     """
+
+    _unnamed = "<file>"
+    """What ``source`` reads as when the text came from no file."""
 
     def __init__(
         self,
@@ -91,7 +94,17 @@ class GatewayConfigError(ConfigurationError):
         self.line = line
         self.column = column
         self.field = field
-        super().__init__(_located(message, source or "<gateway config>", line, column, field))
+        super().__init__(_located(message, source or self._unnamed, line, column, field))
+
+
+class GatewayConfigError(_LocatedError, ConfigurationError):
+    """A gateway config file is invalid.
+
+    ``source`` is the file, ``line``/``column`` are 1-based when known, ``field`` is
+    the dotted path of the offending field (``keys[1].policy``).
+    """
+
+    _unnamed = "<gateway config>"
 
 
 class InputError(GuardrailError, ValueError):
@@ -172,28 +185,14 @@ class GuardHTTPError(RemoteGuardError):
         super().__init__(message, url=url)
 
 
-class PolicyError(GuardrailError, ValueError):
+class PolicyError(_LocatedError, GuardrailError, ValueError):
     """A policy is invalid.
 
     ``source`` is the file (or ``<string>``), ``line``/``column`` are 1-based when
     known, ``field`` is the dotted path of the offending field (``rules[2].when.levels``).
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        column: int | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.reason = message
-        self.source = source
-        self.line = line
-        self.column = column
-        self.field = field
-        super().__init__(_located(message, source or "<policy>", line, column, field))
+    _unnamed = "<policy>"
 
 
 class CaseFileError(PolicyError):

@@ -20,6 +20,7 @@ from typing import Any
 import openai
 import pytest
 from fakellm import fake_llm, last_user
+from test_audit_review import script  # the same keyword-scripted guard
 
 import guardrail
 from guardrail import Guard
@@ -33,33 +34,10 @@ from guardrail.audit.replay import (
 )
 from guardrail.cli import main
 from guardrail.policy import Policy, load_policy_text
-from guardrail.qwen3guard import GuardInput
-from guardrail.testing import SAFE_PROMPT, SAFE_RESPONSE, ScriptedClassifier
-from guardrail.types import Action, SafetyLevel, Stage
+from guardrail.testing import ScriptedClassifier
+from guardrail.types import Action, SafetyLevel
 
 CONTENT_MODES = ("hash", "none", "truncated", "full")
-
-
-def script(inp: GuardInput) -> str:
-    """Prompt verdicts keyed on the user's text, response verdicts on the answer's."""
-    text = inp.messages[-1].content
-    if inp.stage is Stage.PROMPT:
-        if "fail-p" in text:
-            raise RuntimeError("guard down")
-        if "unsafe-p" in text:
-            return "Safety: Unsafe\nCategories: Violent"
-        if "ctrl-p" in text:
-            return "Safety: Controversial\nCategories: Politically Sensitive Topics"
-        return SAFE_PROMPT
-    if "fail-r" in text:
-        raise RuntimeError("guard down")
-    if "unsafe-r" in text:
-        return "Safety: Unsafe\nCategories: Violent\nRefusal: No"
-    if "ctrl-r" in text:
-        return "Safety: Controversial\nCategories: Unethical Acts\nRefusal: No"
-    if "refuse" in text:
-        return "Safety: Safe\nCategories: None\nRefusal: Yes"
-    return SAFE_RESPONSE
 
 
 RULES = {
