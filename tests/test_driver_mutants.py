@@ -890,6 +890,36 @@ async def test_an_async_raced_stream_is_closed_after_a_block(
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.parametrize("finished", [True, False])
+async def test_an_async_raced_answer_without_close_is_dropped_quietly_after_a_block(
+    finished: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()  # never set
+    answers: list[Any] = []
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        if not finished:
+            with contextlib.suppress(asyncio.CancelledError):  # a call that ends anyway
+                await release.wait()
+        answers.append(completion("Too late."))  # a completion has no close()
+        return answers[-1]
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0)  # the raced call starts (and may finish) first
+        await asyncio.sleep(0)
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, upstream)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        result = await driver.run(completion_flow(settings, Trace.begin("c"), ask("bomb"), SHAPES))
+        for _ in range(5):  # the raced call ends and its callbacks run
+            await asyncio.sleep(0)
+    assert result.choices[0].finish_reason == "content_filter"
+    assert len(answers) == 1  # the raced call did answer, and its answer was dropped
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def aiter_of(*items: Any) -> AsyncIterator[Any]:
     for item in items:
         yield item
