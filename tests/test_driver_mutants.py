@@ -943,7 +943,11 @@ async def test_an_abandoned_async_call_ends_quietly(
             raise result
         return result
 
-    driver, _ = async_driver(upstream=upstream)
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0)  # suspends: the raced upstream call starts meanwhile
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, upstream)
     settings = FlowSettings.of(policy("block: {behavior: message}\n"))
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         await driver.run(completion_flow(settings, Trace.begin("c"), ask("bomb"), SHAPES))
@@ -1056,7 +1060,7 @@ async def test_a_cancelled_async_check_cancels_its_job_and_is_audited() -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need Python 3.12")
-async def test_an_async_job_that_never_suspends_is_done_when_started() -> None:
+async def test_a_launched_async_job_that_never_suspends_is_done_when_launched() -> None:
     current: list[object] = []
 
     async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
@@ -1064,9 +1068,118 @@ async def test_an_async_job_that_never_suspends_is_done_when_started() -> None:
         return verdicts(stage, conversations)
 
     driver, _ = async_driver(classify)
-    handle = await driver._start(Start(Classify(Stage.PROMPT, ())))  # type: ignore[attr-defined]
+    handle = driver._start(Start(Classify(Stage.PROMPT, ())))  # type: ignore[attr-defined]
+    assert current == []  # started, not yet running
+    handle.launch()
     assert handle.task.done()
     assert current == [handle.task]  # it ran as its own task, not as the caller
+
+
+async def test_an_async_job_awaited_first_runs_in_the_callers_task() -> None:
+    tasks: list[object] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        tasks.append(asyncio.current_task())
+        return verdicts(stage, conversations)
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        return completion("Fine.")
+
+    driver, _ = async_driver(classify, upstream)
+    caller = asyncio.current_task()
+    result = await driver.run(
+        completion_flow(FlowSettings.of(policy()), Trace.begin("c"), ask("hi"), SHAPES)
+    )
+    assert result.choices[0].message.content == "Fine."
+    assert tasks == [caller, caller, caller]  # prompt check, upstream call, response check
+
+
+async def test_an_inline_async_job_that_suspends_starts_the_others() -> None:
+    # The prompt check waits for the raced upstream call to start: it must be
+    # started as soon as the check suspends, or this deadlocks.
+    called = asyncio.Event()
+    tasks: list[object] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        if stage is Stage.PROMPT:
+            await asyncio.wait_for(called.wait(), WAIT_S)
+        return verdicts(stage, conversations)
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        tasks.append(asyncio.current_task())
+        called.set()
+        return completion("Fine.")
+
+    driver, _ = async_driver(classify, upstream)
+    caller = asyncio.current_task()
+    flow = completion_flow(FlowSettings.of(policy()), Trace.begin("c"), ask("hi"), SHAPES)
+    result = await asyncio.wait_for(driver.run(flow), WAIT_S)
+    assert result.choices[0].message.content == "Fine."
+    assert len(tasks) == 1
+    assert tasks[0] is not caller  # raced in a task of its own
+
+
+async def test_a_blocked_instant_prompt_check_never_calls_the_raced_upstream() -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def upstream(params: dict[str, Any]) -> Any:
+        calls.append(params)
+        return completion("Fine.")
+
+    driver, audits = async_driver(upstream=upstream)
+    settings = FlowSettings.of(policy("block: {behavior: message}\n"))
+    result = await driver.run(completion_flow(settings, Trace.begin("c"), ask("bomb"), SHAPES))
+    assert result.choices[0].finish_reason == "content_filter"
+    assert calls == []  # dropped before it ran
+    assert len(audits) == 1
+
+
+async def test_an_inline_async_check_that_swallows_its_cancellation_still_times_out() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        try:
+            await asyncio.sleep(WAIT_S)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # carries on regardless...
+        return verdicts(stage, conversations)  # ...with an answer that is too late
+
+    driver, _ = async_driver(classify, timeout_s=0.05)
+    decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+
+
+async def test_an_instant_async_check_that_overran_its_deadline_times_out() -> None:
+    def slow_classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        time.sleep(0.06)  # blocks, never suspends
+
+        async def answer() -> Any:
+            return verdicts(stage, conversations)
+
+        return answer()
+
+    driver, _ = async_driver(slow_classify, timeout_s=0.05)
+    decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+
+
+async def test_cancelling_the_caller_of_an_inline_check_is_not_a_timeout() -> None:
+    started = asyncio.Event()
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        started.set()
+        await asyncio.sleep(WAIT_S)
+        return verdicts(stage, conversations)
+
+    driver, audits = async_driver(classify, timeout_s=WAIT_S)
+    call = asyncio.ensure_future(driver.run(direct_check()))
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert len(audits) == 1
+    # Cancelled by its caller, not timed out.
+    assert not any(isinstance(error, GuardTimeoutError) for _, error in audits[0].errors)
 
 
 async def test_async_checks_and_scores_run_under_their_deadline() -> None:

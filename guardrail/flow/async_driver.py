@@ -1,11 +1,15 @@
-"""The async driver: performs a flow's effects with tasks and never blocks the event loop.
+"""The async driver: performs a flow's effects in its caller's task where it can.
 
-Every started job is a task (on Python 3.12+ an eager one: it runs at once
-until it first suspends, so a job that answers without I/O costs no loop
-iteration). A check's deadline counts from when it was started, and is set
-(:mod:`guardrail.deadline`) for the code the check runs. Audit writes that may
-block (an fsync'd file, a stream, a logger) run in a worker thread; a sink
-that never blocks is written inline.
+A started job runs only once the flow waits on it or on something else. A job
+the flow waits on first runs in the caller's own task, in a context of its own
+(:class:`_Inline`): one that answers without I/O costs no task and no loop
+iteration, and an upstream call or stream read costs no second task. As soon
+as that job suspends, every other started job becomes a task (on Python 3.12+
+an eager one), so they overlap its wait. A check's deadline counts from when
+it starts running and is set (:mod:`guardrail.deadline`) for the code the check
+runs; an inline check past it is cancelled like a task would be. Audit writes
+that may block (an fsync'd file, a stream, a logger) run in a worker thread; a
+sink that never blocks is written inline.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextvars
 import inspect
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, TypeVar, cast
 
 from guardrail import deadline
@@ -101,19 +105,91 @@ else:
         return asyncio.ensure_future(coroutine)
 
 
-class _Task(Handle[T]):
-    """A started job's task and when it started."""
+class _Job(Handle[T]):
+    """A started job: not yet running, run inline (its outcome kept), or a task."""
 
-    __slots__ = ("t0", "task")
+    __slots__ = ("make", "ran", "t0", "task")
 
-    def __init__(self, job: Job[T], coroutine: Coroutine[Any, Any, T]) -> None:
+    def __init__(self, job: Job[T], make: Callable[[], Coroutine[Any, Any, T]]) -> None:
         super().__init__(job)
+        self.make = make
+        """Creates the job's coroutine (only when it runs: a dropped job leaves none)."""
+        self.t0 = 0.0
+        self.task: asyncio.Future[T] | None = None
+        self.ran = False
+        """Whether it ran inline (its outcome went to the flow's wait)."""
+
+    def launch(self) -> None:
+        """Run the job as a task from now on."""
         self.t0 = time.perf_counter()
-        self.task: asyncio.Future[T] = _task(coroutine)
-        if self.task.done():
-            _retrieve(self.task)
+        self.task = task = _task(self.make())
+        if task.done():
+            _retrieve(task)
         else:
-            self.task.add_done_callback(_retrieve)
+            task.add_done_callback(_retrieve)
+
+
+class _Inline:
+    """Runs a coroutine in the awaiting task, in a context of its own, as a task would.
+
+    The first step runs at once; :meth:`step` says whether the coroutine is still
+    suspended. Awaiting the object resumes it until it returns. :meth:`expire`
+    (the job's deadline) cancels what it is waiting on, as ``Task.cancel`` does,
+    and every later resumption throws ``CancelledError`` into it.
+    """
+
+    __slots__ = ("context", "coro", "expired", "result", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.context = contextvars.copy_context()
+        self.waiting: Any = None
+        self.expired = False
+        self.result: Any = None
+
+    def step(self) -> bool:
+        """Run the first step; True while the coroutine is suspended."""
+        try:
+            self.waiting = self.context.run(self.coro.send, None)
+        except StopIteration as stop:
+            self.result = stop.value
+            return False
+        return True
+
+    def expire(self) -> None:
+        """The deadline passed: cancel the coroutine at its current wait."""
+        self.expired = True
+        cancel = getattr(self.waiting, "cancel", None)
+        if callable(cancel):
+            cancel()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, run = self.coro, self.context.run
+        while True:
+            error: BaseException | None
+            try:
+                sent = yield self.waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # the task was cancelled, or its wait failed
+                error = exc
+            else:
+                error = asyncio.CancelledError() if self.expired else None
+            try:
+                if error is None:
+                    self.waiting = run(coro.send, sent)
+                else:
+                    self.waiting = run(coro.throw, error)
+            except StopIteration as stop:
+                return stop.value
+
+
+def _cancelling() -> bool:
+    # Whether the running task itself was asked to cancel (Python 3.11+ counts it).
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if callable(cancelling) else False
 
 
 class AsyncDriver:
@@ -137,6 +213,7 @@ class AsyncDriver:
         self._upstream = upstream
         self._audit = audit
         self._timeout = timeout_s
+        self._pending: list[_Job[Any]] = []
 
     async def run(self, flow: Flow[T]) -> T:
         """Drive a flow that emits nothing to completion and return its result."""
@@ -154,6 +231,7 @@ class AsyncDriver:
         try:
             while (effect := stepper.next_effect()) is not None:
                 if type(effect) is Emit:
+                    self._launch()  # the caller may take its time with the chunk
                     yield effect.chunk
                 else:
                     await self._perform(stepper, effect)
@@ -165,37 +243,69 @@ class AsyncDriver:
 
     async def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
         try:
-            stepper.resolve(await _HANDLERS[type(effect)](self, effect))
+            kind = type(effect)
+            if kind is Start:
+                stepper.resolve(self._start(effect))  # type: ignore[arg-type]
+            elif kind is Cancel:
+                self._cancel(effect)  # type: ignore[arg-type]
+                stepper.resolve(None)
+            else:
+                stepper.resolve(await _HANDLERS[kind](self, effect))
         except Exception as exc:
             stepper.reject(exc)
 
-    async def _start(self, effect: Start[Any]) -> Handle[Any]:
+    # -- starting -----------------------------------------------------------------------
+
+    def _start(self, effect: Start[Any]) -> Handle[Any]:
         job = effect.job
+        handle: _Job[Any]
         if isinstance(job, Classify):
             classify, stage, conversations = self._classify, job.stage, job.conversations
-            return _Task(job, _within(self._timeout, lambda: classify(stage, conversations)))
-        if isinstance(job, Score):
+            handle = _Job(
+                job, lambda: _within(self._timeout, lambda: classify(stage, conversations))
+            )
+        elif isinstance(job, Score):
             score = self._score
             if score is None:
                 raise ConfigurationError("no reward models are configured")
             pairs = job.conversations
-            return _Task(job, _within(self._timeout, lambda: score(pairs)))
-        if isinstance(job, CallUpstream):
-            return _Task(job, _call(self._upstream, job.params))
-        if isinstance(job, ReadChunk):
-            return _Task(job, _next_or_end(job.stream))
-        raise TypeError(f"unexpected job {job!r}")
+            handle = _Job(job, lambda: _within(self._timeout, lambda: score(pairs)))
+        elif isinstance(job, CallUpstream):
+            upstream, params = self._upstream, job.params
+            handle = _Job(job, lambda: _call(upstream, params))
+        elif isinstance(job, ReadChunk):
+            stream = job.stream
+            handle = _Job(job, lambda: _next_or_end(stream))
+        else:
+            raise TypeError(f"unexpected job {job!r}")
+        self._pending.append(handle)
+        return handle
 
-    def _remaining(self, handle: _Task[Any]) -> float | None:
+    def _launch(self) -> None:
+        """Start every job not yet running as a task (the flow is about to wait)."""
+        if self._pending:
+            for handle in self._pending:
+                handle.launch()
+            self._pending.clear()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def _remaining(self, handle: _Job[Any]) -> float | None:
         if self._timeout is None or not handle.job.timed:
             return None
         return max(0.0, self._timeout - (time.perf_counter() - handle.t0))
 
     async def _await(self, effect: Await[Any]) -> Any:
-        handle = cast("_Task[Any]", effect.handle)
+        handle = cast("_Job[Any]", effect.handle)
         task = handle.task
+        if task is None:
+            self._pending.remove(handle)
+            return await self._run_here(handle)
         remaining = self._remaining(handle)
-        if remaining is None or task.done():
+        if task.done():
+            return task.result()
+        self._launch()
+        if remaining is None:
             return await task
         # Wait for the task or the deadline, whichever comes first, without
         # cancelling the task when this wait is cancelled (the flow decides that).
@@ -218,9 +328,42 @@ class AsyncDriver:
         task.cancel()
         raise timeout_error(handle.job, self._timeout or 0.0)
 
+    async def _run_here(self, handle: _Job[Any]) -> Any:
+        """Run a job the flow waits on first in this task; others start once it suspends."""
+        handle.t0 = started = time.perf_counter()
+        handle.ran = True
+        timeout = self._timeout if handle.job.timed else None
+        inline = _Inline(handle.make())
+        if not inline.step():  # answered without I/O
+            if timeout is not None and time.perf_counter() - started > timeout:
+                raise timeout_error(handle.job, timeout)
+            return inline.result
+        self._launch()
+        if timeout is None:
+            return await inline
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, timeout - (time.perf_counter() - started)), inline.expire
+        )
+        try:
+            value = await inline
+        except asyncio.CancelledError:
+            if inline.expired and not _cancelling():
+                raise timeout_error(handle.job, timeout) from None
+            raise
+        finally:
+            timer.cancel()
+        if inline.expired:  # it swallowed the cancellation: its answer is too late
+            raise timeout_error(handle.job, timeout)
+        return value
+
     async def _wait_first(self, effect: WaitFirst) -> First:
         # Handles come from this driver's own _start.
-        check, read = cast("_Task[Any]", effect.check), cast("_Task[Any]", effect.read)
+        check, read = cast("_Job[Any]", effect.check), cast("_Job[Any]", effect.read)
+        if check.task is None and check.ran:
+            return "check"  # already answered
+        self._launch()
+        assert check.task is not None
+        assert read.task is not None
         done, _ = await asyncio.wait(
             {read.task, check.task},
             timeout=self._remaining(check),
@@ -228,19 +371,28 @@ class AsyncDriver:
         )
         return "read" if read.task in done and check.task not in done else "check"
 
-    async def _cancel(self, effect: Cancel) -> None:
-        handle = cast("_Task[Any]", effect.handle)
-        if handle.task.done():
-            _aclose_result(handle.task)
+    # -- ending -------------------------------------------------------------------------
+
+    def _cancel(self, effect: Cancel) -> None:
+        handle = cast("_Job[Any]", effect.handle)
+        task = handle.task
+        if task is None:  # never ran (dropped), or ran inline (finished): nothing to stop
+            if handle in self._pending:
+                self._pending.remove(handle)
+            return
+        if task.done():
+            _aclose_result(task)
         else:
-            handle.task.cancel()
-            handle.task.add_done_callback(_aclose_result)
+            task.cancel()
+            task.add_done_callback(_aclose_result)
 
     async def _close_stream(self, effect: CloseStream) -> None:
+        self._launch()
         await effect.stream.close()
 
     async def _write_audit(self, effect: Audit) -> None:
         if self._audit_blocks:
+            self._launch()
             await asyncio.to_thread(self._audit, effect.trace)
         else:
             self._audit(effect.trace)
@@ -248,9 +400,7 @@ class AsyncDriver:
 
 # Effect type -> handler, built once (a bound-method table per call costs a microsecond).
 _HANDLERS: dict[type, Callable[..., Any]] = {
-    Start: AsyncDriver._start,
     Await: AsyncDriver._await,
-    Cancel: AsyncDriver._cancel,
     WaitFirst: AsyncDriver._wait_first,
     CloseStream: AsyncDriver._close_stream,
     Audit: AsyncDriver._write_audit,
