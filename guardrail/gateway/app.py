@@ -49,6 +49,7 @@ from guardrail.classifiers.base import Classifier
 from guardrail.client.calls import acomplete
 from guardrail.flow import Trace, refuse
 from guardrail.gateway.config import GatewayConfig, UpstreamConfig
+from guardrail.gateway.forward import ChatForwarder
 from guardrail.gateway.keys import KeyRing
 from guardrail.gateway.metrics import CONTENT_TYPE, Metrics
 from guardrail.gateway.shapes import ApiError, dump, error_for
@@ -77,6 +78,9 @@ class Upstream:
     name: str
     config: UpstreamConfig
     client: openai.AsyncOpenAI
+    """For the APIs passed through as they are (``/v1/models``)."""
+    forward: ChatForwarder
+    """Guarded chat completions go through this leaner client."""
     secret: str | None
     """The upstream's API key (masked in every error and record; never logged)."""
 
@@ -143,6 +147,7 @@ class Gateway:
     async def aclose(self) -> None:
         """Close the upstream clients and the guards built here (flushing their audit)."""
         for upstream in self.upstreams.values():
+            await upstream.forward.close()
             await upstream.client.close()
         for guard in self._owned:
             await asyncio.to_thread(guard.close)
@@ -208,7 +213,7 @@ class Gateway:
     async def _guarded(
         self, route: GatewayRoute, params: dict[str, Any], receive: Receive, send: Send
     ) -> int:
-        create = route.upstream.client.chat.completions.create
+        create = route.upstream.forward.create
         try:
             result = await _until_disconnect(
                 receive, acomplete(route.guard, create, params, route.mask)
@@ -364,7 +369,13 @@ def _upstream(name: str, config: UpstreamConfig, environ: Mapping[str, str]) -> 
         max_retries=config.max_retries,
         http_client=openai.DefaultAioHttpClient(timeout=config.timeout_s),
     )
-    return Upstream(name=name, config=config, client=client, secret=secret)
+    forward = ChatForwarder(
+        config.base_url,
+        api_key=secret or "EMPTY",
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+    )
+    return Upstream(name=name, config=config, client=client, forward=forward, secret=secret)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -98,11 +98,11 @@ def error_for(exc: BaseException) -> ApiError:
         if found is not None:
             return found
         name = type(exc).__name__
-        if name == "APITimeoutError":
+        if name in ("APITimeoutError", "UpstreamTimeoutError"):
             return ApiError(
                 504, "upstream: the request timed out", "upstream_error", code="timeout"
             )
-        if name == "APIConnectionError":
+        if name in ("APIConnectionError", "UpstreamConnectionError"):
             return ApiError(502, "upstream: connection failed", "upstream_error", code="connection")
     return ApiError(500, "internal gateway error", "server_error")
 
