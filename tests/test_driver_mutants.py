@@ -53,7 +53,7 @@ from guardrail.flow.effects import (
 from guardrail.flow.sync_driver import INLINE_AFTER, INLINE_BELOW_S
 from guardrail.reward.base import RewardScore
 from guardrail.testing import ScriptedClassifier
-from guardrail.types import Action, Stage, Verdict
+from guardrail.types import Action, SafetyLevel, Stage, Verdict
 
 WAIT_S = 5.0
 HI = ask("hello")["messages"]
@@ -1138,15 +1138,145 @@ async def test_a_blocked_instant_prompt_check_never_calls_the_raced_upstream() -
 
 async def test_an_inline_async_check_that_swallows_its_cancellation_still_times_out() -> None:
     async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # carries on regardless...
             await asyncio.sleep(WAIT_S)
-        except asyncio.CancelledError:
-            await asyncio.sleep(0)  # carries on regardless...
         return verdicts(stage, conversations)  # ...with an answer that is too late
 
     driver, _ = async_driver(classify, timeout_s=0.05)
     decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
     assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+
+
+async def test_an_inline_async_check_past_its_deadline_is_cancelled_once() -> None:
+    cancels: list[str] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        try:
+            await asyncio.sleep(WAIT_S)
+        except asyncio.CancelledError:
+            cancels.append("cancelled")
+        await asyncio.sleep(0.05)  # as for a task: its cleanup is not cancelled again
+        cancels.append("cleaned up")
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, timeout_s=0.05)
+    decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.05s deadline"
+    assert cancels == ["cancelled", "cleaned up"]
+
+
+async def test_an_inline_check_that_only_yields_is_cancelled_at_its_deadline_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        for _ in range(10**9):  # bare yields: nothing to cancel but the next resumption
+            await asyncio.sleep(0)
+
+    driver, _ = async_driver(classify, timeout_s=0.02)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.02s deadline"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_job_that_raises_cancelled_error_itself_is_not_a_timeout() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError  # nobody cancelled it, no deadline passed
+
+    driver, _ = async_driver(classify, timeout_s=WAIT_S, audit_blocks=False)
+    with pytest.raises(asyncio.CancelledError):
+        await driver.run(direct_check())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+async def test_a_caller_cancelled_as_its_inline_check_times_out_stays_cancelled() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        try:
+            await asyncio.sleep(WAIT_S)
+        except asyncio.CancelledError:  # the deadline's cancellation...
+            caller = asyncio.current_task()  # (inline: the caller's task)
+            assert caller is not None
+            caller.cancel()  # ...and the caller's own, at the same moment
+            raise
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, timeout_s=0.02, audit_blocks=False)
+    returned: list[Any] = []
+
+    async def call() -> None:
+        returned.append(await driver.run(direct_check()))
+
+    task = asyncio.ensure_future(call())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT_S)
+    assert returned == []  # cancelled, not turned into a timed-out decision
+
+
+def checked_after_an_upstream_call() -> Flow[tuple[Any, Any]]:
+    """Start a check, then wait for an upstream call first: the check runs as a task."""
+    check = yield from start_job(Classify(Stage.PROMPT, [(HI, None)]))
+    answer = yield from run_job(CallUpstream(ask("hi")))
+    verdict = yield from await_job(check)
+    return verdict, answer
+
+
+async def suspending_upstream(params: dict[str, Any]) -> Any:
+    await asyncio.sleep(0.01)
+    return completion("Fine.")
+
+
+async def test_a_check_run_as_a_task_without_a_deadline_is_waited_for() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0.05)  # outlasts the upstream call
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, suspending_upstream, timeout_s=None)
+    (verdict,), answer = await asyncio.wait_for(
+        driver.run(checked_after_an_upstream_call()), WAIT_S
+    )
+    assert verdict.level is SafetyLevel.SAFE
+    assert answer.choices[0].message.content == "Fine."
+
+
+async def test_a_check_run_as_a_task_with_a_zero_deadline_names_it() -> None:
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.Event().wait()
+
+    driver, _ = async_driver(classify, suspending_upstream, timeout_s=0.0)
+    with pytest.raises(GuardTimeoutError, match="exceeded its 0s deadline"):
+        await asyncio.wait_for(driver.run(checked_after_an_upstream_call()), WAIT_S)
+
+
+async def test_an_upstream_task_awaited_after_a_check_is_not_held_to_its_deadline() -> None:
+    async def upstream(params: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.15)  # past the check deadline
+        return completion("Fine.")
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        await asyncio.sleep(0)  # suspends: the upstream call becomes a task
+        return verdicts(stage, conversations)
+
+    def flow() -> Flow[Any]:
+        call = yield from start_job(CallUpstream(ask("hi")))
+        yield from run_job(Classify(Stage.PROMPT, [(HI, None)]))
+        return (yield from await_job(call))
+
+    driver, _ = async_driver(classify, upstream, timeout_s=0.05)
+    answer = await asyncio.wait_for(driver.run(flow()), WAIT_S)
+    assert answer.choices[0].message.content == "Fine."
+
+
+async def test_a_race_against_a_check_already_answered_inline_answers_check() -> None:
+    def flow() -> Flow[tuple[str, Any]]:
+        check = yield from start_job(Classify(Stage.RESPONSE, [(HI, None)]))
+        yield from await_job(check)  # instant: ran inline
+        read = yield from start_job(ReadChunk(AsyncStream(aiter_of("chunk"))))
+        first = yield WaitFirst(read, check)
+        return first, (yield from await_job(read))
+
+    driver, _ = async_driver()
+    assert await asyncio.wait_for(driver.run(flow()), WAIT_S) == ("check", "chunk")
 
 
 async def test_an_instant_async_check_that_overran_its_deadline_times_out() -> None:

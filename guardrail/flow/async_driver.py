@@ -20,7 +20,7 @@ import inspect
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from guardrail import deadline
 from guardrail.classifiers.base import Conversation
@@ -108,7 +108,7 @@ else:
 class _Job(Handle[T]):
     """A started job: not yet running, run inline (its outcome kept), or a task."""
 
-    __slots__ = ("make", "ran", "t0", "task")
+    __slots__ = ("make", "t0", "task")
 
     def __init__(self, job: Job[T], make: Callable[[], Coroutine[Any, Any, T]]) -> None:
         super().__init__(job)
@@ -116,8 +116,6 @@ class _Job(Handle[T]):
         """Creates the job's coroutine (only when it runs: a dropped job leaves none)."""
         self.t0 = 0.0
         self.task: asyncio.Future[T] | None = None
-        self.ran = False
-        """Whether it ran inline (its outcome went to the flow's wait)."""
 
     def launch(self) -> None:
         """Run the job as a task from now on."""
@@ -134,17 +132,20 @@ class _Inline:
 
     The first step runs at once; :meth:`step` says whether the coroutine is still
     suspended. Awaiting the object resumes it until it returns. :meth:`expire`
-    (the job's deadline) cancels what it is waiting on, as ``Task.cancel`` does,
-    and every later resumption throws ``CancelledError`` into it.
+    (the job's deadline) cancels it once, as ``Task.cancel`` does: what it waits on
+    is cancelled, or, when that cannot be, its next resumption throws
+    ``CancelledError``. Like a task's, a coroutine that swallows the cancellation
+    runs on (its answer is then discarded as too late).
     """
 
-    __slots__ = ("context", "coro", "expired", "result", "waiting")
+    __slots__ = ("context", "coro", "expired", "must_cancel", "result", "waiting")
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
         self.context = contextvars.copy_context()
         self.waiting: Any = None
         self.expired = False
+        self.must_cancel = False
         self.result: Any = None
 
     def step(self) -> bool:
@@ -160,8 +161,8 @@ class _Inline:
         """The deadline passed: cancel the coroutine at its current wait."""
         self.expired = True
         cancel = getattr(self.waiting, "cancel", None)
-        if callable(cancel):
-            cancel()
+        if not (callable(cancel) and cancel()):
+            self.must_cancel = True  # a bare yield, or a wait already over
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, run = self.coro, self.context.run
@@ -175,7 +176,10 @@ class _Inline:
             except BaseException as exc:  # the task was cancelled, or its wait failed
                 error = exc
             else:
-                error = asyncio.CancelledError() if self.expired else None
+                error = None
+                if self.must_cancel:
+                    self.must_cancel = False
+                    error = asyncio.CancelledError()
             try:
                 if error is None:
                     self.waiting = run(coro.send, sent)
@@ -296,7 +300,7 @@ class AsyncDriver:
         return max(0.0, self._timeout - (time.perf_counter() - handle.t0))
 
     async def _await(self, effect: Await[Any]) -> Any:
-        handle = cast("_Job[Any]", effect.handle)
+        handle: _Job[Any] = effect.handle  # type: ignore[assignment]  # made by _start
         task = handle.task
         if task is None:
             self._pending.remove(handle)
@@ -331,7 +335,6 @@ class AsyncDriver:
     async def _run_here(self, handle: _Job[Any]) -> Any:
         """Run a job the flow waits on first in this task; others start once it suspends."""
         handle.t0 = started = time.perf_counter()
-        handle.ran = True
         timeout = self._timeout if handle.job.timed else None
         inline = _Inline(handle.make())
         if not inline.step():  # answered without I/O
@@ -358,11 +361,11 @@ class AsyncDriver:
 
     async def _wait_first(self, effect: WaitFirst) -> First:
         # Handles come from this driver's own _start.
-        check, read = cast("_Job[Any]", effect.check), cast("_Job[Any]", effect.read)
-        if check.task is None and check.ran:
-            return "check"  # already answered
+        check: _Job[Any] = effect.check  # type: ignore[assignment]
+        read: _Job[Any] = effect.read  # type: ignore[assignment]
         self._launch()
-        assert check.task is not None
+        if check.task is None:  # it ran inline: already answered
+            return "check"
         assert read.task is not None
         done, _ = await asyncio.wait(
             {read.task, check.task},
@@ -374,7 +377,7 @@ class AsyncDriver:
     # -- ending -------------------------------------------------------------------------
 
     def _cancel(self, effect: Cancel) -> None:
-        handle = cast("_Job[Any]", effect.handle)
+        handle: _Job[Any] = effect.handle  # type: ignore[assignment]
         task = handle.task
         if task is None:  # never ran (dropped), or ran inline (finished): nothing to stop
             if handle in self._pending:
