@@ -36,7 +36,9 @@ or, for sinks that take models, the same dict validated::
 - :mod:`~guardrail.audit.replay`: :func:`replay_logs`, what another policy would
   have decided for the calls of a log (``guardrail audit replay``);
 - :mod:`~guardrail.audit.verify`: :func:`verify_log`, the chain with its anchors
-  and recoveries, as ``guardrail audit verify`` reports it.
+  and recoveries, as ``guardrail audit verify`` reports it;
+- :mod:`~guardrail.audit.workers`: a log per gateway worker process (its file, its
+  slot) and :func:`expand_logs`, the files a configured log path stands for.
 
 A log holds one record per guarded call and, apart from those, records with a
 ``kind`` field: ``recovery`` (written after a crash) and ``event`` (e.g. a
@@ -120,6 +122,7 @@ from guardrail.audit.sinks import (
     write_record,
 )
 from guardrail.audit.verify import AnchorCheck, LogVerification, RecoveryNote, verify_log
+from guardrail.audit.workers import expand_logs, worker_logs
 
 __all__ = [
     "AUDIT_EVENT",
@@ -171,6 +174,7 @@ __all__ = [
     "content_view",
     "default_checkpoint_path",
     "event_dict",
+    "expand_logs",
     "filter_records",
     "json_writer",
     "parse_entry",
@@ -189,6 +193,7 @@ __all__ = [
     "verify_chain",
     "verify_file",
     "verify_log",
+    "worker_logs",
     "write_event",
     "write_record",
 ]

@@ -1,10 +1,11 @@
 """``guardrail audit``: verify, list, show, summarise, export and replay audit logs.
 
-- ``verify FILE [--expect-head H] [--min-count N] [--checkpoint F] [--key-env VAR]``:
-  check the hash chain and the anchors given; print the record count, the head hash,
-  recoveries and each anchor's outcome. Exit 0 when the chain is intact and every
-  anchor holds (recoveries are reported, not failures), 1 with ``WHERE: problem``
-  lines for each finding (tampering, a missing anchor, a bad checkpoint);
+- ``verify LOG... [--expect-head H] [--min-count N] [--checkpoint F] [--key-env VAR]``:
+  check each log's hash chain and the anchors given; print the record count, the
+  head hash, recoveries and each anchor's outcome. Exit 0 when every chain is intact
+  and every anchor holds (recoveries are reported, not failures), 1 with
+  ``WHERE: problem`` lines for each finding (tampering, a missing anchor, a bad
+  checkpoint);
 - ``list LOG... [filters] [--limit N] [--json]`` (alias ``search``), ``show ID LOG...``,
   ``stats LOG... [--bucket 1h] [--engine E] [--json]`` (alias ``summary``) and
   ``export LOG... [filters] --format csv|jsonl -o OUT``: reading logs for review, in
@@ -14,6 +15,11 @@
   (no model runs): changes by old and new action and rule, with example request
   ids, and the calls that cannot be replayed exactly, by reason. Exit 0 when it
   ran: changes are its output, not findings.
+
+Every command reads a log as it was configured: ``audit.jsonl`` is the file and
+the worker files a multi-worker gateway wrote next to it (``audit.w0.jsonl``...,
+each its own chain, verified on its own), and a directory is the JSONL logs in it
+(:func:`~guardrail.audit.workers.expand_logs`).
 
 A file that cannot be read, a bad flag, or a line that is not a record (list,
 stats, export, show), is reported in one line naming the file and line (exit 2); what was
@@ -28,12 +34,14 @@ import json
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from guardrail.audit.checkpoints import default_checkpoint_path
 from guardrail.audit.keys import AuditKey
 from guardrail.audit.replay import NOT_REPLAYABLE, Replayer, ReplayReport
 from guardrail.audit.verify import LogVerification, verify_log
+from guardrail.audit.workers import expand_logs, worker_log_path, worker_slot
 from guardrail.cli.audit_review import add_review_parsers
 from guardrail.errors import ConfigurationError
 from guardrail.policy import load_policy
@@ -47,7 +55,11 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "audit",
         help="verify, list, show, summarise, export and replay audit logs",
-        description="Review the JSON-lines audit logs the guarded client writes.",
+        description=(
+            "Review the JSON-lines audit logs the guarded client writes. A LOG is a file "
+            "together with the worker files a multi-worker gateway writes next to it "
+            "(audit.jsonl: audit.w0.jsonl, audit.w1.jsonl...), or a directory of logs."
+        ),
     )
     cmds = p.add_subparsers(dest="audit_command", metavar="ACTION")
     cmds.required = True
@@ -59,28 +71,34 @@ def add_parser(sub: Any) -> None:
             "Check the hash chain (edits, deletions, insertions, reordering) and print the "
             "record count and head hash. A log cut at the end still has an intact chain: "
             "give an anchor kept elsewhere to catch that (--expect-head, --min-count, "
-            "--checkpoint). Exit 0 when the chain is intact and every anchor holds "
-            "(crash recoveries are listed, not failures), 1 with WHERE: problem for each "
-            "finding, 2 when a file cannot be read or a flag is wrong."
+            "--checkpoint). A LOG is a file with the worker files of a multi-worker "
+            "gateway next to it (audit.w0.jsonl...), or a directory of logs: each file's "
+            "chain is verified on its own. Exit 0 when every chain is intact and every "
+            "anchor holds (crash recoveries are listed, not failures), 1 with WHERE: "
+            "problem for each finding, 2 when a file cannot be read or a flag is wrong."
         ),
     )
-    verify.add_argument("file", metavar="FILE")
+    verify.add_argument("files", metavar="LOG", nargs="+")
     verify.add_argument(
         "--expect-head",
         metavar="HASH",
         type=_hash_arg,
-        help="a head hash noted earlier: the log must still contain that record",
+        help="a head hash noted earlier: the log (one file) must still contain that record",
     )
     verify.add_argument(
         "--min-count",
         metavar="N",
         type=_count_arg,
-        help="the log must hold at least N records (of every kind)",
+        help="the log (one file) must hold at least N records (of every kind)",
     )
     verify.add_argument(
         "--checkpoint",
         metavar="FILE",
-        help="a checkpoint file (audit.checkpoint_every): the log must reach each checkpoint",
+        help=(
+            "a checkpoint file (audit.checkpoint_every): the log must reach each checkpoint; "
+            "a worker file is checked against its worker's (audit.jsonl.checkpoint: "
+            "audit.w0.jsonl.checkpoint...; cp.json: cp.w0.json...)"
+        ),
     )
     verify.add_argument(
         "--key-env",
@@ -171,27 +189,68 @@ def _iso_time(text: str) -> datetime:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """``audit verify``: 0 when the chain is intact and every anchor holds, 1 otherwise."""
+    """``audit verify``: 0 when every chain is intact and every anchor holds, 1 otherwise."""
     key = None
     if args.key_env is not None and args.checkpoint is None:
         raise ConfigurationError("--key-env is only used with --checkpoint")
+    logs = expand_logs(args.files)
+    if len(logs) > 1:
+        for flag, value in (("--expect-head", args.expect_head), ("--min-count", args.min_count)):
+            if value is not None:
+                raise ConfigurationError(
+                    f"{flag} anchors one chain, and {len(logs)} logs are given "
+                    f"({', '.join(logs)}): give the one file it was noted for"
+                )
     if args.checkpoint is not None:
         name = args.key_env or DEFAULT_KEY_ENV
         # An explicit --key-env must be set; the default variable is used when it is.
         if args.key_env is not None or os.environ.get(name):
             key = AuditKey.from_env(name)
-    result = verify_log(
-        args.file,
-        expect_head=args.expect_head,
-        min_count=args.min_count,
-        checkpoints=args.checkpoint,
-        key=key,
-    )
+    results = []
+    for log in logs:
+        results.append(
+            verify_log(
+                log,
+                expect_head=args.expect_head,
+                min_count=args.min_count,
+                checkpoints=_checkpoint_for(log, args.files, args.checkpoint),
+                key=key,
+            )
+        )
+    ok = all(r.ok for r in results)
     if getattr(args, "json", False):
-        print(json.dumps(verify_json(result), ensure_ascii=False))
+        found = [verify_json(r) for r in results]
+        out = found[0] if len(found) == 1 else {"ok": ok, "logs": found}
+        print(json.dumps(out, ensure_ascii=False))
     else:
-        print(_verify_text(args.file, result, checkpoint_given=args.checkpoint is not None))
-    return 0 if result.ok else 1
+        given = args.checkpoint is not None
+        print("\n".join(_verify_text(r.path, r, checkpoint_given=given) for r in results))
+    return 0 if ok else 1
+
+
+def _checkpoint_for(log: str, given: list[str], checkpoint: str | None) -> str | None:
+    """The checkpoint file of ``log``: ``checkpoint``, or its worker's for a worker file.
+
+    ``None`` for an empty worker file without one (a worker that served nothing).
+    """
+    if checkpoint is None or log in given:
+        return checkpoint
+    for base in given:
+        slot = worker_slot(log, base)
+        if slot is None:
+            continue
+        if Path(checkpoint) == default_checkpoint_path(base):  # the default follows its log
+            found = default_checkpoint_path(log)
+        else:
+            found = worker_log_path(checkpoint, slot)
+        # A worker that wrote no record wrote no checkpoint: nothing to anchor.
+        if not found.exists() and os.path.getsize(log) == 0:
+            return None
+        return str(found)
+    raise ConfigurationError(
+        f"--checkpoint: which checkpoint file belongs to {log}? With several logs, give "
+        "each log's file (or its configured path, for its worker files) on its own"
+    )
 
 
 def verify_json(result: LogVerification) -> dict[str, Any]:
@@ -267,7 +326,7 @@ def run_replay(args: argparse.Namespace) -> int:
     """``audit replay``: the changes another policy would make, as a table or JSON; exit 0."""
     policy = load_policy(args.policy)  # a PolicyError names the file and line
     replayer = Replayer(policy, examples=args.examples)
-    for path in args.files:
+    for path in expand_logs(args.files):
         replayer.add_log(path)
     report = replayer.report()
     if args.json:

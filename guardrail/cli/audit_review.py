@@ -1,8 +1,9 @@
 """``guardrail audit list | show | stats | report | export``: reading audit logs for review.
 
-Every command streams its logs (plain or gzip, several in order) through the
-fast dict scan of :mod:`guardrail.audit.scan`: no record is validated into a
-model, and memory does not grow with the logs. Tables are drawn with ``rich``
+Every command streams its logs (plain or gzip, several in order; a log's worker
+files and a directory's logs included, :func:`~guardrail.audit.workers.expand_logs`)
+through the fast dict scan of :mod:`guardrail.audit.scan`: no record is validated
+into a model, and memory does not grow with the logs. Tables are drawn with ``rich``
 on a terminal and as plain aligned text when the output is piped; ``--json``
 prints JSON. ``search`` and ``summary`` are the older names of ``list`` and
 ``stats``.
@@ -25,6 +26,7 @@ from guardrail.audit.report_html import ChainStatus, render_report
 from guardrail.audit.scan import ScannedRecord, record_kind, scan
 from guardrail.audit.stats import AuditStats, LatencyStats, compute_stats, parse_bucket
 from guardrail.audit.verify import verify_log
+from guardrail.audit.workers import expand_logs
 from guardrail.errors import AuditError, ConfigurationError
 from guardrail.types import Action, Category, SafetyLevel, Stage
 
@@ -287,7 +289,8 @@ def _plain_row(cells: Sequence[str]) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     """``audit list`` (``search``): matching records as a table or JSON lines; exit 0."""
-    matches = _limited(scan(args.files, criteria_of(args)), args.limit)
+    logs = expand_logs(args.files)
+    matches = _limited(scan(logs, criteria_of(args)), args.limit)
     found = 0
     out = sys.stdout
     if args.json:
@@ -336,10 +339,11 @@ def _rich_list(matches: Iterator[ScannedRecord], batch: int = 100) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """``audit show``: one call's record in full, by request id or a unique prefix."""
+    logs = expand_logs(args.files)
     wanted: str = args.request_id
     exact: ScannedRecord | None = None
     prefixed: list[ScannedRecord] = []
-    for record in scan(args.files, RecordFilter(kind=CALL_KIND)):
+    for record in scan(logs, RecordFilter(kind=CALL_KIND)):
         rid = record.data["request_id"]
         if rid == wanted:
             exact = record
@@ -348,9 +352,9 @@ def run_show(args: argparse.Namespace) -> int:
             prefixed.append(record)
     found = exact
     if found is None:
-        logs = ", ".join(args.files)
+        names = ", ".join(logs)
         if not prefixed:
-            raise RecordNotFoundError(f"no record has request id {wanted!r} (in {logs})")
+            raise RecordNotFoundError(f"no record has request id {wanted!r} (in {names})")
         if len(prefixed) > 1:
             ids = ", ".join(r.data["request_id"] for r in prefixed[:5])
             more = " and more" if len(prefixed) > 5 else ""
@@ -371,15 +375,16 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     """``audit stats`` (``summary``): the statistics as tables or JSON; exit 0."""
-    result = compute_stats(args.files, bucket=args.bucket, engine=args.engine)
+    logs = expand_logs(args.files)
+    result = compute_stats(logs, bucket=args.bucket, engine=args.engine)
     if args.json:
         print(result.model_dump_json())
         return 0
     sections = stats_sections(result)
     if _on_terminal(sys.stdout):
-        _rich_sections(sections, title=_stats_title(args.files, result))
+        _rich_sections(sections, title=_stats_title(logs, result))
     else:
-        print(_stats_title(args.files, result))
+        print(_stats_title(logs, result))
         for title, header, rows in sections:
             print()
             print(title)
@@ -531,9 +536,10 @@ def _numeric(cell: str) -> bool:
 
 def run_report(args: argparse.Namespace) -> int:
     """``audit report``: the statistics and each log's chain as one HTML file; exit 0."""
-    result = compute_stats(args.files, bucket=args.bucket, engine=args.engine)
-    chains = [ChainStatus.of(path, verify_log(path)) for path in args.files]
-    page = render_report(result, chains, title=args.title, logs=args.files)
+    logs = expand_logs(args.files)
+    result = compute_stats(logs, bucket=args.bucket, engine=args.engine)
+    chains = [ChainStatus.of(path, verify_log(path)) for path in logs]
+    page = render_report(result, chains, title=args.title, logs=logs)
     with open(args.output, "w", encoding="utf-8") as fh:
         fh.write(page)
     print(f"wrote the report of {result.records} records to {args.output}", file=sys.stderr)
@@ -542,11 +548,12 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``audit export``: matching records to OUT as CSV rows or verbatim JSON lines."""
+    logs = expand_logs(args.files)
     criteria = criteria_of(args)
     if args.format == "csv" and criteria.kind is None:
         # One row per call: --limit counts rows, so other records are not even matched.
         criteria = dataclasses.replace(criteria, kind=CALL_KIND)
-    matches = _limited(scan(args.files, criteria), args.limit)
+    matches = _limited(scan(logs, criteria), args.limit)
     to_stdout = args.output == "-"
     fh: IO[str] = (
         sys.stdout if to_stdout else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
