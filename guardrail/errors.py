@@ -8,6 +8,7 @@ The hierarchy::
     │   ├── UnguardedAccessError      a client method that would bypass the guard
     │   └── GatewayConfigError        a gateway config file is invalid (file:line:col)
     ├── InputError                    a conversation the guard cannot judge
+    │   └── RequestRefusedError       the gateway refused a request before its guarded call
     ├── ClassifierError               the guard could not produce a verdict
     │   ├── ModelLoadError            a checkpoint could not be found or loaded
     │   ├── VerdictParseError         the guard's output is not a verdict
@@ -116,6 +117,20 @@ class InputError(GuardrailError, ValueError):
     def __init__(self, message: str, *, where: str | None = None) -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class RequestRefusedError(InputError):
+    """The gateway refused a request before its guarded call (bad key, overload, oversize...).
+
+    ``status`` is the HTTP status answered and ``code`` OpenAI's error code, when
+    there is one; the message says both. It is what the refusal's audit record
+    names: nothing was judged or sent upstream.
+    """
+
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"HTTP {status}{f' {code}' if code else ''}: {message}")
 
 
 class ClassifierError(GuardrailError):

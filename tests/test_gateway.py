@@ -388,8 +388,16 @@ def test_keys_choose_the_upstream_and_unknown_keys_get_401(tmp_path: Path) -> No
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "invalid_api_key"
     assert models.status_code == 401
-    # Unauthenticated requests reach neither the guard nor the audit log.
-    assert len(records(tmp_path)) == 3
+    # Refused requests reach neither the guard nor the upstream; each of the two to a
+    # guarded endpoint leaves one record (GET /v1/models is not guarded: none).
+    found = records(tmp_path)
+    assert [r.final_action.value for r in found] == ["allow"] * 3 + ["block"] * 2
+    assert all(r.stages == () for r in found[3:])
+    assert [r.errors[0].type for r in found[3:]] == ["RequestRefusedError"] * 2
+    assert found[3].errors[0].message.startswith("HTTP 401 invalid_api_key: invalid API key")
+    assert f"(key sha256:{key_digest('not-a-key')[:8]})" in found[3].errors[0].message
+    assert "missing API key" in found[4].errors[0].message
+    assert "not-a-key" not in (tmp_path / "policy-audit.jsonl").read_text()
 
 
 def test_the_upstream_key_never_reaches_the_caller_or_the_audit_log(tmp_path: Path) -> None:

@@ -7,11 +7,19 @@ base URL and is guarded by the same flow as :func:`guardrail.wrap`:
 Modules, in the order a request meets them:
 
 - :mod:`~guardrail.gateway.config`: the config file's schema and located errors;
-- :mod:`~guardrail.gateway.keys`: gateway API keys -> a policy and an upstream;
+- :mod:`~guardrail.gateway.keys`: gateway API keys -> a route
+  (:mod:`~guardrail.gateway.routes`: a policy's guard and an upstream);
 - :mod:`~guardrail.gateway.app`: the Starlette app (needs the ``gateway`` extra);
+- :mod:`~guardrail.gateway.endpoint`: admission (key, drain, in-flight bound, body)
+  before a guarded API's call, with :mod:`~guardrail.gateway.inflight` (the bound
+  and the drain) and :mod:`~guardrail.gateway.auditing` (the one audit record of a
+  refused request);
+- :mod:`~guardrail.gateway.chat`: the guarded chat completions API, sent upstream by
+  :mod:`~guardrail.gateway.forward` (a lean aiohttp client);
+- :mod:`~guardrail.gateway.asgi`: body reads, disconnects, sending;
 - :mod:`~guardrail.gateway.shapes`: OpenAI-shaped errors;
 - :mod:`~guardrail.gateway.metrics`: Prometheus text;
-- :mod:`~guardrail.gateway.serve`: running it with uvicorn.
+- :mod:`~guardrail.gateway.serve`: running it with uvicorn (workers, drain).
 
 Importing this package imports neither Starlette nor uvicorn: the app module
 does, when the gateway is built.

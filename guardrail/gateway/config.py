@@ -40,6 +40,7 @@ from guardrail.policy.humanize import format_field_path
 
 __all__ = [
     "MAX_CONFIG_BYTES",
+    "GatewayAuditConfig",
     "GatewayConfig",
     "KeyConfig",
     "LimitsConfig",
@@ -63,7 +64,9 @@ class ServerConfig(StrictModel):
     """The address to bind; the default takes connections from this machine only."""
     port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8080
     workers: Annotated[StrictInt, Field(ge=1, le=256)] = 1
-    """Worker processes (each runs its own guards; the JSONL audit file is shared)."""
+    """Worker processes; each runs its own guards and, with more than one, writes its
+    own JSONL audit file (``audit.jsonl`` -> ``audit.w0.jsonl``...: one hash chain per
+    worker, see :mod:`guardrail.audit.workers`)."""
     access_log: StrictBool = False
     """Log one line per request (method, path, status; never a header or body)."""
 
@@ -77,6 +80,18 @@ class LimitsConfig(StrictModel):
     """The largest request body; a larger one gets 413."""
     retry_after_s: Annotated[StrictInt, Field(ge=1)] = 1
     """The ``Retry-After`` a 429 carries, in seconds."""
+    drain_timeout_s: Seconds = 30.0
+    """On shutdown (SIGTERM), how long requests in flight may take to finish; those
+    still running then are cancelled (their calls audited as abandoned) before the
+    audit logs are flushed and closed."""
+
+
+class GatewayAuditConfig(StrictModel):
+    """Audit settings of the gateway itself (each call is audited by its policy's sink)."""
+
+    unauthenticated_policy: Label | None = None
+    """The policy whose audit log records requests refused for their key (401), which
+    no key routed to a policy; default: the first policy listed."""
 
 
 class UpstreamConfig(StrictModel):
@@ -125,6 +140,7 @@ class GatewayConfig(StrictModel):
     version: Literal[1]
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
+    audit: GatewayAuditConfig = GatewayAuditConfig()
     upstreams: Annotated[dict[Label, UpstreamConfig], Field(min_length=1)]
     policies: Annotated[dict[Label, Text], Field(min_length=1)]
     """Policy name -> policy file (relative to the config file)."""
@@ -148,6 +164,14 @@ class GatewayConfig(StrictModel):
         ]
         if self.open is not None:
             routes.append((("open",), self.open))
+        unauthenticated = self.audit.unauthenticated_policy
+        if unauthenticated is not None:
+            _known(
+                unauthenticated,
+                self.policies,
+                "policy",
+                ("audit", "unauthenticated_policy"),
+            )
         for where, route in routes:
             _known(route.policy, self.policies, "policy", (*where, "policy"))
             _known(route.upstream, self.upstreams, "upstream", (*where, "upstream"))
@@ -162,6 +186,11 @@ class GatewayConfig(StrictModel):
                 )
             seen[key.id] = i
         return self
+
+    @property
+    def unauthenticated_policy(self) -> str:
+        """The policy whose audit log records 401s (``audit.unauthenticated_policy``)."""
+        return self.audit.unauthenticated_policy or next(iter(self.policies))
 
     @classmethod
     def simple(

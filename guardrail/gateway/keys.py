@@ -18,7 +18,7 @@ from guardrail.errors import ConfigurationError
 from guardrail.gateway.config import GatewayConfig
 from guardrail.gateway.shapes import ApiError
 
-__all__ = ["KeyRing", "key_digest"]
+__all__ = ["KeyRing", "key_digest", "key_hint"]
 
 R = TypeVar("R")
 
@@ -26,6 +26,20 @@ R = TypeVar("R")
 def key_digest(key: str) -> str:
     """The sha256 of a key, as lowercase hex: what a config's ``sha256`` holds."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_hint(authorization: str | None) -> str | None:
+    """What an audit record may say of the bearer token presented: ``sha256:1a2b3c4d``.
+
+    The first 8 hex digits of the token's sha256, enough to tell attempts with one
+    key from attempts with another; ``None`` when no token was sent. It cannot be
+    turned back into the key, but it can confirm a guess of a short one: gateway
+    keys should be long and random.
+    """
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return "sha256:" + key_digest(token.strip())[:8]
 
 
 def _unauthorized(message: str) -> ApiError:

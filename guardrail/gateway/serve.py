@@ -5,9 +5,16 @@ before the port is bound. Workers (``server.workers > 1``) are processes uvicorn
 spawns: each builds its own app from the config, handed over in the environment
 variable :data:`CONFIG_ENV` as JSON (policy paths already absolute; it holds
 names of key variables and key digests, never a key). Every worker runs its own
-guards and appends to the same JSONL audit file, serialised by the sink's file
-lock. uvicorn drains in-flight requests on SIGTERM/SIGINT before the app's
-shutdown closes the upstream clients and the guards (flushing the audit).
+guards and writes its own JSONL audit file, with its own hash chain: the policy's
+``audit.jsonl`` becomes ``audit.w0.jsonl``, ``audit.w1.jsonl``... (a slot per live
+worker, :mod:`guardrail.audit.workers`); ``guardrail audit verify audit.jsonl``
+checks each of them.
+
+On SIGTERM/SIGINT uvicorn stops accepting connections and waits up to
+``limits.drain_timeout_s`` for the requests in flight, then cancels those left
+(each abandoned call still writes its record); the app's shutdown then waits for
+them to end and closes the upstream clients and the guards, flushing and closing
+the audit logs (:meth:`~guardrail.gateway.app.Gateway.shutdown`).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ def app_from_environment() -> Any:
     text = os.environ.get(CONFIG_ENV)
     if not text:
         raise ConfigurationError(f"{CONFIG_ENV} is not set: start workers with guardrail serve")
-    return create_app(GatewayConfig.model_validate_json(text))
+    return create_app(GatewayConfig.model_validate_json(text), per_worker_audit=True)
 
 
 def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
@@ -63,7 +70,7 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
         "port": server.port,
         "log_level": log_level,
         "access_log": server.access_log,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": config.limits.drain_timeout_s,
         "server_header": False,
     }
     if server.workers > 1:
