@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.audit import JsonlSink, write_event
+from guardrail.audit import AuditFileError, JsonlSink, write_event
 from guardrail.audit.workers import (
     claim_worker_slot,
     expand_logs,
@@ -58,6 +58,9 @@ def test_a_configured_path_names_the_file_and_its_worker_files(tmp_path: Path) -
     )
     missing = tmp_path / "none.jsonl"
     assert expand_logs([missing]) == [str(missing)]  # reading it reports the missing file
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AuditFileError, match="empty: a directory without audit logs"):
+        expand_logs([tmp_path / "empty"])
 
 
 HOLDER = textwrap.dedent(

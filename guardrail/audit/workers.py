@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from guardrail.audit.keys import AuditKey
+from guardrail.audit.reader import AuditFileError
 from guardrail.audit.sinkbase import AuditSink
 from guardrail.audit.sinks import AuditSettings, sink_from_settings
 from guardrail.errors import AuditError
@@ -96,7 +97,8 @@ def worker_slot(log: str | os.PathLike[str], path: str | os.PathLike[str]) -> in
 def expand_logs(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """The log files that paths name, in order, each once.
 
-    A directory names its ``*.jsonl`` and ``*.jsonl.gz`` files (by name); a file
+    A directory names its ``*.jsonl`` and ``*.jsonl.gz`` files (by name), and
+    :class:`~guardrail.audit.reader.AuditFileError` is raised when it has none; a file
     names itself and its worker files (:func:`worker_logs`); a path that does not
     exist names its worker files, or, when it has none, itself (so reading it
     reports the missing file).
@@ -105,8 +107,14 @@ def expand_logs(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            logs = sorted(p for p in path.iterdir() if p.name.endswith(_LOG_SUFFIXES))
-            out.update((str(p), None) for p in logs if p.is_file())
+            try:
+                logs = sorted(p for p in path.iterdir() if p.name.endswith(_LOG_SUFFIXES))
+            except OSError as exc:
+                raise AuditFileError(path, f"cannot list the directory: {exc.strerror}") from exc
+            logs = [p for p in logs if p.is_file()]
+            if not logs:
+                raise AuditFileError(path, "a directory without audit logs (*.jsonl, *.jsonl.gz)")
+            out.update((str(p), None) for p in logs)
             continue
         workers = worker_logs(path)
         if path.exists() or not workers:
