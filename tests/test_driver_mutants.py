@@ -1179,6 +1179,26 @@ async def test_an_inline_check_that_only_yields_is_cancelled_at_its_deadline_qui
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def test_an_inline_check_cancelled_between_yields_is_cancelled_once() -> None:
+    cancels: list[str] = []
+
+    async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        try:
+            for _ in range(10**9):  # bare yields: cancelled at the next resumption
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            cancels.append("cancelled")
+        for _ in range(3):
+            await asyncio.sleep(0)  # as for a task: not cancelled a second time
+        cancels.append("cleaned up")
+        return verdicts(stage, conversations)
+
+    driver, _ = async_driver(classify, timeout_s=0.02)
+    decision = await asyncio.wait_for(driver.run(direct_check()), WAIT_S)
+    assert decision.error == "GuardTimeoutError: prompt check exceeded its 0.02s deadline"
+    assert cancels == ["cancelled", "cleaned up"]
+
+
 async def test_a_job_that_raises_cancelled_error_itself_is_not_a_timeout() -> None:
     async def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
         await asyncio.sleep(0)
