@@ -817,7 +817,7 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         "zzz",
         "unknown key 'zzz'; expected one of: version, name, description, guard, controversial, "
         "reasoning, include_system, execution, failure, block, streaming, audit, telemetry, "
-        "reward, rules, "
+        "client, reward, rules, "
         "defaults",
     ),
     (
@@ -1224,7 +1224,7 @@ LOADER_ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = 
         "foo",
         "unknown key 'foo'; expected one of: version, name, description, guard, controversial, "
         "reasoning, include_system, execution, failure, block, streaming, audit, telemetry, "
-        "reward, rules, "
+        "client, reward, rules, "
         "defaults (+2 more errors)",
     ),
 ]

@@ -4,7 +4,7 @@
   concern in :mod:`~guardrail.policy.fields` (strict base, scalars),
   :mod:`~guardrail.policy.backends` (guard, reward models, breakers),
   :mod:`~guardrail.policy.handling` (execution, failure, block, streaming, audit,
-  defaults) and :mod:`~guardrail.policy.rules` (conditions, rules);
+  client APIs, defaults) and :mod:`~guardrail.policy.rules` (conditions, rules);
 - :mod:`~guardrail.policy.loader`: YAML -> :class:`Policy`, with every error located
   by file, line, column and field path;
 - :mod:`~guardrail.policy.humanize`: the wording of those errors (did you mean,
@@ -31,6 +31,7 @@ from guardrail.policy.schema import (
     RESERVED_RULE_IDS,
     AuditConfig,
     BlockConfig,
+    ClientConfig,
     Conditions,
     DefaultsConfig,
     ExecutionConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "RESERVED_RULE_IDS",
     "AuditConfig",
     "BlockConfig",
+    "ClientConfig",
     "Conditions",
     "DefaultsConfig",
     "ExecutionConfig",

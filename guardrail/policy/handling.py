@@ -1,4 +1,4 @@
-"""How a policy handles calls: scheduling, failures, blocking, streaming, audit, defaults.
+"""How a policy handles calls: scheduling, failures, blocking, streaming, audit, client APIs.
 
 The sections of a policy file besides its backends and its rules; each is a
 frozen model with the documented defaults, and a setting its section would never
@@ -16,8 +16,10 @@ from guardrail.types import Action, Stage
 
 __all__ = [
     "DEFAULT_BLOCK_MESSAGE",
+    "GUARDED_APIS",
     "AuditConfig",
     "BlockConfig",
+    "ClientConfig",
     "DefaultsConfig",
     "ExecutionConfig",
     "FailureConfig",
@@ -165,3 +167,49 @@ class TelemetryConfig(StrictModel):
     global tracer provider: one per guarded call, with its checks, upstream calls and
     reward scorings as children. ``Guard(tracer_provider=...)`` turns spans on with
     that provider whatever this says."""
+
+
+GUARDED_APIS = frozenset(
+    {"chat.completions.create", "chat.completions.parse", "responses.create", "responses.parse"}
+)
+"""The APIs of a wrapped ``openai`` client that always go through the guard."""
+
+ApiName = Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")]
+"""A dotted path of the ``openai`` client: ``completions``, ``responses.retrieve``..."""
+
+
+class ClientConfig(StrictModel):
+    """What a wrapped ``openai`` client lets through without the guard.
+
+    ``chat.completions`` and ``responses`` (``create``, ``parse``) are guarded;
+    APIs that return no model output (``models``, ``files``, ``embeddings``,
+    ``moderations``...) pass. Every other API raises ``UnguardedAccessError``
+    unless listed here. The gateway serves guarded routes only and ignores this.
+    """
+
+    passthrough: tuple[ApiName, ...] = ()
+    """APIs that pass through UNCHECKED: each a dotted path from the client
+    (``responses.retrieve``, ``completions``), or a resource, covering everything
+    under it (``beta.threads``). Guarded APIs stay guarded."""
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ClientConfig:
+        seen: set[str] = set()
+        for i, name in enumerate(self.passthrough):
+            if name in seen:
+                raise FieldValueError(f"{name!r} is listed twice", "passthrough", i)
+            seen.add(name)
+            parts = name.split(".")
+            if "with_raw_response" in parts or "with_streaming_response" in parts:
+                raise FieldValueError(
+                    "raw-response helpers are always refused: they would return guarded "
+                    "answers unchecked",
+                    "passthrough",
+                    i,
+                )
+            # A resource above a guarded API (``responses``) covers its other APIs only.
+            if name in GUARDED_APIS:
+                raise FieldValueError(
+                    f"{name} is always guarded; it cannot pass through", "passthrough", i
+                )
+        return self

@@ -300,6 +300,11 @@ def _bad_choice(
 
 def _pattern_message(loc: FieldPath, value: Any) -> str:
     last = loc[-1] if loc else ""
+    if "passthrough" in loc:
+        return (
+            f"{value!r} is not an API of the openai client; write its dotted path in "
+            "lower case, e.g. 'responses.retrieve' or 'completions'"
+        )
     if last == "api_key_env":
         return (
             f"{value!r} is not an environment variable name; give the NAME of the variable "

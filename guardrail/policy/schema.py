@@ -12,7 +12,7 @@ This module holds the top-level :class:`Policy` and re-exports its parts, each
 defined by its concern: :mod:`~guardrail.policy.fields` (the strict base and
 scalars), :mod:`~guardrail.policy.backends` (guard, reward models, breakers),
 :mod:`~guardrail.policy.handling` (execution, failure, block, streaming, audit,
-defaults) and :mod:`~guardrail.policy.rules` (conditions and rules).
+client APIs, defaults) and :mod:`~guardrail.policy.rules` (conditions and rules).
 
 The models validate Python data; :mod:`guardrail.policy.loader` reads YAML and,
 with :mod:`guardrail.policy.humanize`, turns validation errors into
@@ -36,6 +36,7 @@ from guardrail.policy.handling import (
     DEFAULT_BLOCK_MESSAGE,
     AuditConfig,
     BlockConfig,
+    ClientConfig,
     DefaultsConfig,
     ExecutionConfig,
     FailureConfig,
@@ -68,6 +69,7 @@ __all__ = [
     "AuditConfig",
     "BlockConfig",
     "BreakerConfig",
+    "ClientConfig",
     "Conditions",
     "DefaultsConfig",
     "ExecutionConfig",
@@ -126,6 +128,8 @@ class Policy(StrictModel):
     """Where decisions are recorded."""
     telemetry: TelemetryConfig = TelemetryConfig()
     """Whether guarded calls are traced with OpenTelemetry."""
+    client: ClientConfig = ClientConfig()
+    """Which APIs of a wrapped ``openai`` client pass through unguarded."""
     reward: RewardConfig | None = None
     """Optional reward models scoring answers for rules (``reward_above`` /
     ``reward_below``), best-of-n and the audit's hybrid score."""
