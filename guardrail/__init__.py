@@ -1,4 +1,4 @@
-"""guardrail: Qwen3Guard-Gen safety middleware for OpenAI-compatible chat clients.
+"""guardrail: Qwen3Guard-Gen safety middleware for OpenAI-compatible clients (chat, Responses).
 
 Importing this package is cheap and side-effect free: torch and transformers are
 imported only when a local model is built.

@@ -15,7 +15,7 @@ from fakellm import FakeLLM, fake_llm, has_system, last_user
 import guardrail
 from guardrail import Action, BlockedError, ConfigurationError, Guard, Stage
 from guardrail.audit import read_records, verify_file
-from guardrail.errors import GuardTimeoutError
+from guardrail.errors import GuardTimeoutError, UnguardedAccessError
 from guardrail.policy import load_policy_text
 from guardrail.qwen3guard import GuardInput
 from guardrail.testing import ScriptedClassifier
@@ -170,7 +170,8 @@ def test_other_attributes_pass_through(llm: FakeLLM, tmp_path: Path) -> None:
     wrapped = guardrail.wrap(raw, guard=make_guard(tmp_path))
     assert wrapped.base_url == raw.base_url
     assert wrapped.models is not None
-    assert wrapped.chat.completions.retrieve == raw.chat.completions.retrieve
+    with pytest.raises(UnguardedAccessError, match=r"client\.passthrough"):
+        _ = wrapped.chat.completions.retrieve  # stored completions: model output, unchecked
     with pytest.raises(ConfigurationError, match="not guarded"):
         _ = wrapped.chat.completions.with_raw_response
     clone = wrapped.with_options(timeout=3)

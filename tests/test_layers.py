@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "guardrail"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("guardrail.types", "guardrail.errors", "guardrail.deadline", "guardrail.secrets"),
-    ("guardrail.chat", "guardrail.report"),
+    ("guardrail.chat", "guardrail.report", "guardrail.responses", "guardrail.response_events"),
     ("guardrail.qwen3guard",),
     ("guardrail.http",),
     ("guardrail.classifiers", "guardrail.reward", "guardrail.testing", "guardrail.breaker"),

@@ -1,16 +1,19 @@
 """``wrap()`` and its proxies: a Guard in front of an ``openai.OpenAI`` or ``AsyncOpenAI``.
 
-The wrapper is a thin proxy: ``chat.completions.create`` (and ``parse``) go
-through the guard, keep their signature and return the same types
-(``ChatCompletion``, or a stream of ``ChatCompletionChunk`` with
-``stream=True``); every other attribute of the client passes through
-untouched. Helpers that would return unguarded chat output (``with_raw_response``
-and ``with_streaming_response`` on the client, ``chat`` and ``chat.completions``;
-``chat.completions.stream``; ``beta.chat``) raise
-:class:`~guardrail.errors.UnguardedAccessError` instead of silently bypassing the
-guard. ``with_options`` and ``copy`` return wrapped clients. Only chat completions
-are guarded: other generation APIs of the client (``responses``, legacy
-``completions``) pass through unchecked.
+The wrapper is a thin proxy. ``chat.completions.create`` / ``parse`` and
+``responses.create`` / ``parse`` go through the guard, keep their signatures and
+return the same types (``ChatCompletion`` or a stream of ``ChatCompletionChunk``;
+``Response`` or a stream of Responses events with ``stream=True``). Every other
+API follows :mod:`~guardrail.client.access`: those that return no model output
+(``models``, ``files``, ``embeddings``, ``moderations``...) pass through; the
+others (legacy ``completions``, ``responses.retrieve``, ``realtime``,
+``beta.threads``...) raise :class:`~guardrail.errors.UnguardedAccessError`
+unless the policy lists them under ``client.passthrough``. Helpers that would
+return a guarded API's raw output (``with_raw_response`` and
+``with_streaming_response`` on the client, ``beta``, ``chat``, ``chat.completions``
+and ``responses``) always raise. Attributes that are not APIs
+(``api_key``, ``base_url``...) pass through. ``with_options`` and ``copy``
+return wrapped clients.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from guardrail.client.access import RAW_HELPERS, checked, is_api, raw_refusal
 from guardrail.client.calls import acomplete, complete
-from guardrail.errors import ConfigurationError, UnguardedAccessError
+from guardrail.client.responses import acreate_response, create_response
+from guardrail.errors import ConfigurationError
 from guardrail.secrets import Masker
 
 if TYPE_CHECKING:
@@ -32,17 +37,6 @@ if TYPE_CHECKING:
 
 ClientT = TypeVar("ClientT")
 ProxyT = TypeVar("ProxyT", bound="_Proxy")
-
-# Attributes that would hand out model output without going through the guard.
-_UNGUARDED = ("with_raw_response", "with_streaming_response", "stream")
-_UNGUARDED_CLIENT = ("with_raw_response", "with_streaming_response")
-
-
-def _refuse(path: str) -> UnguardedAccessError:
-    return UnguardedAccessError(
-        f"{path} is not guarded by guardrail; use chat.completions.create(...) "
-        "(stream=True for streaming) so every answer is checked"
-    )
 
 
 class _Proxy:
@@ -69,6 +63,27 @@ class _Proxy:
     def __repr__(self) -> str:
         return f"<guarded {self._wrapped!r}>"
 
+    def _api(self, path: str, name: str) -> Any:
+        """The wrapped resource's attribute ``name`` (an API at ``path``), if it may pass."""
+        if name in RAW_HELPERS:
+            raise raw_refusal(path)
+        value = getattr(self._wrapped, name)
+        if name.startswith("_"):
+            return value
+        return checked(path, value, self._guard.policy.client.passthrough)
+
+    def _resource(self, path: str, name: str) -> Any:
+        """The wrapped object's attribute ``name``; an API resource only if it may pass.
+
+        Attributes that are not API resources (``api_key``, ``with_options``...) pass.
+        """
+        if name in RAW_HELPERS:
+            raise raw_refusal(path)
+        value = getattr(self._wrapped, name)
+        if is_api(value):
+            return checked(path, value, self._guard.policy.client.passthrough)
+        return value
+
     def _child(self, name: str, inner: Any, make: Callable[[Any, Guard, Masker], ProxyT]) -> ProxyT:
         # Wrappers of the client's (stable) sub-resources are built once, not per call.
         cached = self.__dict__.get(name)
@@ -80,9 +95,7 @@ class _Proxy:
 
 class _GuardedCompletions(_Proxy):
     def __getattr__(self, name: str) -> Any:
-        if name in _UNGUARDED:
-            raise _refuse(f"chat.completions.{name}")
-        return getattr(self._wrapped, name)
+        return self._api(f"chat.completions.{name}", name)
 
     def create(self, **params: Any) -> Any:
         """Guarded ``chat.completions.create``: same parameters, same return types."""
@@ -103,10 +116,35 @@ class _AsyncGuardedCompletions(_GuardedCompletions):
         return await acomplete(self._guard, self._wrapped.parse, params, self._mask, streams=False)
 
 
+class _GuardedResponses(_Proxy):
+    def __getattr__(self, name: str) -> Any:
+        return self._api(f"responses.{name}", name)
+
+    def create(self, **params: Any) -> Any:
+        """Guarded ``responses.create``: same parameters, same return types."""
+        return create_response(self._guard, self._wrapped.create, params, self._mask)
+
+    def parse(self, **params: Any) -> Any:
+        """Guarded ``responses.parse`` (structured outputs)."""
+        return create_response(self._guard, self._wrapped.parse, params, self._mask, streams=False)
+
+
+class _AsyncGuardedResponses(_GuardedResponses):
+    async def create(self, **params: Any) -> Any:
+        """Guarded async ``responses.create``."""
+        return await acreate_response(self._guard, self._wrapped.create, params, self._mask)
+
+    async def parse(self, **params: Any) -> Any:
+        """Guarded async ``responses.parse``."""
+        return await acreate_response(
+            self._guard, self._wrapped.parse, params, self._mask, streams=False
+        )
+
+
 class _GuardedChat(_Proxy):
     def __getattr__(self, name: str) -> Any:
-        if name in _UNGUARDED_CLIENT:
-            raise _refuse(f"chat.{name}")
+        if name in RAW_HELPERS:
+            raise raw_refusal(f"chat.{name}")
         return getattr(self._wrapped, name)
 
     @property
@@ -114,31 +152,40 @@ class _GuardedChat(_Proxy):
         return self._child("_completions", self._wrapped.completions, _completions)
 
 
-def _completions(inner: Any, guard: Guard, mask: Masker) -> _GuardedCompletions:
+def _is_async(inner: Any) -> bool:
     # openai decorates create(); unwrap to see whether it is a coroutine function.
-    is_async = inspect.iscoroutinefunction(inspect.unwrap(inner.create))
-    cls = _AsyncGuardedCompletions if is_async else _GuardedCompletions
+    return inspect.iscoroutinefunction(inspect.unwrap(inner.create))
+
+
+def _completions(inner: Any, guard: Guard, mask: Masker) -> _GuardedCompletions:
+    cls = _AsyncGuardedCompletions if _is_async(inner) else _GuardedCompletions
+    return cls(inner, guard, mask)
+
+
+def _responses(inner: Any, guard: Guard, mask: Masker) -> _GuardedResponses:
+    cls = _AsyncGuardedResponses if _is_async(inner) else _GuardedResponses
     return cls(inner, guard, mask)
 
 
 class _GuardedBeta(_Proxy):
     def __getattr__(self, name: str) -> Any:
-        if name == "chat":  # older clients' beta.chat.completions.parse
-            raise _refuse("beta.chat")
-        return getattr(self._wrapped, name)
+        # beta.chat (older clients' beta.chat.completions.parse) is refused like any other.
+        return self._resource(f"beta.{name}", name)
 
 
 class _GuardedClient(_Proxy):
     _owns_guard: bool
 
     def __getattr__(self, name: str) -> Any:
-        if name in _UNGUARDED_CLIENT:
-            raise _refuse(name)
-        return getattr(self._wrapped, name)
+        return self._resource(name, name)
 
     @property
     def chat(self) -> _GuardedChat:
         return self._child("_chat", self._wrapped.chat, _GuardedChat)
+
+    @property
+    def responses(self) -> _GuardedResponses:
+        return self._child("_responses", self._wrapped.responses, _responses)
 
     @property
     def beta(self) -> _GuardedBeta:
@@ -180,7 +227,7 @@ def wrap(
 def wrap(
     client: Any, *, policy: Policy | str | Path | None = None, guard: Guard | None = None
 ) -> Any:
-    """Guard every chat completion made through ``client``.
+    """Guard every chat completion and response made through ``client``.
 
     Give either a ``policy`` (a :class:`~guardrail.policy.Policy`, or a path to a
     policy YAML file; default: the balanced default policy) or a ready ``guard``
