@@ -1,4 +1,4 @@
-"""The gateway: an OpenAI-compatible HTTP proxy that guards every chat completion.
+"""The gateway: an OpenAI-compatible HTTP proxy that guards every chat completion and response.
 
 Any application that speaks OpenAI's API (any language, any SDK) changes one
 base URL and is guarded by the same flow as :func:`guardrail.wrap`:
@@ -16,6 +16,8 @@ Modules, in the order a request meets them:
   refused request);
 - :mod:`~guardrail.gateway.chat`: the guarded chat completions API, sent upstream by
   :mod:`~guardrail.gateway.forward` (a lean aiohttp client);
+- :mod:`~guardrail.gateway.responses`: the guarded Responses API (the same
+  endpoint; the upstream's ``openai`` client);
 - :mod:`~guardrail.gateway.asgi`: body reads, disconnects, sending;
 - :mod:`~guardrail.gateway.shapes`: OpenAI-shaped errors;
 - :mod:`~guardrail.gateway.metrics`: Prometheus text;

@@ -1,8 +1,10 @@
-"""The gateway's ASGI app: OpenAI's chat-completions API, every call guarded.
+"""The gateway's ASGI app: OpenAI's chat completions and Responses APIs, every call guarded.
 
-``POST /v1/chat/completions`` (:mod:`~guardrail.gateway.chat`) runs each request
-through the library's own guarded call, with an ``openai.AsyncOpenAI`` client
-pointed at the route's upstream. The gateway adds only HTTP: keys
+``POST /v1/chat/completions`` (:mod:`~guardrail.gateway.chat`) and
+``POST /v1/responses`` (:mod:`~guardrail.gateway.responses`) run each request
+through the library's own guarded call, sent to the route's upstream (chat by
+the :mod:`~guardrail.gateway.forward` client, responses by an
+``openai.AsyncOpenAI`` client). The gateway adds only HTTP: keys
 (:mod:`~guardrail.gateway.keys`), admission and the audit of refusals
 (:mod:`~guardrail.gateway.endpoint`, :mod:`~guardrail.gateway.auditing`), limits
 and the drain (:mod:`~guardrail.gateway.inflight`), OpenAI-shaped errors
@@ -12,9 +14,9 @@ and metrics. Every request to a guarded endpoint leaves exactly one audit record
 Other routes: ``GET /v1/models`` (the route's upstream's list, filtered by its
 ``models`` allow-list), ``GET /healthz`` (the process answers), ``GET /readyz``
 (every guard's circuit breaker is closed, and no shutdown is under way),
-``GET /metrics`` (Prometheus). ``/v1/responses`` answers 501: the Responses API
-is not guarded here yet, and nothing passes through unguarded. Any other path is
-a 404. A guarded API is added to :meth:`Gateway.app`'s route table as
+``GET /metrics`` (Prometheus). The rest of ``/v1/responses/`` (stored responses)
+answers 501: nothing passes through unguarded. Any other path is a 404. A
+guarded API is added to :meth:`Gateway.app`'s route table as
 ``Route(PATH, self.guarded(MyApi(...)), methods=["POST"])`` (see
 :class:`~guardrail.gateway.endpoint.GuardedApi`).
 
@@ -51,6 +53,7 @@ from guardrail.gateway.endpoint import GuardedApi, GuardedEndpoint
 from guardrail.gateway.inflight import InFlight
 from guardrail.gateway.keys import KeyRing
 from guardrail.gateway.metrics import CONTENT_TYPE, Metrics
+from guardrail.gateway.responses import RESPONSES_PATH, ResponsesApi, not_guarded
 from guardrail.gateway.routes import GatewayRoute, Upstream, build_upstream
 from guardrail.gateway.shapes import ApiError, dump, error_for
 from guardrail.guard import Guard
@@ -164,8 +167,8 @@ class Gateway:
         routes = [
             Route(CHAT_PATH, self.guarded(ChatCompletions(self.metrics)), methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/responses", _not_guarded, methods=_ANY),
-            Route("/v1/responses/{rest:path}", _not_guarded, methods=_ANY),
+            Route(RESPONSES_PATH, self.guarded(ResponsesApi(self.metrics)), methods=["POST"]),
+            Route(RESPONSES_PATH + "/{rest:path}", not_guarded, methods=_ANY),
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
@@ -253,14 +256,3 @@ def _build_guard(path: str, classifier: Classifier | None, *, per_worker_audit: 
 
 async def _healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-async def _not_guarded(request: Request) -> Response:
-    return error_response(
-        ApiError(
-            501,
-            "the Responses API is not guarded by this gateway yet; use /v1/chat/completions",
-            "invalid_request_error",
-            code="not_implemented",
-        )
-    )

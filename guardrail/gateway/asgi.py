@@ -8,7 +8,8 @@ noticed while its call runs (:func:`until_disconnect`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from guardrail.errors import MissingDependencyError
@@ -30,6 +31,7 @@ __all__ = [
     "read_body",
     "send_bytes",
     "send_error",
+    "send_stream",
     "until_disconnect",
 ]
 
@@ -142,6 +144,33 @@ async def send_error(send: Send, error: ApiError, *, request_id: str | None = No
         if error.type == "guardrail_blocked":
             headers.append((b"x-guardrail-action", b"block"))
     await send_bytes(send, error.status, error.body(), "application/json", headers)
+
+
+async def send_stream(
+    receive: Receive,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    frames: AsyncGenerator[bytes, None],
+) -> None:
+    """Send a 200 server-sent-events response: ``headers``, then each of ``frames`` as it comes.
+
+    Raises :class:`DisconnectedError` if the client goes first (``frames`` is closed).
+    """
+    start = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),  # a proxy in front must not buffer the stream
+        *headers,
+    ]
+
+    async def pump() -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        async with aclosing(frames):
+            async for frame in frames:
+                await send(event(frame))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    await until_disconnect(receive, pump())
 
 
 def error_response(error: ApiError) -> Response:

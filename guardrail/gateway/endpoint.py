@@ -1,8 +1,8 @@
 """A guarded endpoint: admission, then one guarded call; every request audited exactly once.
 
 :class:`GuardedEndpoint` is the raw ASGI endpoint of every guarded API (chat
-completions; any other OpenAI API the gateway guards plugs in the same way). It
-takes a request through, in order:
+completions, the Responses API; any other OpenAI API the gateway guards plugs in
+the same way). It takes a request through, in order:
 
 1. the key: the route (policy and upstream), or 401;
 2. a shutdown under way: 503;

@@ -31,7 +31,7 @@ class Upstream:
     name: str
     config: UpstreamConfig
     client: openai.AsyncOpenAI
-    """For the APIs passed through as they are (``/v1/models``)."""
+    """For guarded Responses calls, and ``/v1/models`` (passed through as it is)."""
     forward: ChatForwarder
     """Guarded chat completions go through this leaner client."""
     secret: str | None

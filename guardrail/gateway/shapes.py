@@ -104,6 +104,8 @@ def error_for(exc: BaseException) -> ApiError:
             )
         if name in ("APIConnectionError", "UpstreamConnectionError"):
             return ApiError(502, "upstream: connection failed", "upstream_error", code="connection")
+        if name == "APIError":  # an error event in the upstream's stream (its key masked)
+            return ApiError(502, f"upstream: {getattr(exc, 'message', exc)}", "upstream_error")
     return ApiError(500, "internal gateway error", "server_error")
 
 
