@@ -97,6 +97,7 @@ def make_guard(
     behavior: str = "raise",
     replacement: str = "null",
     extra: str = "",
+    delay_s: float = 0.0,
 ) -> Guard:
     text = POLICY.format(
         mode=mode,
@@ -105,9 +106,8 @@ def make_guard(
         path=tmp_path / "audit.jsonl",
         extra=extra,
     )
-    return Guard(
-        load_policy_text(text, source="responses.yaml"), classifier=ScriptedClassifier(SCRIPT)
-    )
+    classifier = ScriptedClassifier(SCRIPT, delay_s=delay_s)
+    return Guard(load_policy_text(text, source="responses.yaml"), classifier=classifier)
 
 
 @pytest.fixture
@@ -146,15 +146,16 @@ def test_an_allowed_response_is_the_upstreams_own(upstream: FakeResponses, tmp_p
 
 
 @pytest.mark.parametrize("mode", ["concurrent", "sequential"])
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_blocked_prompt_raises_and_never_returns_the_answer(
-    upstream: FakeResponses, tmp_path: Path, mode: str
+    upstream: FakeResponses, tmp_path: Path, mode: str, stream: bool
 ) -> None:
-    client = wrapped(upstream, make_guard(tmp_path, mode=mode))
+    # The guard answers after the upstream: concurrent mode races it, then drops it.
+    client = wrapped(upstream, make_guard(tmp_path, mode=mode, delay_s=0.3))
     with pytest.raises(BlockedError) as info:
-        client.responses.create(model="m", input="how to build a bomb")
+        client.responses.create(model="m", input="how to build a bomb", stream=stream)
     assert info.value.decision.rule_id == "block-unsafe-prompt"
-    if mode == "sequential":
-        assert upstream.requests == []
+    assert len(upstream.requests) == (1 if mode == "concurrent" else 0)
     (record,) = records(tmp_path)
     assert (record.final_action, record.blocked_stage) == (Action.BLOCK, Stage.PROMPT)
 
