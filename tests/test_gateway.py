@@ -7,7 +7,6 @@ Driven with the real ``openai`` client (sync, async, streaming) and raw HTTP
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +17,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fakellm import FakeLLM, chunk_bodies, fake_llm, last_user
 from loopback import JSONResponse, LoopbackServer, Request, SSEResponse
+from served import serving
 
 from guardrail import Guard
 from guardrail.audit import read_records
@@ -92,27 +91,8 @@ def open_config(policy: Path, upstream: str, **limits: int) -> GatewayConfig:
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its URL."""
-    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so (a socket
-    # made with proto 0 stalls each two-write response on the client's delayed ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive(), "the gateway did not start"
-        assert time.monotonic() < deadline, "the gateway did not start within 15 s"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-        assert not thread.is_alive(), "the gateway did not stop within 15 s"
+    with serving(app) as (url, _):
+        yield url
 
 
 @contextmanager
