@@ -59,8 +59,10 @@ def add_parser(sub: Any) -> None:
             "Check the hash chain (edits, deletions, insertions, reordering) and print the "
             "record count and head hash. A log cut at the end still has an intact chain: "
             "give an anchor kept elsewhere to catch that (--expect-head, --min-count, "
-            "--checkpoint). Exit 0 when the chain is intact and every anchor holds "
-            "(crash recoveries are listed, not failures), 1 with WHERE: problem for each "
+            "--checkpoint). The log's index (FILE.index), if any, is checked against the "
+            "digests the records commit. Exit 0 when the chain is intact, every anchor "
+            "holds and the index is not edited (crash recoveries, and an index a crash "
+            "left behind, are listed, not failures), 1 with WHERE: problem for each "
             "finding, 2 when a file cannot be read or a flag is wrong."
         ),
     )
@@ -207,6 +209,7 @@ def verify_json(result: LogVerification) -> dict[str, Any]:
         "problem": None if problem is None else dataclasses.asdict(problem),
         "anchors": [dataclasses.asdict(a) for a in result.anchors],
         "recoveries": [dataclasses.asdict(r) for r in result.recoveries],
+        "index": None if result.index is None else dataclasses.asdict(result.index),
     }
 
 
@@ -220,6 +223,9 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
             where = anchor.anchor if anchor.line is None else f"{path}:{anchor.line}"
             what = "" if anchor.line is None else f"{anchor.anchor}: "
             lines.append(f"{where}: {what}{anchor.message}")
+    index = result.index
+    if index is not None and not index.ok:
+        lines.append(f"{index.path}:{index.line}: {index.message}")
     count = f"{result.count} records"
     others = {k: n for k, n in result.kinds.items() if k != "call"}
     if others:
@@ -229,7 +235,7 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
     if result.ok:
         lines.append(f"OK  {path}  {count}, chain intact")
     elif problem is None:
-        lines.append(f"    {path}  {count}, chain intact, anchor findings above")
+        lines.append(f"    {path}  {count}, chain intact, findings above")
     else:
         lines.append(f"    {path}  {count} verified before line {problem.line}")
     lines.append(f"  head        {result.head}")
@@ -247,6 +253,8 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
     for anchor in result.anchors:  # failures are listed first, as findings
         if anchor.ok:
             lines.append(f"  anchor      {anchor.anchor}: ok, {anchor.message}")
+    if index is not None and index.ok:
+        lines.append(f"  index       {index.path}: {index.state}, {index.message}")
     sibling = default_checkpoint_path(path)
     if not checkpoint_given and sibling.exists():
         lines.append(f"  note        {sibling} exists: check the log against it with --checkpoint")
