@@ -60,9 +60,11 @@ __all__ = [
     "IndexFile",
     "RowBuilder",
     "bind_index",
+    "check_index",
     "decode_key",
     "index_path",
     "read_index",
+    "snapshot_index",
     "snapshot_sizes",
 ]
 
@@ -226,12 +228,18 @@ def _definitions(lines: bytes, into: set[str]) -> None:
 
 @dataclass(frozen=True)
 class BoundIndex:
-    """An index that matches its log: read its first ``size`` bytes, ``rows`` records."""
+    """A log's index as the log stands: read its first ``size`` bytes, ``rows`` records.
+
+    :func:`bind_index` returns one only once its digest matched ``committed``;
+    :func:`snapshot_index` before (:func:`check_index` then checks it).
+    """
 
     log: str
     path: str
     size: int
     rows: int
+    committed: bytes = b""
+    """The index digest the log's last record commits (hex)."""
 
 
 def bind_index(log: str | os.PathLike[str]) -> BoundIndex | str:
@@ -240,6 +248,19 @@ def bind_index(log: str | os.PathLike[str]) -> BoundIndex | str:
     Otherwise the reason it cannot be used (a plain sentence). Never raises for a
     problem with the index; an unreadable log is the statistics' to report.
     """
+    found = snapshot_index(log)
+    if isinstance(found, str):
+        return found
+    problem = check_index(found)
+    return found if problem is None else problem
+
+
+def snapshot_index(log: str | os.PathLike[str]) -> BoundIndex | str:
+    """The log's index as the log stands, NOT yet checked (see :func:`check_index`).
+
+    The checks that need no hashing are made: a plain log whose last record commits
+    an index digest, an index that starts with the header and ends with a whole row.
+    """
     path = index_path(log)
     try:
         with open(log, "rb") as fh:
@@ -247,28 +268,60 @@ def bind_index(log: str | os.PathLike[str]) -> BoundIndex | str:
                 return "the log is gzip-compressed (only plain logs are indexed)"
             with open(path, "rb") as ix:
                 last, size = _snapshot(fh.fileno(), ix.fileno())
-                if not last.startswith(V2_PREFIX):
-                    return "the log's last record commits no index (written without one)"
-                committed = v2_index(last)
+                committed = v2_index(last) if last.startswith(V2_PREFIX) else None
                 if committed is None:
                     return "the log's last record commits no index (written without one)"
-                state = read_index(ix.fileno(), size)
+                if pread_exact(ix.fileno(), 0, len(INDEX_HEADER)) != INDEX_HEADER:
+                    return "the index is not one this release writes"
+                if size == len(INDEX_HEADER) or pread_exact(ix.fileno(), size - 1, size) != b"\n":
+                    return "the index ends in an incomplete row (a write was interrupted)"
+                last_row = pread_exact(ix.fileno(), line_start(ix.fileno(), size), size)
     except FileNotFoundError:
         return f"no index ({path.name} not found)"
     except OSError as exc:
         return f"the index cannot be read ({exc.strerror or exc})"
-    if not state.header_ok:
+    seq = last_row.split(b"\t", 1)[0]
+    if not seq.isdigit():
         return "the index is not one this release writes"
-    if state.end != size:
-        return "the index ends in an incomplete row (a write was interrupted)"
-    if state.digest.hexdigest().encode() != committed:
+    return BoundIndex(os.fspath(log), str(path), size, int(seq), committed)
+
+
+def check_index(index: BoundIndex) -> str | None:
+    """Why a snapshot's index cannot be used (its digest differs...); ``None``: it can."""
+    try:
+        with open(index.path, "rb") as ix:
+            digest, marked = _digest(ix.fileno(), index.size)
+    except OSError as exc:
+        return f"the index cannot be read ({exc.strerror or exc})"
+    if digest != index.committed:
         return (
             "the index does not match the log's last record (stale: the log grew past "
             "it or a crash left it behind; or edited)"
         )
-    if state.unindexable:
+    if marked:
         return "the index marks a record the statistics cannot read"
-    return BoundIndex(log=os.fspath(log), path=str(path), size=size, rows=state.seq)
+    return None
+
+
+def _digest(fd: int, size: int) -> tuple[bytes, bool]:
+    """The SHA-256 (hex) of a file's first ``size`` bytes, and whether a row has id ``!``.
+
+    Hashed as read, block by block (no line splitting: the bytes are what count).
+    """
+    h = hashlib.sha256()
+    marked = False
+    tail = b""
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+        if not chunk:
+            break
+        h.update(chunk)
+        if not marked:
+            marked = b"\t!\t" in chunk or b"\t!\t" in tail + chunk[:2]
+        tail = chunk[-2:]
+        pos += len(chunk)
+    return h.hexdigest().encode(), marked
 
 
 def snapshot_sizes(log: str, index: str) -> tuple[int, int]:

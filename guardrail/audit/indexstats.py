@@ -90,6 +90,13 @@ def _rows(bound: BoundIndex) -> Iterator[list[bytes]]:
 
 def python_index_tallies(indexes: Sequence[BoundIndex], bucket_ms: int) -> Tallies:
     """The Python engine over indexes: one pass over their rows, counted by C-level Counters."""
+    try:
+        return _python(indexes, bucket_ms)
+    except (ValueError, KeyError, IndexError) as exc:  # a row that is not a row
+        raise IndexReadError(f"a row could not be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _python(indexes: Sequence[BoundIndex], bucket_ms: int) -> Tallies:
     groups: Counter[tuple[int, bytes]] = Counter()
     lat: dict[str, Counter[bytes]] = {name: Counter() for name in LATENCY_NAMES}
     more: list[bytes] = []
@@ -140,6 +147,30 @@ def python_index_tallies(indexes: Sequence[BoundIndex], bucket_ms: int) -> Talli
     t.latency = {name: nearest_rank(c) for name, c in micro.items() if c}
     t.latency_hist = {name: histogram(c) for name, c in micro.items() if c}
     return t
+
+
+def _bin_sql(v: str, lo: int = 0, hi: int = len(LATENCY_BIN_EDGES_US) + 1) -> str:
+    """SQL for the histogram bin (in ``lo..hi-1``) of ``v``: a balanced tree of comparisons.
+
+    Bin ``i`` holds values below edge ``i`` and from edge ``i - 1`` on
+    (:func:`~guardrail.audit.tally.latency_bin`); four comparisons a value.
+    """
+    if hi - lo == 1:
+        return str(lo)
+    mid = (lo + hi) // 2
+    edge = LATENCY_BIN_EDGES_US[mid - 1]
+    return f"CASE WHEN {v} < {edge} THEN {_bin_sql(v, lo, mid)} ELSE {_bin_sql(v, mid, hi)} END"
+
+
+def _latency(t: Tallies, name: str, n: Any, values: Any, bins: Any) -> None:
+    """Note one latency's count, percentiles and histogram (bin -> count) from DuckDB."""
+    if n:
+        p50, p95, p99 = values
+        t.latency[name] = (int(n), int(p50), int(p95), int(p99))
+        counts = [0] * (len(LATENCY_BIN_EDGES_US) + 1)
+        for index, k in bins.items():
+            counts[int(index)] = int(k)
+        t.latency_hist[name] = tuple(counts)
 
 
 def _define(definitions: dict[str, str], kid: str, text: str) -> None:
@@ -201,27 +232,25 @@ def _duck(con: Any, indexes: Sequence[BoundIndex], bucket_ms: int) -> Tallies:
     _fill(t, ((int(i), str(k), int(n)) for i, k, n in groups), keys)
     if first is not None and last is not None:
         t.see_time(first, last)
-    values = " UNION ALL ".join(
-        f"SELECT '{name}' AS name, {column} AS v FROM r WHERE seq > 0 AND {column} IS NOT NULL"
-        for name, column in _COLUMNS
+    # The latencies: the columns, and for the check stages the tokens of `more` too.
+    # Each is read once for its count, percentiles and histogram.
+    call = ", ".join(
+        f"count({c}), quantile_disc({c}, [0.5, 0.95, 0.99]), "
+        f"histogram({_bin_sql(c)}) FILTER (WHERE {c} IS NOT NULL)"
+        for _, c in _COLUMNS[:3]
     )
-    con.execute(
-        f"""CREATE TEMP TABLE lat AS {values} UNION ALL
-        SELECT CASE WHEN tok[1] = 'p' THEN 'guard.prompt' ELSE 'guard.response' END,
-               CAST(tok[2:] AS BIGINT)
-        FROM (SELECT unnest(string_split(more, ' ')) AS tok FROM r
-              WHERE seq > 0 AND more IS NOT NULL)"""
-    )
-    for name, n, (p50, p95, p99) in con.execute(
-        "SELECT name, count(v), quantile_disc(v, [0.5, 0.95, 0.99]) FROM lat GROUP BY name"
-    ).fetchall():
-        t.latency[str(name)] = (int(n), int(p50), int(p95), int(p99))
-    bins: dict[str, list[int]] = {}
-    cases = " ".join(f"WHEN v < {edge} THEN {i}" for i, edge in enumerate(LATENCY_BIN_EDGES_US))
-    for name, index, n in con.execute(
-        f"SELECT name, CASE {cases} ELSE {len(LATENCY_BIN_EDGES_US)} END, count(*) "
-        "FROM lat GROUP BY ALL"
-    ).fetchall():
-        bins.setdefault(str(name), [0] * (len(LATENCY_BIN_EDGES_US) + 1))[int(index)] += int(n)
-    t.latency_hist = {name: tuple(counts) for name, counts in bins.items()}
+    row = con.execute(f"SELECT {call} FROM r WHERE seq > 0").fetchone()
+    assert row is not None
+    for k, (name, _) in enumerate(_COLUMNS[:3]):
+        _latency(t, name, *row[3 * k : 3 * k + 3])
+    for token, name in _MORE.items():
+        column = dict(_COLUMNS)[name]
+        found = con.execute(
+            f"SELECT count(v), quantile_disc(v, [0.5, 0.95, 0.99]), histogram({_bin_sql('v')}) "
+            f"FROM (SELECT {column} AS v FROM r WHERE seq > 0 AND {column} IS NOT NULL "
+            "UNION ALL SELECT CAST(tok[2:] AS BIGINT) FROM (SELECT unnest(string_split(more, "
+            f"' ')) AS tok FROM r WHERE seq > 0 AND more IS NOT NULL) WHERE tok[1] = '{token}')"
+        ).fetchone()
+        assert found is not None
+        _latency(t, name, *found)
     return t

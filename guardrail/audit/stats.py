@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from guardrail.audit.index import BoundIndex, bind_index
+from guardrail.audit.index import BoundIndex, check_index, snapshot_index
 from guardrail.audit.kinds import iso_ms
 from guardrail.audit.scan import iter_lines, parse_line
 from guardrail.audit.tally import (
@@ -408,7 +409,7 @@ def compute_stats(
     name = "duckdb" if use_duckdb else "python"
     note = ""
     if index and files:
-        found = _bound_indexes(files)
+        found = _snapshots(files)
         if isinstance(found, str):
             note = found
         else:
@@ -419,10 +420,21 @@ def compute_stats(
             )
 
             read = duckdb_index_tallies if use_duckdb else python_index_tallies
+            # The indexes are hashed while they are read (hashlib and DuckDB both let
+            # go of the GIL), and the figures are used only if every digest matched.
+            problems: list[str] = []
+            checking = threading.Thread(target=_check, args=(found, problems))
+            checking.start()
+            failed = ""
             try:
-                return finish(read(found, collect), engine=name, bucket_ms=size, source="index")
+                tallies = read(found, collect)
             except IndexReadError as exc:
-                note = f"index not used: {exc}"
+                failed = f"index not used: {exc}"
+            finally:
+                checking.join()
+            if not problems and not failed:
+                return finish(tallies, engine=name, bucket_ms=size, source="index")
+            note = problems[0] if problems else failed
     if use_duckdb:
         from guardrail.audit.duck import DuckReadError, duckdb_tallies
 
@@ -437,12 +449,21 @@ def compute_stats(
     return finish(python_tallies(files, collect), engine="python", bucket_ms=size, source_note=note)
 
 
-def _bound_indexes(files: Sequence[str]) -> list[BoundIndex] | str:
-    """Every log's bound index, or why one of them has none (naming the log)."""
+def _snapshots(files: Sequence[str]) -> list[BoundIndex] | str:
+    """Every log's index as it stands (not yet hashed), or why one has none (naming it)."""
     found = []
     for path in files:
-        bound = bind_index(path)
-        if isinstance(bound, str):
-            return f"{path}: {bound}"
-        found.append(bound)
+        snapshot = snapshot_index(path)
+        if isinstance(snapshot, str):
+            return f"{path}: {snapshot}"
+        found.append(snapshot)
     return found
+
+
+def _check(indexes: Sequence[BoundIndex], problems: list[str]) -> None:
+    """Hash each index against the digest its log commits; note the first problem."""
+    for bound in indexes:
+        problem = check_index(bound)
+        if problem is not None:
+            problems.append(f"{bound.log}: {problem}")
+            return
