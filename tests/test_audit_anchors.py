@@ -403,6 +403,7 @@ def test_a_missing_or_short_key_is_a_configuration_error(
     ("audit", "field", "message"),
     [
         ({"sink": "stdout", "checkpoint_every": 10}, "checkpoint_every", "only used with sink"),
+        ({"sink": "stdout", "index": "false"}, "index", "only used with sink"),
         ({"checkpoint_path": "a.ckpt"}, "checkpoint_path", "only used with checkpoint_every"),
         ({"content": "full", "hmac_key_env": "K"}, "hmac_key_env", "only used with content"),
         ({"checkpoint_every": 0}, "checkpoint_every", "must be > 0"),

@@ -330,3 +330,19 @@ def test_verify_cli_reports_an_edited_index_as_a_finding(
     captured = capsys.readouterr()
     assert "[engine python]" in captured.out
     assert captured.err.startswith("note: reading the logs, not their indexes: ")
+
+
+def test_a_policy_can_turn_the_index_off(tmp_path: Path) -> None:
+    from guardrail import Guard
+    from guardrail.policy import load_policy_text
+    from guardrail.testing import ScriptedClassifier
+
+    for index in ("true", "false"):
+        path = tmp_path / f"{index}.jsonl"
+        text = f"version: 1\nname: p\naudit: {{path: '{path}', index: {index}}}\n"
+        guard = Guard(load_policy_text(text), classifier=ScriptedClassifier({}))
+        guard.check_prompt([{"role": "user", "content": "hi"}])
+        guard.close()
+        assert index_path(path).exists() == (index == "true")
+        assert verify_log(path).ok
+        assert stats(path).source == ("index" if index == "true" else "log")
