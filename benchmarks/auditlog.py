@@ -1,26 +1,29 @@
 """A synthetic but realistic audit log for the audit benchmarks (h).
 
 Records are built by the write side itself (:func:`guardrail.audit.build.record_dict`)
-and sealed by a :class:`~guardrail.audit.chain.HashChain`, so the log verifies and
-has exactly the layout a guarded app writes: two checks per call (prompt,
-response) with the verdict's level probabilities, a prompt blocked now and then
-(one check), a regenerated answer (three checks), guard failures decided by the
-failure mode, unnecessary refusals, and circuit breaker events. Times span one
-day; content is kept as hashes (the default content mode).
+and written by the real sink (:class:`~guardrail.audit.jsonl.JsonlSink`, with its
+index), so the log verifies and has exactly the layout a guarded app writes: two
+checks per call (prompt, response) with the verdict's level probabilities, a prompt
+blocked now and then (one check), a regenerated answer (three checks), guard
+failures decided by the failure mode, unnecessary refusals, and circuit breaker
+events. Times span one day; content is kept as hashes (the default content mode).
 """
 
 from __future__ import annotations
 
 import random
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from guardrail.audit.build import event_dict, record_dict
 from guardrail.audit.chain import HashChain
+from guardrail.audit.index import index_path
+from guardrail.audit.jsonl import JsonlSink
 
-VERSION = 1  # bump when the generated records change: cached logs are keyed by it
+VERSION = 2  # bump when the generated records change: cached logs are keyed by it
 
 START = datetime(2026, 11, 3, tzinfo=timezone.utc)
 POLICY = {"name": "default", "version": "3", "hash": "9a920ea37e8d19e17681cdfe9b9ab2582dddd03f"}
@@ -133,29 +136,44 @@ def call_record(rng: random.Random, time: datetime, i: int) -> dict[str, Any]:
     )
 
 
-def write_log(path: Path, records: int, *, seed: int = 7) -> None:
-    """Write a chained log of ``records`` records (calls and, every ~5000, breaker events)."""
+def records(count: int, *, seed: int = 7) -> Iterator[dict[str, Any]]:
+    """The log's records, unsealed: calls and, every ~5000, a breaker event."""
     rng = random.Random(seed)
-    chain = HashChain()
-    step = timedelta(days=1) / max(records, 1)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(records):
-            time = START + step * i
-            if i % 5000 == 4999:
-                kind = ("breaker.open", "breaker.half_open", "breaker.closed")[(i // 5000) % 3]
-                data = event_dict(kind, {"backend": "guard", "failures": 5}, time=time)
-            else:
-                data = call_record(rng, time, i)
+    step = timedelta(days=1) / max(count, 1)
+    for i in range(count):
+        time = START + step * i
+        if i % 5000 == 4999:
+            kind = ("breaker.open", "breaker.half_open", "breaker.closed")[(i // 5000) % 3]
+            yield event_dict(kind, {"backend": "guard", "failures": 5}, time=time)
+        else:
+            yield call_record(rng, time, i)
+
+
+def write_log(path: Path, count: int, *, index: bool = True) -> None:
+    """Write ``count`` records through the JSONL sink (with its index unless told not to)."""
+    with JsonlSink(path, index=index) as sink:
+        for data in records(count):
+            sink.write_json(data)
+
+
+def write_v1_log(path: Path, count: int) -> None:
+    """The same records in the previous chain layout (version 1), as older releases wrote."""
+    chain = HashChain(version=1)
+    with open(path, "wb") as fh:
+        for data in records(count):
             sealed = chain.seal(data)
-            fh.write(sealed.line + "\n")
+            fh.write(sealed.payload)
             chain.advance(sealed)
 
 
-def cached_log(records: int) -> Path:
-    """The synthetic log of ``records`` records, generated once per machine and version."""
-    path = Path(tempfile.gettempdir()) / f"guardrail-bench-audit-v{VERSION}-{records}.jsonl"
+def cached_log(count: int) -> Path:
+    """The synthetic log of ``count`` records (and its index), written once per machine."""
+    path = Path(tempfile.gettempdir()) / f"guardrail-bench-audit-v{VERSION}-{count}.jsonl"
     if not path.exists():
-        partial = path.with_suffix(".partial")
-        write_log(partial, records)
+        partial = path.with_name(path.name + ".partial")
+        for stale in (partial, index_path(partial)):
+            stale.unlink(missing_ok=True)
+        write_log(partial, count)
+        index_path(partial).replace(index_path(path))
         partial.replace(path)
     return path

@@ -44,6 +44,7 @@ from guardrail.audit import (
     read_records,
     record_dict,
     record_hash,
+    record_line,
     sink_from_settings,
     stage_dict,
     summarize,
@@ -169,7 +170,7 @@ def mixed_records(n: int = 10) -> list[AuditRecord]:
 
 
 def unchained(record: AuditRecord) -> AuditRecord:
-    return record.model_copy(update={"prev_hash": "", "hash": ""})
+    return record.model_copy(update={"prev_hash": "", "hash": "", "chain": None, "index": None})
 
 
 # ------------------------------------------------------------------- content modes
@@ -440,7 +441,7 @@ def _edit(lines: list[str], index: int, **changes: Any) -> None:
 def _rehash(lines: list[str], index: int) -> None:
     data = json.loads(lines[index])
     data["hash"] = record_hash(data)
-    lines[index] = json.dumps(data) + "\n"
+    lines[index] = record_line(data) + "\n"  # laid out as a sink writes it
 
 
 def _edit_and_rehash(lines: list[str]) -> None:
@@ -740,7 +741,8 @@ def test_refuses_to_append_after_a_complete_line_that_is_not_a_record(tmp_path: 
         with pytest.raises(AuditError, match="not an audit record"):
             JsonlSink(path)
         assert path.read_text(encoding="utf-8") == lines[0] + tail  # left untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
+    # Nothing moved aside (the index is the one the log was written with).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.index"]
 
 
 def test_unserialisable_record_raises_and_is_not_written(tmp_path: Path) -> None:
@@ -1161,7 +1163,7 @@ def test_a_built_record_is_the_record_read_back(tmp_path: Path) -> None:
     assert built.time == datetime(2026, 1, 1, 8, 0, 0, 999000, tzinfo=timezone.utc)
     write_log(tmp_path / "a.jsonl", [built])
     (read,) = read_records(tmp_path / "a.jsonl")
-    assert read.model_copy(update={"prev_hash": "", "hash": ""}) == built
+    assert unchained(read) == built
 
 
 def test_the_write_side_imports_no_read_side_module() -> None:
@@ -1207,24 +1209,60 @@ def test_stage_dict_is_the_stage_records_json() -> None:
         same_json(stage_dict(d, **kw), StageRecord.from_decision(d, **kw).model_dump(mode="json"))
 
 
-def test_a_line_of_the_previous_release_is_reproduced(tmp_path: Path) -> None:
-    # The chain heads of this log as the release before the dict path wrote it: the
-    # canonical serialisation and the line format are unchanged, byte for byte.
-    # (Regenerate only for a deliberate change of the record layout.)
+def _pinned_records() -> list[AuditRecord]:
+    return [
+        allow_record(0),
+        block_record(1),
+        flag_record(2, flags=["reviewed"], content_mode="full", prompt="héllo ✓"),
+    ]
+
+
+def test_a_line_of_chain_version_1_is_reproduced(tmp_path: Path) -> None:
+    # The chain heads of this log as releases before chain version 2 wrote it: the
+    # canonical serialisation and the version-1 line are unchanged, byte for byte, and
+    # such a log still verifies.
     expected = [
         "f1334821b3b401a51d64aec44cc816b022510913eb961dcf8354a2bebc7c79ad",
         "1cf7bf47a44685a0ee3a2677dd76213b3dec527c2c2167555d2f568ff0ace2a7",
         "9a6374ea2e2030e8568c53a2707ac15884aa2a9747f30807770c7ac25e9b3fbe",
     ]
-    records = [
-        allow_record(0),
-        block_record(1),
-        flag_record(2, flags=["reviewed"], content_mode="full", prompt="héllo ✓"),
-    ]
-    lines = write_log(tmp_path / "records.jsonl", records)
+    chain = HashChain(version=1)
+    lines = []
+    for r in _pinned_records():
+        sealed = chain.seal(r.to_json_dict())
+        lines.append(sealed.line + "\n")
+        chain.advance(sealed)
     assert [json.loads(x)["hash"] for x in lines] == expected
+    assert all("chain" not in json.loads(x) for x in lines)
+    for line in lines:  # version 1: the canonical JSON of the record, hash appended
+        data = json.loads(line)
+        assert line == record_line(data) + "\n"
+        assert record_hash(data) == data["hash"]
+    path = tmp_path / "v1.jsonl"
+    path.write_text("".join(lines), encoding="utf-8")
+    assert verify_chain(lines).ok
+    assert verify_file(path) == verify_chain(lines)
+    assert [unchained(r) for r in read_records(path)] == _pinned_records()
+
+
+def test_a_line_of_chain_version_2_is_reproduced(tmp_path: Path) -> None:
+    # The heads of this log as this release writes it (chain version 2, with an index).
+    # Regenerate only for a deliberate change of the record layout or the line format.
+    expected = [
+        "157d26725800864ffdb8205e9c8e6679ec309157eeab59edfa1ba1c84fa0e587",
+        "640cca5fb2dfd8290f8bccf085b23c5723692cb3d6bea6d5284d0c58ca3b69eb",
+        "0b5f038935d95408b56e8ebfd3a22f16a6162ae5269d212e388eaee591fe0d2a",
+    ]
+    lines = write_log(tmp_path / "records.jsonl", _pinned_records())
+    assert [json.loads(x)["hash"] for x in lines] == expected
+    for line in lines:  # the layout: chain fields first, the hash over the line's bytes
+        assert line.startswith('{"chain":2,"prev_hash":"')
+        data = json.loads(line)
+        assert line == record_line(data) + "\n"
+        cut = line.rindex(',"hash":"')
+        assert hashlib.sha256(line[:cut].encode() + b"}").hexdigest() == data["hash"]
     with JsonlSink(tmp_path / "dicts.jsonl") as sink:
-        for r in records:
+        for r in _pinned_records():
             sink.write_json(r.to_json_dict())
     assert (tmp_path / "dicts.jsonl").read_text(encoding="utf-8") == "".join(lines)
     assert verify_chain(lines).ok

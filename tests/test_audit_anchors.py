@@ -37,6 +37,7 @@ from guardrail.audit import (
     verify_log,
     write_event,
 )
+from guardrail.audit.index import index_path
 from guardrail.cli import audit_cmd
 from guardrail.errors import AuditError, ConfigurationError, GuardrailError, PolicyError
 from guardrail.guard import Guard
@@ -62,9 +63,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def cut_tail(path: Path, n: int) -> None:
+def cut_tail(path: Path, n: int, *, keep_index: bool = False) -> None:
+    """Cut the log's last ``n`` records, as an attacker would (removing its index too)."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text("".join(lines[:-n]), encoding="utf-8")
+    if not keep_index:
+        index_path(path).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -94,8 +98,17 @@ def test_a_cut_tail_verifies_without_an_anchor_and_is_caught_with_one(
 ) -> None:
     head = json.loads(log200.read_text(encoding="utf-8").splitlines()[-1])["hash"]
     assert run(capsys, "verify", str(log200), "--min-count", "200", "--expect-head", head)[0] == 0
-    cut_tail(log200, 10)
+    cut_tail(log200, 10, keep_index=True)
 
+    # The index, written with the log, still has rows for the cut records (its lines: the
+    # header, one key's definition, then a row per record: 193 is the 191st record's).
+    code, out, _ = run(capsys, "verify", str(log200))
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"{log200}.index:193: the index has rows past the log's last record (190): "
+        "records were cut from the end of the log, or rows were added to the index"
+    )
+    index_path(log200).unlink()  # whoever cut the log removes its index too
     code, out, _ = run(capsys, "verify", str(log200))
     assert code == 0  # the chain alone cannot tell: what is left is a valid chain
 
@@ -390,6 +403,7 @@ def test_a_missing_or_short_key_is_a_configuration_error(
     ("audit", "field", "message"),
     [
         ({"sink": "stdout", "checkpoint_every": 10}, "checkpoint_every", "only used with sink"),
+        ({"sink": "stdout", "index": "false"}, "index", "only used with sink"),
         ({"checkpoint_path": "a.ckpt"}, "checkpoint_path", "only used with checkpoint_every"),
         ({"content": "full", "hmac_key_env": "K"}, "hmac_key_env", "only used with content"),
         ({"checkpoint_every": 0}, "checkpoint_every", "must be > 0"),
@@ -432,14 +446,20 @@ def test_write_event_appends_a_chained_event_record(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     event = json.loads(lines[1])
     assert event == {
+        "chain": 2,
         "schema_version": 1,
         "kind": "event",
         "time": "2026-11-03T12:00:00.000Z",
         "type": "breaker.open",
         "details": {"backend": "guard", "failures": 5},
         "prev_hash": json.loads(lines[0])["hash"],
+        "index": event["index"],
         "hash": event["hash"],
     }
+    # A record that is not a call names its kind right after the chain fields.
+    assert lines[1].startswith(
+        f'{{"chain":2,"prev_hash":"{event["prev_hash"]}","index":"{event["index"]}","kind":"event",'
+    )
     assert verify_chain(lines).ok
 
     entries = list(read_entries(path))

@@ -102,10 +102,17 @@ def _head(log: Path) -> str:
     return head
 
 
+def _ok_text(log: Path) -> str:
+    return (
+        f"OK  {log}  6 records, chain intact\n  head        {_head(log)}\n"
+        f"  index       {log}.index: ok, 6 rows match the log\n"
+    )
+
+
 def test_verify_ok(capsys: pytest.CaptureFixture[str], log: Path) -> None:
     code, out, _ = run(capsys, "verify", str(log))
     assert code == 0
-    assert out == f"OK  {log}  6 records, chain intact\n  head        {_head(log)}\n"
+    assert out == _ok_text(log)
 
 
 def test_verify_edited_record(capsys: pytest.CaptureFixture[str], log: Path) -> None:
@@ -258,10 +265,12 @@ def test_search_record_that_is_not_a_record(
 def test_summary_is_stats_as_text(capsys: pytest.CaptureFixture[str], log: Path) -> None:
     code, out, _ = run(capsys, "summary", str(log), "--engine", "python")
     assert code == 0
-    assert out.startswith(
-        f"{log}: 6 calls  (2026-11-03T12:00:00.000Z .. 2026-11-03T17:00:00.000Z)  [engine python]\n"
-    )
+    title = f"{log}: 6 calls  (2026-11-03T12:00:00.000Z .. 2026-11-03T17:00:00.000Z)"
+    assert out.startswith(f"{title}  [engine python, index]\n")  # read from the log's index
     assert run(capsys, "stats", str(log), "--engine", "python")[1] == out
+    code, full, err = run(capsys, "stats", str(log), "--engine", "python", "--no-index")
+    assert (code, err) == (0, "")
+    assert full == out.replace("[engine python, index]", "[engine python]", 1)
     text = " ".join(out.split())
     assert "action count allow 3 block 2 flag 1" in text
     assert "rule count default 4 no-pii 2 over-refusal 1" in text
@@ -315,10 +324,7 @@ def test_through_the_dispatcher(capsys: pytest.CaptureFixture[str], log: Path) -
     from guardrail.cli import main
 
     assert main(["audit", "verify", str(log)]) == 0
-    assert (
-        capsys.readouterr().out
-        == f"OK  {log}  6 records, chain intact\n  head        {_head(log)}\n"
-    )
+    assert capsys.readouterr().out == _ok_text(log)
     assert main(["audit", "verify", str(log.parent / "missing.jsonl")]) == 2
     assert "cannot open audit log" in capsys.readouterr().err
 
@@ -336,6 +342,12 @@ def test_verify_json_ok(capsys: pytest.CaptureFixture[str], log: Path) -> None:
         "problem": None,
         "anchors": [],
         "recoveries": [],
+        "index": {
+            "path": f"{log}.index",
+            "state": "ok",
+            "message": "6 rows match the log",
+            "line": None,
+        },
     }
 
 

@@ -497,15 +497,18 @@ ENGINES = [
 ]
 
 
+@pytest.mark.parametrize("index", [True, False])
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("which", [("full",), ("hash",), ("gzip", "hash")])
 def test_stats_equal_counts_made_from_the_raw_lines(
-    logs: dict[str, Path], engine: str, which: tuple[str, ...]
+    logs: dict[str, Path], engine: str, which: tuple[str, ...], index: bool
 ) -> None:
     paths = [logs[w] for w in which]
     want = expected_stats(raw_lines(*paths))
-    s = compute_stats(paths, engine=engine)  # type: ignore[arg-type]
+    s = compute_stats(paths, engine=engine, index=index)  # type: ignore[arg-type]
     assert s.engine == engine
+    # The sink indexed the plain logs; a rotated gzip log is read itself.
+    assert s.source == ("index" if index and "gzip" not in which else "log")
     assert s.records == want["records"]
     assert s.calls == want["calls"]
     assert s.by_action == dict(want["by_action"])
@@ -546,12 +549,15 @@ def test_stats_equal_counts_made_from_the_raw_lines(
 def test_both_engines_give_identical_statistics(logs: dict[str, Path], tmp_path: Path) -> None:
     synthetic = tmp_path / "day.jsonl"
     write_day(synthetic)
-    for paths in ([logs["full"]], [logs["gzip"], logs["hash"]], [synthetic]):
+    how = {"engine", "source", "source_note"}
+    for paths in ([logs["full"]], [logs["full"], logs["hash"]], [logs["gzip"]], [synthetic]):
         for bucket in (None, "15m", "1d"):
-            py = compute_stats(paths, engine="python", bucket=bucket)
-            duck = compute_stats(paths, engine="duckdb", bucket=bucket)
-            assert (py.engine, duck.engine) == ("python", "duckdb")
-            assert py.model_dump(exclude={"engine"}) == duck.model_dump(exclude={"engine"})
+            base = compute_stats(paths, engine="python", bucket=bucket, index=False)
+            assert base.source == "log"
+            for engine, index in (("python", True), ("duckdb", True), ("duckdb", False)):
+                other = compute_stats(paths, engine=engine, bucket=bucket, index=index)
+                assert other.engine == engine
+                assert other.model_dump(exclude=how) == base.model_dump(exclude=how)
 
 
 T0 = datetime(2026, 11, 3, 9, 50, tzinfo=timezone.utc)
@@ -820,7 +826,7 @@ def test_fast_path_hashes_exactly_the_canonical_bytes() -> None:
 def test_orjson_and_json_agree_wherever_the_fast_path_trusts_orjson() -> None:
     import orjson
 
-    from guardrail.audit.chain import _plain_floats
+    from guardrail.audit.linefmt import _plain_floats
 
     rng = random.Random(5)
     trusted = 0

@@ -17,7 +17,9 @@ or, for sinks that take models, the same dict validated::
   :mod:`~guardrail.audit.summaries` (:func:`stage_dict`, a check's JSON form) and
   :mod:`~guardrail.audit.kinds` (record kinds, times, :func:`event_dict`);
 - :mod:`~guardrail.audit.record`: the read side, :class:`AuditRecord` and its parts;
-- :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`;
+- :mod:`~guardrail.audit.chain`: the hash chain and :func:`verify_chain`, with each chain
+  version's line layout (:mod:`~guardrail.audit.linefmt`) and the fast file verifier
+  (:mod:`~guardrail.audit.chainscan`);
 - :mod:`~guardrail.audit.sinkbase`: the :class:`AuditSink` protocol, the null sink,
   and :func:`write_event` for records that are not guarded calls;
 - :mod:`~guardrail.audit.jsonl`: :class:`JsonlSink`, the JSON-lines file sink;
@@ -27,6 +29,10 @@ or, for sinks that take models, the same dict validated::
   moved aside after a crash (crash recovery);
 - :mod:`~guardrail.audit.keys`: :class:`AuditKey`, keyed content hashes and signatures;
 - :mod:`~guardrail.audit.checkpoints`: a log's count and head kept outside it;
+- :mod:`~guardrail.audit.index`: ``LOG.index``, the facts ``audit stats`` reads, one short
+  row per record, bound to the log by its chain; kept by the JSONL sink
+  (:mod:`~guardrail.audit.indexwriter`), read by :mod:`~guardrail.audit.indexstats` and
+  checked by :mod:`~guardrail.audit.indexcheck`;
 - :mod:`~guardrail.audit.reader`: reading, searching, summarising and verifying files;
 - :mod:`~guardrail.audit.scan`: the fast scan the review commands use: records as
   dicts (orjson), filtered without models; :mod:`~guardrail.audit.stats`

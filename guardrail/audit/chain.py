@@ -2,24 +2,25 @@
 
 Every record carries ``prev_hash``, the ``hash`` of the record before it (the
 first record of a log has :data:`GENESIS_HASH`), and ``hash``, the SHA-256 of
-the record's canonical JSON without its ``hash`` field. Canonical JSON is
-``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-encoded as UTF-8, so any tool can recompute a hash from the parsed line.
+the record's line without its hash member. How a line is laid out, in each
+chain version, is :mod:`~guardrail.audit.linefmt`'s: version 2 (written now)
+puts the chain fields at fixed offsets and hashes the line's exact bytes, so a
+verifier needs no JSON parsing; version 1 (older logs, still verified) hashed
+the record's canonical JSON.
 
-Text that is not valid Unicode (a lone surrogate such as ``"\udc80"``, which
-UTF-8 cannot encode) is kept losslessly: canonical JSON writes each lone
-surrogate as its JSON escape (the six characters ``\udc80``), which every JSON
-reader turns back into the same string, and a surrogate pair (two code units
-of UTF-16) as the one character it encodes, as a JSON reader reads it. Text
-without surrogates, the usual case, is unaffected.
-
-A written line is exactly that canonical JSON with ``"hash":"<hex>"`` appended
-as the last member: the record is encoded once per write (the dominant cost),
-and the hashed bytes are the line minus its last member.
+Canonical JSON is ``json.dumps(..., sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`` encoded as UTF-8. Text that is not valid Unicode (a lone
+surrogate such as ``"\udc80"``, which UTF-8 cannot encode) is kept losslessly:
+canonical JSON writes each lone surrogate as its JSON escape (the six
+characters ``\udc80``), which every JSON reader turns back into the same string,
+and a surrogate pair (two code units of UTF-16) as the one character it
+encodes, as a JSON reader reads it. Text without surrogates, the usual case, is
+unaffected.
 
 What the chain detects, and where :func:`verify_chain` reports it:
 
-- an edited record: its own hash no longer matches (``hash_mismatch`` at that line);
+- an edited record, or any byte changed in a version-2 line: its own hash no
+  longer matches (``hash_mismatch`` at that line);
 - a deleted, inserted or reordered record: the next line's ``prev_hash`` no
   longer names the line before it (``prev_hash_mismatch``);
 - a truncated or garbled line: ``bad_json``.
@@ -40,6 +41,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from guardrail.audit.linefmt import (
+    CHAIN_FIELDS,
+    CHAIN_VERSION,
+    HASH_MEMBER,
+    PREV_END,
+    PREV_START,
+    TAIL,
+    V2_PREFIX,
+    is_hex64,
+    v1_fast_hasher,
+    v2_close,
+    v2_digest,
+    v2_hash,
+    v2_head,
+    v2_shape,
+)
 from guardrail.audit.record import AuditRecord
 from guardrail.errors import AuditError
 
@@ -80,8 +97,8 @@ def _escape_surrogates(encoded: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", joined)
 
 
-def _canonical(data: Mapping[str, Any]) -> tuple[str, bytes]:
-    """Canonical JSON as text and as the UTF-8 bytes hashed, encoded once."""
+def _canonical(data: Any) -> tuple[str, bytes]:
+    """Canonical JSON of a JSON value, as text and as the UTF-8 bytes hashed, encoded once."""
     try:
         if _C_ENCODE is not None and type(data) is dict:
             encoded = "".join(_C_ENCODE(data, 0))
@@ -97,7 +114,7 @@ def _canonical(data: Mapping[str, Any]) -> tuple[str, bytes]:
 
 
 def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one serialisation hashes are computed over; always encodable as UTF-8.
+    """The one serialisation records are written in; always encodable as UTF-8.
 
     Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
     exactly (NaN, infinities, non-JSON types, circular references).
@@ -110,21 +127,62 @@ def _with_hash(body_json: str, digest: str) -> str:
     return f'{body_json[:-1]},"hash":"{digest}"}}'
 
 
-def _body(data: Mapping[str, Any]) -> dict[str, Any]:
+def _v1_body(data: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a record's JSON dict without its ``hash`` field."""
     body = dict(data)
     body.pop("hash", None)
     return body
 
 
+def _v2_head(data: Mapping[str, Any], prev_hash: str, index: str | None) -> bytes:
+    """The bytes a version-2 hash covers for a record's JSON dict (see linefmt)."""
+    members = {k: v for k, v in data.items() if k not in CHAIN_FIELDS and k != "kind"}
+    kind = _canonical(data["kind"])[1] if "kind" in data else None
+    return v2_head(prev_hash, index, kind, _canonical(members)[1][1:-1])
+
+
+def _v2_fields(data: Mapping[str, Any]) -> tuple[str, str | None]:
+    """A parsed version-2 record's ``prev_hash`` and ``index``; AuditError if malformed."""
+    prev, index = data.get("prev_hash"), data.get("index")
+    if not (isinstance(prev, str) and is_hex64(prev.encode("utf-8", "replace"))):
+        raise AuditError("prev_hash is not 64 lower-case hex digits")
+    if index is not None and not (
+        isinstance(index, str) and is_hex64(index.encode("utf-8", "replace"))
+    ):
+        raise AuditError("index is not 64 lower-case hex digits")
+    return prev, index
+
+
+def _version(data: Mapping[str, Any]) -> int:
+    chain = data.get("chain", 1)
+    if chain not in (1, CHAIN_VERSION) or type(chain) is not int:
+        raise AuditError(f"unknown chain version {chain!r}")
+    return chain
+
+
 def record_line(data: Mapping[str, Any]) -> str:
-    """The line a sealed record is written as (its chain fields as they are)."""
-    return _with_hash(canonical_json(_body(data)), str(data.get("hash", "")))
+    """The line a sealed record is written as (its chain fields as they are).
+
+    ``data`` is a parsed line: version 2 when it has ``"chain": 2``, else version 1.
+    """
+    if _version(data) == CHAIN_VERSION:
+        prev, index = _v2_fields(data)
+        line = v2_close(_v2_head(data, prev, index), str(data.get("hash", "")))
+        return line.decode("utf-8")
+    return _with_hash(canonical_json(_v1_body(data)), str(data.get("hash", "")))
 
 
 def record_hash(data: Mapping[str, Any]) -> str:
-    """SHA-256 hex of a record's canonical JSON without its ``hash`` field."""
-    return hashlib.sha256(_canonical(_body(data))[1]).hexdigest()
+    """The hash a record's line should carry, recomputed from its parsed fields.
+
+    Version 2 (``"chain": 2``): the SHA-256 of the line the record is written as,
+    without its hash member; version 1: of its canonical JSON without ``hash``.
+    Raises ``AuditError`` for a record JSON cannot hold or with malformed chain fields.
+    """
+    if _version(data) == CHAIN_VERSION:
+        prev, index = _v2_fields(data)
+        return v2_digest(_v2_head(data, prev, index))
+    return hashlib.sha256(_canonical(_v1_body(data))[1]).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -132,9 +190,11 @@ class SealedRecord:
     """A record placed in the chain: the line to write and its chain fields."""
 
     line: str
-    """Canonical JSON with ``prev_hash`` set and ``hash`` appended, without a newline."""
+    """The record's line, chain fields and ``hash`` included, without a newline."""
     prev_hash: str
     hash: str
+    payload: bytes = b""
+    """The line's UTF-8 bytes with its newline: what a file sink writes."""
 
 
 class HashChain:
@@ -143,23 +203,38 @@ class HashChain:
     Sealing and advancing are separate so a failed write leaves the head where
     it was and the next record chains to the last one actually written. Not
     thread-safe by itself: sinks hold a lock around seal, write and advance so
-    the chain order equals the write order.
+    the chain order equals the write order. ``version`` is the line layout
+    written (:data:`~guardrail.audit.linefmt.CHAIN_VERSION` by default; 1 for
+    tools that must write logs that releases before version 2 verify).
     """
 
-    def __init__(self, head: str = GENESIS_HASH) -> None:
+    def __init__(self, head: str = GENESIS_HASH, *, version: int = CHAIN_VERSION) -> None:
+        if version not in (1, CHAIN_VERSION):
+            raise ValueError(f"unknown chain version {version!r}")
         self.head = head
+        self.version = version
 
-    def seal(self, data: Mapping[str, Any]) -> SealedRecord:
+    def seal(self, data: Mapping[str, Any], *, index: str | None = None) -> SealedRecord:
         """Chain a record's JSON dict (``record_dict(...)``, ``AuditRecord.to_json_dict()``).
 
-        ``data`` is not modified: the line is encoded from a copy with ``prev_hash`` set.
+        ``data`` is not modified; chain fields it holds (``chain``, ``prev_hash``,
+        ``index``, ``hash``) are replaced. ``index`` is the digest of the log's index
+        through this record's row (:mod:`~guardrail.audit.index`), version 2 only.
         """
         head = self.head
-        body = _body(data)
-        body["prev_hash"] = head
-        encoded, raw = _canonical(body)
-        digest = hashlib.sha256(raw).hexdigest()
-        return SealedRecord(line=_with_hash(encoded, digest), prev_hash=head, hash=digest)
+        if self.version == 1:
+            if index is not None:
+                raise ValueError("chain version 1 has no index field")
+            body = {k: v for k, v in data.items() if k not in CHAIN_FIELDS}
+            body["prev_hash"] = head
+            encoded, raw = _canonical(body)
+            digest = hashlib.sha256(raw).hexdigest()
+            line = _with_hash(encoded, digest)
+            return SealedRecord(line, head, digest, (line + "\n").encode("utf-8"))
+        line_head = _v2_head(data, head, index)
+        digest = v2_digest(line_head)
+        raw_line = v2_close(line_head, digest)
+        return SealedRecord(raw_line.decode("utf-8"), head, digest, raw_line + b"\n")
 
     def advance(self, sealed: SealedRecord) -> None:
         """Make a written record the new head."""
@@ -199,179 +274,163 @@ def _short(h: object) -> str:
     return f"{h[:12]}…" if isinstance(h, str) and len(h) > 12 else repr(h)
 
 
+Line = str | bytes | Mapping[str, Any] | AuditRecord
+"""What :func:`verify_chain` takes: a raw line, a parsed line, or a record."""
+
+
 def verify_chain(
-    lines: Iterable[str | bytes | Mapping[str, Any] | AuditRecord],
+    lines: Iterable[Line],
     *,
     genesis: str | None = GENESIS_HASH,
     on_record: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> VerifyResult:
     """Check a log's hash chain, stopping at the first problem.
 
-    ``lines`` are raw JSON lines (as read from a file; trailing newlines are
-    fine), parsed dicts, or records. The first record must follow ``genesis``;
-    pass ``genesis=None`` to verify a slice of a log that starts mid-chain (a
-    rotated file, a ``tail``). ``on_record(number, data)`` is called for each
-    record once it has verified (1-based; ``data["hash"]`` is its verified hash).
+    ``lines`` are raw lines (as read from a file, text or bytes; trailing
+    newlines are fine), parsed dicts, or records, of either chain version. The
+    first record must follow ``genesis``; pass ``genesis=None`` to verify a slice
+    of a log that starts mid-chain (a rotated file, a ``tail``).
+    ``on_record(number, data)`` is called for each record once it has verified
+    (1-based; ``data["hash"]`` is its verified hash; raw version-2 lines are
+    parsed only when it is given).
 
     The chain is the same for records of every kind (calls, events, recoveries).
     """
-    prev = genesis
-    count = 0
-    head = GENESIS_HASH
-    fast = _fast_hasher()
+    checker = LineChecker(genesis)
     for number, item in enumerate(lines, start=1):
+        problem = checker.check(number, item, parse=on_record is not None)
+        if problem is not None:
+            return checker.failed(problem)
+        if on_record is not None:
+            on_record(number, checker.data)
+    return checker.result()
+
+
+class LineChecker:
+    """The per-line rules of :func:`verify_chain`, shared with the file verifier.
+
+    :meth:`check` verifies one line after the ones before it and moves the head;
+    :attr:`data` is the last line's parsed dict when it was parsed.
+    """
+
+    def __init__(self, genesis: str | None) -> None:
+        self.prev = genesis
+        self.count = 0
+        self.head = GENESIS_HASH
+        self.data: Mapping[str, Any] = {}
+        self._fast = v1_fast_hasher()
+
+    def result(self) -> VerifyResult:
+        """The chain verified so far."""
+        return VerifyResult(ok=True, count=self.count, head=self.head)
+
+    def failed(self, problem: ChainProblem) -> VerifyResult:
+        """The result when ``problem`` stopped the verification."""
+        return VerifyResult(ok=False, count=self.count, head=self.head, problem=problem)
+
+    def passed(self, digest: str, data: Mapping[str, Any]) -> None:
+        """Record that a line with hash ``digest`` verified."""
+        self.prev = self.head = digest
+        self.count += 1
+        self.data = data
+
+    def check(self, number: int, item: Line, *, parse: bool) -> ChainProblem | None:
+        """Verify one line; ``None`` when it holds (the head then moves to it)."""
         computed: str | None = None
         if isinstance(item, AuditRecord):
             data: Any = item.to_json_dict()
         elif isinstance(item, Mapping):
             data = item
-        elif fast is not None and isinstance(item, bytes) and (hashed := fast(item)) is not None:
-            data, computed = hashed
         else:
-            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-            if not text.strip():
-                return _fail(count, head, number, "bad_json", "empty line (inserted or corrupted)")
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                if not text.endswith("\n"):  # only a file's last line can lack one
-                    return _fail(count, head, number, "bad_json", _INCOMPLETE)
-                return _fail(
-                    count,
-                    head,
-                    number,
-                    "bad_json",
-                    f"not valid JSON, the record is truncated or corrupted ({exc})",
-                )
+            raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogatepass")
+            if raw.startswith(V2_PREFIX):
+                return self._check_v2(number, raw, parse=parse)
+            if self._fast is not None and isinstance(item, bytes):
+                hashed = self._fast(item)
+                if hashed is not None:
+                    data, computed = hashed
+            if computed is None:
+                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+                parsed = _parse_text(number, text)
+                if isinstance(parsed, ChainProblem):
+                    return parsed
+                data = parsed
+                if "chain" in data:
+                    return ChainProblem(
+                        number,
+                        "hash_mismatch",
+                        "hash mismatch, the record was edited after it was written (its "
+                        "line is not laid out as the chain version it names is written)",
+                    )
         if not isinstance(data, Mapping):
-            return _fail(count, head, number, "bad_json", "not a JSON object")
-        stored = data.get("hash")
+            return ChainProblem(number, "bad_json", "not a JSON object")
         if computed is None:
             try:
                 computed = record_hash(data)
             except AuditError as exc:
-                return _fail(count, head, number, "bad_json", str(exc))
+                return ChainProblem(number, "bad_json", str(exc))
+        return self._link(number, data.get("hash"), computed, data.get("prev_hash"), data)
+
+    def _check_v2(self, number: int, raw: bytes, *, parse: bool) -> ChainProblem | None:
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        shape = v2_shape(line)
+        if shape is not None:
+            parsed = _parse_text(number, raw.decode("utf-8", "replace"))
+            if isinstance(parsed, ChainProblem):
+                return parsed
+            return ChainProblem(
+                number,
+                "hash_mismatch",
+                f"hash mismatch, the record was edited after it was written ({shape})",
+            )
+        stored = line[len(line) - TAIL + len(HASH_MEMBER) : -2].decode("ascii", "replace")
+        claimed = line[PREV_START:PREV_END].decode("ascii")
+        computed = v2_hash(line)
+        problem = self._linked(number, stored, computed, claimed)
+        if problem is not None:
+            return problem
+        data: Mapping[str, Any] = {"hash": stored}
+        if parse:  # only once the bytes verified: their hash is the finding otherwise
+            parsed = _parse_text(number, raw.decode("utf-8", "replace"))
+            if isinstance(parsed, ChainProblem):
+                return parsed
+            data = parsed
+        self.passed(computed, data)
+        return None
+
+    def _link(
+        self, number: int, stored: object, computed: str, claimed: object, data: Mapping[str, Any]
+    ) -> ChainProblem | None:
+        problem = self._linked(number, stored, computed, claimed)
+        if problem is None:
+            self.passed(computed, data)
+        return problem
+
+    def _linked(
+        self, number: int, stored: object, computed: str, claimed: object
+    ) -> ChainProblem | None:
+        """The problem with a line's hash (first) or its link to the line before, if any."""
         if stored != computed:
-            return _fail(
-                count,
-                head,
+            return ChainProblem(
                 number,
                 "hash_mismatch",
                 f"hash mismatch, the record was edited after it was written "
                 f"(stored {_short(stored)}, computed {_short(computed)})",
             )
-        claimed = data.get("prev_hash")
+        prev = self.prev
         if prev is not None and claimed != prev:
             where = (
                 "the first record does not start the chain (records before it were removed)"
                 if number == 1
                 else "a record before this one was deleted, inserted or moved"
             )
-            return _fail(
-                count,
-                head,
+            return ChainProblem(
                 number,
                 "prev_hash_mismatch",
                 f"prev_hash mismatch, {where} "
                 f"(prev_hash {_short(claimed)}, expected {_short(prev)})",
             )
-        prev = head = computed
-        count += 1
-        if on_record is not None:
-            on_record(number, data)
-    return VerifyResult(ok=True, count=count, head=head)
-
-
-# ---------------------------------------------------------------- the fast path
-
-# A written line ends with its hash member: ,"hash":"<64 hex>"} and the newline.
-_HASH_MEMBER = b',"hash":"'
-_TAIL = len(_HASH_MEMBER) + 64 + len(b'"}\n')
-_HEX = frozenset(b"0123456789abcdef")
-
-FastHasher = Callable[[bytes], "tuple[dict[str, Any], str] | None"]
-
-
-def _fast_hasher() -> FastHasher | None:
-    """The fast path of :func:`verify_chain` for raw lines, or ``None`` without orjson.
-
-    Re-encoding every record as canonical JSON with the ``json`` module costs
-    more than anything else in a verification. A line written by a sink is
-    already that canonical JSON with the hash member appended, so its hash is
-    the SHA-256 of the line's own bytes minus that member, *provided* those
-    bytes are exactly what :func:`canonical_json` makes of the parsed record.
-    The fast path proves that with orjson, several times faster: the record is
-    parsed, re-encoded with sorted keys and compared byte for byte with the
-    line. orjson's compact sorted output is byte-identical to the canonical
-    form (same separators, the same escapes, keys in code point order, the same
-    shortest float digits) except for how floats below 1e-4 or in exponent form
-    are written; a line holding such a number, or anything orjson cannot read or
-    writes differently, goes the slow path, which hashes exactly as before.
-    Either way the bytes hashed are the canonical JSON, and the result is the
-    same.
-    """
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson is a dependency
         return None
-    loads = orjson.loads
-    dumps = orjson.dumps
-    sort_keys = orjson.OPT_SORT_KEYS
-    sha256 = hashlib.sha256
-
-    def hashed(line: bytes) -> tuple[dict[str, Any], str] | None:
-        n = len(line)
-        if (
-            n <= _TAIL
-            or line[n - _TAIL : n - _TAIL + len(_HASH_MEMBER)] != _HASH_MEMBER
-            or line[n - 3 :] != b'"}\n'
-            or b"\r" in line  # text readers split lines there: the slow path does too
-        ):
-            return None
-        try:
-            data = loads(line)
-        except ValueError:
-            return None
-        if type(data) is not dict:
-            return None
-        stored = data.pop("hash", None)
-        body = line[: n - _TAIL] + b"}"
-        if (
-            type(stored) is not str
-            or len(stored) != 64
-            or not _HEX.issuperset(stored.encode())
-            or line[n - 67 : n - 3] != stored.encode()
-        ):
-            data["hash"] = stored
-            return None
-        try:
-            same = dumps(data, option=sort_keys) == body
-        except TypeError:  # e.g. an integer beyond 64 bits
-            same = False
-        data["hash"] = stored
-        if not same or not _plain_floats(body):
-            return None
-        return data, sha256(body).hexdigest()
-
-    return hashed
-
-
-def _plain_floats(body: bytes) -> bool:
-    """Whether no number in ``body`` can be written differently by json and orjson.
-
-    They differ only for floats below 1e-4 (``1e-05`` / ``0.00001``) and in the
-    exponent's digits (``1.5e-07`` / ``1.5e-7``). Conservative: a string that
-    merely looks like such a number sends the line the slow path, nothing worse.
-    """
-    if b"0.0000" in body:
-        return False
-    for marker in (b"e-", b"e+"):
-        i = body.find(marker)
-        while i > 0:
-            if 48 <= body[i - 1] <= 57:  # a digit before the e: a number's exponent
-                return False
-            i = body.find(marker, i + 2)
-    return True
 
 
 _INCOMPLETE = (
@@ -381,5 +440,18 @@ _INCOMPLETE = (
 )
 
 
-def _fail(count: int, head: str, line: int, kind: ProblemKind, message: str) -> VerifyResult:
-    return VerifyResult(ok=False, count=count, head=head, problem=ChainProblem(line, kind, message))
+def _parse_text(number: int, text: str) -> Any:
+    """A line's JSON value, or the :class:`ChainProblem` of a line that is not JSON."""
+    if not text.strip():
+        return ChainProblem(number, "bad_json", "empty line (inserted or corrupted)")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        if not text.endswith("\n"):  # only a file's last line can lack one
+            return ChainProblem(number, "bad_json", _INCOMPLETE)
+        return ChainProblem(
+            number, "bad_json", f"not valid JSON, the record is truncated or corrupted ({exc})"
+        )
+    if not isinstance(data, dict):
+        return ChainProblem(number, "bad_json", "not a JSON object")
+    return data

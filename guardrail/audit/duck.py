@@ -99,6 +99,7 @@ def duckdb_tallies(files: Sequence[str], bucket_ms: int) -> Tallies:
 def _tallies(con: Any, files: Sequence[str], bucket_ms: int) -> Tallies:
     source, params = _source(files)
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")  # not on the command's stderr
     answered = "list_contains(?::VARCHAR[], final_action)"
     con.execute(
         f"""CREATE TEMP TABLE r AS

@@ -16,6 +16,7 @@ from typing import Any
 
 from guardrail.audit.chain import HashChain
 from guardrail.audit.checkpoints import append_checkpoint, checkpoint_dict, default_checkpoint_path
+from guardrail.audit.indexwriter import INDEX_DROPPED, IndexWriter
 from guardrail.audit.keys import AuditKey
 from guardrail.audit.kinds import RECOVERY_KIND, event_dict
 from guardrail.audit.logfile import (
@@ -66,6 +67,12 @@ class JsonlSink(SinkBase):
     ``checkpoint_path`` (default ``<log>.checkpoint``), and so is a sink's last
     record when it is closed (:mod:`~guardrail.audit.checkpoints`). Opening
     such a sink counts the file's lines once.
+
+    **Index.** Unless ``index=False``, the sink keeps ``<log>.index``, the few
+    facts ``audit stats`` reads, one short row per record, and each record's
+    line commits the index's digest (:mod:`~guardrail.audit.index`,
+    :mod:`~guardrail.audit.indexwriter`). A log that exists without an index
+    stays without one. Opening a log hashes its index once.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class JsonlSink(SinkBase):
         checkpoint_every: int | None = None,
         checkpoint_path: str | os.PathLike[str] | None = None,
         key: AuditKey | None = None,
+        index: bool = True,
     ) -> None:
         if checkpoint_every is not None and (
             type(checkpoint_every) is not int or checkpoint_every < 1
@@ -105,6 +113,7 @@ class JsonlSink(SinkBase):
         self._count = 0  # records in the file (kept only with checkpoints)
         self._unanchored = False  # this sink wrote records after its last checkpoint
         self._recoveries: list[dict[str, Any]] = []
+        self._index = IndexWriter(self.path) if index else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Read-write (the tail is read to resume the chain), append-only writes.
@@ -116,6 +125,8 @@ class JsonlSink(SinkBase):
                 self._sync()
         except BaseException:
             os.close(self._fd)
+            if self._index is not None:
+                self._index.close()
             raise
 
     @property
@@ -163,14 +174,18 @@ class JsonlSink(SinkBase):
             finally:
                 fd, self._fd = self._fd, -1
                 os.close(fd)
+                if self._index is not None:
+                    self._index.close()
 
     def _file_lock(self) -> _FileLock:
         return _FileLock(self._fd)
 
     def _append(self, data: dict[str, Any], end: int) -> None:
         """Seal and write one record at ``end`` (the file's size), under both locks."""
-        sealed = self._chain.seal(data)
-        payload = (sealed.line + "\n").encode("utf-8")
+        ix = self._index
+        prepared = ix.prepare(data) if ix is not None and ix.active else None
+        sealed = self._chain.seal(data, index=None if prepared is None else prepared.hex)
+        payload = sealed.payload
         try:
             write_all(self._fd, payload)
             if self.fsync:
@@ -181,6 +196,12 @@ class JsonlSink(SinkBase):
         self._chain.advance(sealed)
         self._end = end + len(payload)
         self._count += 1
+        if prepared is not None:
+            assert ix is not None
+            try:
+                ix.commit(prepared)
+            except OSError as exc:
+                self._drop_index(exc)
         every = self.checkpoint_every
         if every is not None:
             self._unanchored = True
@@ -205,11 +226,28 @@ class JsonlSink(SinkBase):
                     self._count = count_lines(self._fd, 0, start)
             self._chain.head = head
             self._end = start
+            failure = None
+            if self._index is not None:
+                try:
+                    self._index.sync(self._fd, start)
+                except OSError as exc:
+                    failure = exc
+                    self._index.active = False
             if start < end:
                 self._recover(start, end)
+            if failure is not None:
+                self._drop_index(failure)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read audit log: {exc}") from exc
         return self._end
+
+    def _drop_index(self, exc: OSError) -> None:
+        """Stop indexing this log after a failure, and record why (under both locks)."""
+        ix, self._index = self._index, None
+        assert ix is not None
+        ix.close()
+        details = {"index": ix.path.name, "error": f"{exc.strerror or exc}"}
+        self._append(event_dict(INDEX_DROPPED, details), self._end)
 
     def _recover(self, start: int, end: int) -> None:
         details = quarantine_tail(self._fd, self.path, start, end)

@@ -25,6 +25,21 @@ from typing import Any
 from guardrail.audit.chain import GENESIS_HASH
 from guardrail.errors import AuditError
 
+
+class AuditFileError(AuditError):
+    """An audit log could not be read: ``path`` and, when known, the 1-based ``line``.
+
+    Also importable from :mod:`guardrail.audit.reader` and :mod:`guardrail.audit`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {reason}")
+
+
 QUARANTINE_INFIX = ".quarantine-"
 """Torn bytes of ``audit.jsonl`` are moved to ``audit.jsonl.quarantine-<UTC time>``."""
 

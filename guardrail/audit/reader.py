@@ -28,21 +28,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from guardrail.audit.chain import GENESIS_HASH, VerifyResult, verify_chain
 from guardrail.audit.kinds import CALL_KIND
+from guardrail.audit.logfile import AuditFileError as AuditFileError  # re-exported
 from guardrail.audit.record import AuditEntry, AuditRecord, EventRecord, parse_entry
-from guardrail.errors import AuditError
 from guardrail.types import Stage
-
-
-class AuditFileError(AuditError):
-    """An audit log could not be read: ``path`` and, when known, the 1-based ``line``."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        where = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {reason}")
-
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -122,8 +110,14 @@ def verify_file(
 
     Raises :class:`AuditFileError` only when the file cannot be read at all;
     problems inside it are reported in the result. Anchors, recoveries and counts
-    per kind: :func:`~guardrail.audit.verify.verify_log`.
+    per kind: :func:`~guardrail.audit.verify.verify_log`. Without ``on_record``
+    the file is verified by :func:`~guardrail.audit.chainscan.scan_chain`, which
+    parses no call's line of the current chain version.
     """
+    if on_record is None:
+        from guardrail.audit.chainscan import scan_chain
+
+        return scan_chain(path, genesis=genesis).chain
     return verify_chain(_raw_lines(path), genesis=genesis, on_record=on_record)
 
 

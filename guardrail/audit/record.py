@@ -233,8 +233,9 @@ class ContentRecord(_Model):
 class AuditRecord(_Model):
     """One guarded call, as written to the audit log (one JSON line).
 
-    Build it with :meth:`build`; sinks fill in ``prev_hash`` and ``hash`` when
-    they write it, so a record in hand before writing has both empty.
+    Build it with :meth:`build`; sinks fill in ``prev_hash`` and ``hash`` (and
+    ``chain``, ``index``) when they write it, so a record in hand before writing has
+    them empty.
     """
 
     schema_version: Literal[1] = 1
@@ -256,6 +257,11 @@ class AuditRecord(_Model):
     latency: Latency = Latency()
     errors: tuple[ErrorEntry, ...] = ()
     content: ContentRecord
+    chain: Literal[2] | None = None
+    """The line layout it was read from (:mod:`~guardrail.audit.linefmt`): ``2``, or
+    ``None`` for version 1 (and for a record not yet written)."""
+    index: str | None = None
+    """The digest of the log's index through this record's row, when it has one."""
     prev_hash: str = ""
     hash: str = ""
 
@@ -292,7 +298,7 @@ class AuditRecord(_Model):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record as plain JSON values (one ``model_dump``; what sinks serialise)."""
-        return self.model_dump(mode="json")
+        return _without_unset_chain(self.model_dump(mode="json"))
 
     def stage_entries(self, stage: Stage | str) -> tuple[StageRecord, ...]:
         """The checks of one stage, in the order they ran."""
@@ -322,6 +328,10 @@ class EventRecord(_Model):
     """When it happened; UTC, written as ISO-8601 with milliseconds."""
     type: str
     details: dict[str, Any] = {}
+    chain: Literal[2] | None = None
+    """As :attr:`AuditRecord.chain`."""
+    index: str | None = None
+    """As :attr:`AuditRecord.index`."""
     prev_hash: str = ""
     hash: str = ""
 
@@ -341,7 +351,15 @@ class EventRecord(_Model):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record as plain JSON values (what sinks serialise)."""
-        return self.model_dump(mode="json")
+        return _without_unset_chain(self.model_dump(mode="json"))
+
+
+def _without_unset_chain(data: dict[str, Any]) -> dict[str, Any]:
+    # A version-1 line, or a record not yet written, has no chain or index field.
+    for name in ("chain", "index"):
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
 
 
 AuditEntry: TypeAlias = AuditRecord | EventRecord

@@ -35,6 +35,7 @@ __all__ = [
     "match_dict",
     "record_kind",
     "scan",
+    "shape_problem",
     "time_key",
 ]
 
@@ -102,7 +103,7 @@ def record_kind(data: Mapping[str, Any]) -> str:
     return CALL_KIND if kind is None else str(kind)
 
 
-def _shape_problem(data: Mapping[str, Any]) -> str | None:
+def shape_problem(data: Mapping[str, Any]) -> str | None:
     """The first field a review tool reads that is missing or of the wrong type, if any."""
     if not isinstance(data.get("time"), str):
         return "time: not a string"
@@ -140,7 +141,7 @@ def parse_line(path: str, number: int, line: bytes) -> dict[str, Any] | None:
         raise AuditFileError(path, f"not valid JSON ({exc})", line=number) from None
     if not isinstance(data, dict):
         raise AuditFileError(path, "not an audit record: not a JSON object", line=number)
-    problem = _shape_problem(data)
+    problem = shape_problem(data)
     if problem is not None:
         raise AuditFileError(path, f"not an audit record: {problem}", line=number)
     return data

@@ -26,6 +26,7 @@ from typing import IO, Any, Protocol
 from guardrail.audit.chain import HashChain, SealedRecord
 from guardrail.audit.jsonl import JsonlSink
 from guardrail.audit.keys import AuditKey
+from guardrail.audit.linefmt import CHAIN_FIELDS, CHAIN_VERSION
 from guardrail.audit.sinkbase import (
     AuditSink,
     NullSink,
@@ -99,9 +100,10 @@ class LoggerSink(SinkBase):
     """Emits each record through the app's own logger as event ``guardrail.audit``.
 
     ``logger`` is anything with ``.info(event, **fields)``, typically a structlog
-    ``BoundLogger``; the record's fields (with ``prev_hash`` and ``hash``, chained
-    per sink) become the event's key-values and the app's processors render
-    them. With no logger, ``structlog.get_logger("guardrail.audit")`` is bound on
+    ``BoundLogger``; the record's fields (with ``chain``, ``prev_hash`` and
+    ``hash``, chained per sink; :func:`~guardrail.audit.chain.record_hash`
+    recomputes a hash from them) become the event's key-values and the app's
+    processors render them. With no logger, ``structlog.get_logger("guardrail.audit")`` is bound on
     the first write, after the app has had the chance to configure structlog;
     this library never configures structlog itself.
     """
@@ -120,7 +122,12 @@ class LoggerSink(SinkBase):
                 # Bind once: calls through the lazy proxy cost ~10 us more each.
                 self._logger = structlog.get_logger(AUDIT_EVENT).bind()
             sealed: SealedRecord = self._chain.seal(data)
-            fields = {**data, "prev_hash": sealed.prev_hash, "hash": sealed.hash}
+            fields = {
+                **{k: v for k, v in data.items() if k not in CHAIN_FIELDS},
+                "chain": CHAIN_VERSION,
+                "prev_hash": sealed.prev_hash,
+                "hash": sealed.hash,
+            }
             try:
                 self._logger.info(AUDIT_EVENT, **fields)
             except Exception as exc:
@@ -155,6 +162,11 @@ class AuditSettings(Protocol):
         ...
 
     @property
+    def index(self) -> bool:
+        """Whether the JSONL sink keeps the log's index."""
+        ...
+
+    @property
     def checkpoint_path(self) -> str | None:
         """The checkpoint file; ``None``: the default, next to the log."""
         ...
@@ -172,6 +184,7 @@ def sink_from_config(
         checkpoint_every=config.checkpoint_every,
         checkpoint_path=config.checkpoint_path,
         key=key,
+        index=config.index,
     )
 
 
@@ -184,11 +197,12 @@ def sink_from_settings(
     checkpoint_every: int | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     key: AuditKey | None = None,
+    index: bool = True,
 ) -> AuditSink:
     """Build the sink a policy's ``audit`` section names (``jsonl|stdout|logger|none``).
 
-    ``checkpoint_every``, ``checkpoint_path`` and ``key`` (which signs the
-    checkpoints) are the JSONL sink's, see :class:`JsonlSink`.
+    ``checkpoint_every``, ``checkpoint_path``, ``key`` (which signs the
+    checkpoints) and ``index`` are the JSONL sink's, see :class:`JsonlSink`.
     """
     if sink != "jsonl" and (checkpoint_every is not None or checkpoint_path is not None):
         raise ConfigurationError(f"audit checkpoints need sink 'jsonl' (this sink is {sink!r})")
@@ -201,6 +215,7 @@ def sink_from_settings(
             checkpoint_every=checkpoint_every,
             checkpoint_path=checkpoint_path,
             key=key,
+            index=index,
         )
     if sink == "stdout":
         return StdoutSink()

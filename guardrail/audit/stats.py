@@ -8,8 +8,13 @@
 - ``duckdb``: DuckDB's JSON reader, parallel and much faster, when the
   ``guardrail[analytics]`` extra is installed (:mod:`~guardrail.audit.duck`).
 
-Both fill the same :class:`Tallies`, which :func:`finish` turns into the
-report, so each figure is derived once. Latencies are counted in whole
+Each engine reads a log's **index** instead when every log has one that
+matches it (:mod:`~guardrail.audit.index`: a short row per record, written by
+the JSONL sink and bound to the log by its hash chain; read by
+:mod:`~guardrail.audit.indexstats`), and the logs themselves otherwise
+(:attr:`AuditStats.source` says which, and why). All of them fill the same
+:class:`Tallies`, which :func:`finish` turns into the report, so each figure is
+derived once. Latencies are counted in whole
 microseconds (rounded half up) and percentiles are nearest-rank, an observed
 value: the engines agree exactly, and the Python engine's memory grows with the
 number of distinct microsecond values, not with the number of records.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -31,20 +37,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from guardrail.audit.index import BoundIndex, check_index, snapshot_index
 from guardrail.audit.kinds import iso_ms
-from guardrail.audit.scan import epoch_ms, iter_lines, parse_line
+from guardrail.audit.scan import iter_lines, parse_line
 from guardrail.audit.tally import (
-    ANSWERED_ACTIONS,
     BASE_BUCKET_MS,
     LATENCY_BIN_EDGES_US,
     LATENCY_NAMES,
-    UNNECESSARY_REFUSAL,
     BucketTally,
     Quantiles,
+    RecordKey,
     Tallies,
     histogram,
-    micros,
     nearest_rank,
+    record_facts,
 )
 from guardrail.errors import ConfigurationError, MissingDependencyError
 
@@ -162,6 +168,10 @@ class AuditStats(_Frozen):
 
     engine: str
     """``python`` or ``duckdb``: which engine computed it (the figures are the same)."""
+    source: Literal["index", "log"] = "log"
+    """What was read: the logs' indexes, or the logs themselves (the figures are the same)."""
+    source_note: str = ""
+    """Why the logs were read although an index was asked for (empty otherwise)."""
     records: int = 0
     """Records of every kind."""
     calls: int = 0
@@ -220,7 +230,14 @@ def _iso(ms: int) -> str:
     return iso_ms(datetime.fromtimestamp(ms / 1000, tz=timezone.utc))
 
 
-def finish(t: Tallies, *, engine: str, bucket_ms: int | None) -> AuditStats:
+def finish(
+    t: Tallies,
+    *,
+    engine: str,
+    bucket_ms: int | None,
+    source: Literal["index", "log"] = "log",
+    source_note: str = "",
+) -> AuditStats:
     """The report from an engine's tallies; ``bucket_ms=None`` picks a size for the span."""
     size = bucket_ms
     buckets = t.buckets
@@ -252,6 +269,8 @@ def finish(t: Tallies, *, engine: str, bucket_ms: int | None) -> AuditStats:
     kinds.setdefault("call", 0)
     return AuditStats(
         engine=engine,
+        source=source,
+        source_note=source_note,
         records=sum(t.kinds.values()),
         calls=calls,
         first_time=_iso(t.first_ms) if t.first_ms is not None else None,
@@ -289,95 +308,54 @@ def finish(t: Tallies, *, engine: str, bucket_ms: int | None) -> AuditStats:
 # ------------------------------------------------------------------ the Python engine
 
 
-class _PythonTally:
-    """Counts record dicts one at a time (the Python engine's hot loop)."""
+CALL_LATENCIES = ("guard", "upstream", "total")
+"""The latencies of a whole call, in the order :func:`record_facts` gives them."""
+
+
+class PythonTally:
+    """Counts records one at a time by their facts (the Python engines' hot loop).
+
+    Records are counted per ``(time bucket, key)`` and latencies per microsecond;
+    :meth:`tallies` turns each distinct pair into counts once.
+    """
 
     def __init__(self, bucket_ms: int) -> None:
-        self.t = Tallies(bucket_ms=bucket_ms)
+        self.bucket_ms = bucket_ms
+        self.groups: Counter[tuple[int, RecordKey]] = Counter()
         self.lat: dict[str, Counter[int]] = {name: Counter() for name in LATENCY_NAMES}
+        self.first_ms: int | None = None
+        self.last_ms: int | None = None
 
     def add(self, data: dict[str, Any]) -> None:
-        t = self.t
-        ms = epoch_ms(data["time"])
-        if t.first_ms is None or ms < t.first_ms:
-            t.first_ms = ms
-        if t.last_ms is None or ms > t.last_ms:
-            t.last_ms = ms
-        index = ms // t.bucket_ms
-        bucket = t.buckets.get(index)
-        if bucket is None:
-            bucket = t.buckets[index] = BucketTally()
-        kind = data.get("kind")
-        if kind is not None:
-            t.kinds[str(kind)] += 1
-            t.events[str(data["type"])] += 1
-            bucket.events += 1
-            return
-        t.kinds["call"] += 1
-        bucket.calls += 1
-        action = data["final_action"]
-        t.actions[action] += 1
-        bucket.actions[action] += 1
-        flags = data["flags"]
-        t.flags.update(flags)
-        unnecessary = UNNECESSARY_REFUSAL in flags
-        bucket.unnecessary += unnecessary
-        rules = set()
-        responded = refused = False
+        """Count one record dict (errors as :func:`record_facts`)."""
+        ms, key, times, checks = record_facts(data)
+        self.groups[ms // self.bucket_ms, key] += 1
+        if self.first_ms is None or ms < self.first_ms:
+            self.first_ms = ms
+        if self.last_ms is None or ms > self.last_ms:
+            self.last_ms = ms
         lat = self.lat
-        for entry in data["stages"]:
-            stage = entry["stage"]
-            rules.add(entry["decision"]["rule_id"])
-            t.checks[stage] += 1
-            if entry.get("error") is not None:
-                t.guard_errors += 1
-                bucket.guard_errors += 1
-            latency = entry.get("latency_s")
-            if latency is not None:
-                lat.setdefault("guard." + stage, Counter())[micros(latency)] += 1
-            verdict = entry.get("verdict")
-            if stage == "response":
-                responded = True
-            if verdict is None:
-                continue
-            level = verdict.get("level")
-            if level is not None:
-                t.levels[stage, level] += 1
-            category = verdict.get("category")
-            if category is not None:
-                t.categories[stage, category] += 1
-            if stage == "response":
-                t.response_checks += 1
-                if verdict.get("refusal") is True:
-                    t.refusal_checks += 1
-                    refused = True
-        t.rules.update(rules)
-        if responded and action in ANSWERED_ACTIONS:
-            t.answered += 1
-            t.unnecessary += unnecessary
-        if refused:
-            t.refused += 1
-            t.refused_unnecessary += unnecessary
-        latency_record = data.get("latency")
-        if isinstance(latency_record, dict):
-            for key, name in (
-                ("guard_s", "guard"),
-                ("upstream_s", "upstream"),
-                ("total_s", "total"),
-            ):
-                value = latency_record.get(key)
-                if value is not None:
-                    lat[name][micros(value)] += 1
+        for stage, us in checks:
+            lat.setdefault("guard." + str(stage), Counter())[us] += 1
+        for name, value in zip(CALL_LATENCIES, times, strict=True):
+            if value is not None:
+                lat[name][value] += 1
 
     def tallies(self) -> Tallies:
-        self.t.latency = {name: nearest_rank(c) for name, c in self.lat.items() if c}
-        self.t.latency_hist = {name: histogram(c) for name, c in self.lat.items() if c}
-        return self.t
+        """The counts collected so far."""
+        t = Tallies(bucket_ms=self.bucket_ms)
+        for (index, key), n in self.groups.items():
+            t.add_key(index, key, n)
+        if self.first_ms is not None and self.last_ms is not None:
+            t.see_time(self.first_ms, self.last_ms)
+        t.latency = {name: nearest_rank(c) for name, c in self.lat.items() if c}
+        t.latency_hist = {name: histogram(c) for name, c in self.lat.items() if c}
+        return t
 
 
 def python_tallies(paths: Sequence[str | os.PathLike[str]], bucket_ms: int) -> Tallies:
     """The Python engine: one streaming pass over the logs' record dicts."""
-    tally = _PythonTally(bucket_ms)
+    tally = PythonTally(bucket_ms)
     for p in paths:
         path = os.fspath(p)
         for number, line in iter_lines(path):
@@ -410,13 +388,16 @@ def compute_stats(
     *,
     bucket: str | None = None,
     engine: Engine = "auto",
+    index: bool = True,
 ) -> AuditStats:
     """Read the logs once and add them up (see :class:`AuditStats`).
 
     ``bucket`` is the time bucket size (``15m``, ``1h``, ``1d``...; default: chosen
     from the logs' span). ``engine``: ``duckdb`` (needs ``guardrail[analytics]``),
-    ``python``, or ``auto``, DuckDB when installed. Both give the same figures. A
-    line that is not a record raises
+    ``python``, or ``auto``, DuckDB when installed. With ``index`` (the default),
+    the logs' indexes are read when every log has one that matches it
+    (:func:`~guardrail.audit.index.bind_index`), the logs otherwise. Every way
+    gives the same figures. A line that is not a record raises
     :class:`~guardrail.audit.reader.AuditFileError` naming the file and line.
     """
     files = [os.fspath(p) for p in paths]
@@ -425,13 +406,64 @@ def compute_stats(
     use_duckdb = engine == "duckdb" or (engine == "auto" and duckdb_available())
     if engine == "duckdb" and not duckdb_available():
         raise MissingDependencyError("duckdb", "analytics")
+    name = "duckdb" if use_duckdb else "python"
+    note = ""
+    if index and files:
+        found = _snapshots(files)
+        if isinstance(found, str):
+            note = found
+        else:
+            from guardrail.audit.indexstats import (
+                IndexReadError,
+                duckdb_index_tallies,
+                python_index_tallies,
+            )
+
+            read = duckdb_index_tallies if use_duckdb else python_index_tallies
+            # The indexes are hashed while they are read (hashlib and DuckDB both let
+            # go of the GIL), and the figures are used only if every digest matched.
+            problems: list[str] = []
+            checking = threading.Thread(target=_check, args=(found, problems))
+            checking.start()
+            failed = ""
+            try:
+                tallies = read(found, collect)
+            except IndexReadError as exc:
+                failed = f"index not used: {exc}"
+            finally:
+                checking.join()
+            if not problems and not failed:
+                return finish(tallies, engine=name, bucket_ms=size, source="index")
+            note = problems[0] if problems else failed
     if use_duckdb:
         from guardrail.audit.duck import DuckReadError, duckdb_tallies
 
         try:
-            return finish(duckdb_tallies(files, collect), engine="duckdb", bucket_ms=size)
+            return finish(
+                duckdb_tallies(files, collect), engine=name, bucket_ms=size, source_note=note
+            )
         except DuckReadError:
             # DuckDB could not read a line: the Python engine names the file and line
             # (AuditFileError), or reads what DuckDB could not, with the same meaning.
             pass
-    return finish(python_tallies(files, collect), engine="python", bucket_ms=size)
+    return finish(python_tallies(files, collect), engine="python", bucket_ms=size, source_note=note)
+
+
+def _snapshots(files: Sequence[str]) -> list[BoundIndex] | str:
+    """Every log's index as it stands (not yet hashed), or why one has none (naming it)."""
+    found = []
+    for path in files:
+        snapshot = snapshot_index(path)
+        if isinstance(snapshot, str):
+            return f"{path}: {snapshot}"
+        found.append(snapshot)
+    return found
+
+
+def _check(indexes: Sequence[BoundIndex], problems: list[str]) -> None:
+    """Hash each index against the digest its log commits; note the first problem."""
+    for bound in indexes:
+        problem = check_index(bound)
+        if problem is not None:
+            problems.append(f"{bound.log}: {problem}")
+            return

@@ -12,6 +12,12 @@ kept outside the log that a log cut at the end no longer reaches:
   checkpoint must carry a valid signature; without, signatures go unchecked
   (and are reported so).
 
+When the log has an index (:mod:`~guardrail.audit.index`), it is checked
+against the digests the records commit (:mod:`~guardrail.audit.indexcheck`):
+an index edited after it was written is a finding, one a crash left behind is
+not. A live log is verified as it was when the verification started: the log
+and its index are read up to their sizes then.
+
 It also reports what the log holds: records per kind, and each **recovery**
 (a torn last line a sink moved aside after a crash), with whether the
 quarantine file next to the log is still there and matches the recorded
@@ -25,17 +31,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from guardrail.audit.chain import VerifyResult
+from guardrail.audit.chainscan import scan_chain
 from guardrail.audit.checkpoints import BadCheckpoint, Checkpoint, read_checkpoints
+from guardrail.audit.index import IndexFile, index_path, read_index
+from guardrail.audit.indexcheck import IndexCheck, index_sizes, judge_index
 from guardrail.audit.keys import AuditKey
-from guardrail.audit.kinds import CALL_KIND, RECOVERY_KIND
-from guardrail.audit.reader import verify_file
+from guardrail.audit.kinds import RECOVERY_KIND
+from guardrail.audit.logfile import AuditFileError
 from guardrail.errors import ConfigurationError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -83,11 +91,20 @@ class LogVerification:
     """Verified records per kind (``call``, ``event``, ``recovery``...)."""
     recoveries: tuple[RecoveryNote, ...] = ()
     anchors: tuple[AnchorCheck, ...] = ()
+    index: IndexCheck | None = None
+    """The log's index checked against it (``None``: the log has none)."""
 
     @property
     def ok(self) -> bool:
-        """The chain is intact and every anchor holds (recoveries do not count against it)."""
-        return self.chain.ok and all(a.ok for a in self.anchors)
+        """The chain is intact, every anchor holds and the index, if any, is not edited.
+
+        Recoveries, and an index a crash left behind, do not count against it.
+        """
+        return (
+            self.chain.ok
+            and all(a.ok for a in self.anchors)
+            and (self.index is None or self.index.ok)
+        )
 
     @property
     def count(self) -> int:
@@ -151,25 +168,39 @@ def verify_log(
             usable.append((entry, signature))
 
     log = Path(path)
-    positions = {c.count for c, _ in usable}
-    hashes: dict[int, str] = {}
-    kinds: Counter[str] = Counter()
+    ix_path = index_path(log)
+    sizes = index_sizes(log, ix_path)
+    state: IndexFile | None = None
+    if sizes is not None:
+        try:
+            with open(ix_path, "rb") as ix:
+                state = read_index(ix.fileno(), sizes[1])
+        except OSError as exc:
+            raise AuditFileError(ix_path, f"cannot read index: {exc.strerror or exc}") from exc
     recoveries: list[RecoveryNote] = []
-    head_at: int | None = None
 
-    def observe(number: int, data: Mapping[str, Any]) -> None:
-        nonlocal head_at
-        kind = data.get("kind", CALL_KIND)
-        kinds[kind if isinstance(kind, str) else "?"] += 1
-        digest = data["hash"]
-        if number in positions:
-            hashes[number] = digest
-        if head_at is None and digest == expect_head:
-            head_at = number
-        if kind == RECOVERY_KIND:
+    def other(number: int, data: Mapping[str, Any]) -> None:
+        if data.get("kind") == RECOVERY_KIND:
             recoveries.append(_recovery_note(log, number, data))
 
-    chain = verify_file(log, on_record=observe)
+    scan = scan_chain(
+        log,
+        positions=frozenset(c.count for c, _ in usable),
+        expect_head=expect_head,
+        on_other=other,
+        limit=None if sizes is None else sizes[0],
+    )
+    chain = scan.chain
+    hashes = scan.hashes
+    head_at = scan.head_at
+    index = judge_index(
+        log,
+        ix_path,
+        scan,
+        state,
+        log_size=None if sizes is None else sizes[0],
+        index_size=0 if sizes is None else sizes[1],
+    )
     broken = "" if chain.ok else f" (the chain breaks at line {_break_line(chain)} first)"
     count = chain.count
 
@@ -205,9 +236,10 @@ def verify_log(
     return LogVerification(
         path=str(path),
         chain=chain,
-        kinds=dict(kinds),
+        kinds=dict(scan.kinds),
         recoveries=tuple(recoveries),
         anchors=tuple(checks),
+        index=index,
     )
 
 

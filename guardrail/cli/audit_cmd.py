@@ -73,9 +73,11 @@ def add_parser(sub: Any) -> None:
             "give an anchor kept elsewhere to catch that (--expect-head, --min-count, "
             "--checkpoint). A LOG is a file with the worker files of a multi-worker "
             "gateway next to it (audit.w0.jsonl...), or a directory of logs: each file's "
-            "chain is verified on its own. Exit 0 when every chain is intact and every "
-            "anchor holds (crash recoveries are listed, not failures), 1 with WHERE: "
-            "problem for each finding, 2 when a file cannot be read or a flag is wrong."
+            "chain is verified on its own, and its index (FILE.index), if any, against the "
+            "digests its records commit. Exit 0 when every chain is intact, every anchor "
+            "holds and no index is edited (crash recoveries, and an index a crash left "
+            "behind, are listed, not failures), 1 with WHERE: problem for each finding, 2 "
+            "when a file cannot be read or a flag is wrong."
         ),
     )
     verify.add_argument("files", metavar="LOG", nargs="+")
@@ -266,6 +268,7 @@ def verify_json(result: LogVerification) -> dict[str, Any]:
         "problem": None if problem is None else dataclasses.asdict(problem),
         "anchors": [dataclasses.asdict(a) for a in result.anchors],
         "recoveries": [dataclasses.asdict(r) for r in result.recoveries],
+        "index": None if result.index is None else dataclasses.asdict(result.index),
     }
 
 
@@ -279,6 +282,9 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
             where = anchor.anchor if anchor.line is None else f"{path}:{anchor.line}"
             what = "" if anchor.line is None else f"{anchor.anchor}: "
             lines.append(f"{where}: {what}{anchor.message}")
+    index = result.index
+    if index is not None and not index.ok:
+        lines.append(f"{index.path}:{index.line}: {index.message}")
     count = f"{result.count} records"
     others = {k: n for k, n in result.kinds.items() if k != "call"}
     if others:
@@ -288,7 +294,7 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
     if result.ok:
         lines.append(f"OK  {path}  {count}, chain intact")
     elif problem is None:
-        lines.append(f"    {path}  {count}, chain intact, anchor findings above")
+        lines.append(f"    {path}  {count}, chain intact, findings above")
     else:
         lines.append(f"    {path}  {count} verified before line {problem.line}")
     lines.append(f"  head        {result.head}")
@@ -306,6 +312,8 @@ def _verify_text(path: str, result: LogVerification, *, checkpoint_given: bool) 
     for anchor in result.anchors:  # failures are listed first, as findings
         if anchor.ok:
             lines.append(f"  anchor      {anchor.anchor}: ok, {anchor.message}")
+    if index is not None and index.ok:
+        lines.append(f"  index       {index.path}: {index.state}, {index.message}")
     sibling = default_checkpoint_path(path)
     if not checkpoint_given and sibling.exists():
         lines.append(f"  note        {sibling} exists: check the log against it with --checkpoint")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from guardrail.audit.export import CSV_COLUMNS, csv_row
+from guardrail.audit.index import index_path
 from guardrail.audit.kinds import CALL_KIND, RECORD_KINDS
 from guardrail.audit.reader import RecordFilter
 from guardrail.audit.report_html import ChainStatus, render_report
@@ -115,8 +116,9 @@ def add_review_parsers(cmds: Any, choice: Callable[[Any], Choice], iso: Any) -> 
             "time bucket; the over-refusal rate; guard latency per check stage, upstream "
             "and total latency (p50/p95/p99); guard errors and circuit breaker events. "
             "Uses DuckDB when guardrail[analytics] is installed (--engine python for the "
-            "pure-Python scan; both give the same figures). Exit 0, or 2 when a log cannot "
-            "be read or a line is not a record."
+            "pure-Python scan; both give the same figures), and reads each log's index "
+            "(LOG.index, written by the JSONL sink) when every log has one that matches it. "
+            "Exit 0, or 2 when a log cannot be read or a line is not a record."
         ),
     )
     stats.add_argument("files", metavar="LOG", nargs="+")
@@ -131,6 +133,9 @@ def add_review_parsers(cmds: Any, choice: Callable[[Any], Choice], iso: Any) -> 
         choices=("auto", "duckdb", "python"),
         default="auto",
         help="auto (default): duckdb when installed, else python",
+    )
+    stats.add_argument(
+        "--no-index", action="store_true", help="read the logs themselves, not their indexes"
     )
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=run_stats)
@@ -162,6 +167,9 @@ def add_review_parsers(cmds: Any, choice: Callable[[Any], Choice], iso: Any) -> 
         choices=("auto", "duckdb", "python"),
         default="auto",
         help="the stats engine, as for stats",
+    )
+    report.add_argument(
+        "--no-index", action="store_true", help="read the logs themselves, as for stats"
     )
     report.set_defaults(func=run_report)
 
@@ -376,7 +384,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     """``audit stats`` (``summary``): the statistics as tables or JSON; exit 0."""
     logs = expand_logs(args.files)
-    result = compute_stats(logs, bucket=args.bucket, engine=args.engine)
+    result = _compute(logs, args)
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -390,6 +398,14 @@ def run_stats(args: argparse.Namespace) -> int:
             print(title)
             print(_aligned([header, *rows]))
     return 0
+
+
+def _compute(logs: Sequence[str], args: argparse.Namespace) -> AuditStats:
+    """The statistics of ``stats`` and ``report``; says on stderr why an index was not used."""
+    result = compute_stats(logs, bucket=args.bucket, engine=args.engine, index=not args.no_index)
+    if result.source_note and any(index_path(f).exists() for f in logs):
+        print(f"note: reading the logs, not their indexes: {result.source_note}", file=sys.stderr)
+    return result
 
 
 Section = tuple[str, tuple[str, ...], list[tuple[str, ...]]]
@@ -408,7 +424,8 @@ def _stats_title(files: Sequence[str], s: AuditStats) -> str:
     others = s.records - s.calls
     extra = f", {others} other records" if others else ""
     logs = files[0] if len(files) == 1 else f"{len(files)} logs"
-    return f"{logs}: {s.calls} calls{extra}{span}  [engine {s.engine}]"
+    source = ", index" if s.source == "index" else ""
+    return f"{logs}: {s.calls} calls{extra}{span}  [engine {s.engine}{source}]"
 
 
 def stats_sections(s: AuditStats) -> list[Section]:
@@ -537,7 +554,7 @@ def _numeric(cell: str) -> bool:
 def run_report(args: argparse.Namespace) -> int:
     """``audit report``: the statistics and each log's chain as one HTML file; exit 0."""
     logs = expand_logs(args.files)
-    result = compute_stats(logs, bucket=args.bucket, engine=args.engine)
+    result = _compute(logs, args)
     chains = [ChainStatus.of(path, verify_log(path)) for path in logs]
     page = render_report(result, chains, title=args.title, logs=logs)
     with open(args.output, "w", encoding="utf-8") as fh:

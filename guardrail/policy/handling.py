@@ -103,6 +103,9 @@ class AuditConfig(StrictModel):
     """``content: truncated`` only: characters kept of each text."""
     fsync: StrictBool = False
     """``jsonl`` only: fsync after each record (durable, slower)."""
+    index: StrictBool = True
+    """``jsonl`` only: keep ``<path>.index``, one short row per record bound to the log
+    by its hash chain, which ``guardrail audit stats`` reads instead of the log."""
     checkpoint_every: Annotated[StrictInt, Field(gt=0)] | None = None
     """``jsonl`` only: after every N records (and when the sink closes), append the
     log's record count and head hash to ``checkpoint_path``, an anchor that catches
@@ -121,7 +124,7 @@ class AuditConfig(StrictModel):
     @model_validator(mode="after")
     def _check_used(self) -> AuditConfig:
         given = self.model_fields_set
-        for name in ("path", "fsync", "checkpoint_every"):
+        for name in ("path", "fsync", "index", "checkpoint_every"):
             if name in given and self.sink != "jsonl":
                 raise FieldValueError(
                     f"only used with sink 'jsonl' (this sink is {self.sink!r})", name
