@@ -20,12 +20,14 @@ from guardrail.types import Verdict
 __all__ = ["BreakerClassifier", "BreakerScorer"]
 
 R = TypeVar("R")
+A = TypeVar("A")
 
 
-def _guarded(breaker: CircuitBreaker, fn: Callable[[], R]) -> R:
+def _guarded(breaker: CircuitBreaker, fn: Callable[[A], R], arg: A) -> R:
+    # fn and its argument, not a closure: this runs for every check.
     permit = breaker.acquire(deadline.current())
     try:
-        result = fn()
+        result = fn(arg)
     except BaseException as exc:
         breaker.ended(permit, exc)
         raise
@@ -33,10 +35,10 @@ def _guarded(breaker: CircuitBreaker, fn: Callable[[], R]) -> R:
     return result
 
 
-async def _aguarded(breaker: CircuitBreaker, fn: Callable[[], Awaitable[R]]) -> R:
+async def _aguarded(breaker: CircuitBreaker, fn: Callable[[A], Awaitable[R]], arg: A) -> R:
     permit = breaker.acquire(deadline.current())
     try:
-        result = await fn()
+        result = await fn(arg)
     except BaseException as exc:
         breaker.ended(permit, exc)
         raise
@@ -65,11 +67,11 @@ class BreakerClassifier:
 
     def classify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
         """The wrapped ``classify``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
-        return _guarded(self.breaker, lambda: self.inner.classify(inputs))
+        return _guarded(self.breaker, self.inner.classify, inputs)
 
     async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
         """Async twin of :meth:`classify`."""
-        return await _aguarded(self.breaker, lambda: self.inner.aclassify(inputs))
+        return await _aguarded(self.breaker, self.inner.aclassify, inputs)
 
 
 class BreakerScorer:
@@ -89,8 +91,8 @@ class BreakerScorer:
 
     def score(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """The wrapped ``score``, or :class:`~guardrail.errors.CircuitOpenError` at once."""
-        return _guarded(self.breaker, lambda: self.inner.score(pairs))
+        return _guarded(self.breaker, self.inner.score, pairs)
 
     async def ascore(self, pairs: Sequence[RewardPair]) -> list[RewardScore]:
         """Async twin of :meth:`score`."""
-        return await _aguarded(self.breaker, lambda: self.inner.ascore(pairs))
+        return await _aguarded(self.breaker, self.inner.ascore, pairs)

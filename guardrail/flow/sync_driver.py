@@ -91,12 +91,20 @@ class _Timed(Handle[T]):
     as much as an instant check).
     """
 
-    __slots__ = ("error", "fn", "future", "ran_here", "started", "t0", "timeout", "value")
+    __slots__ = ("error", "fn", "future", "pace", "ran_here", "started", "t0", "timeout", "value")
 
-    def __init__(self, job: Job[T], fn: Callable[[], T], timeout: float | None) -> None:
+    def __init__(
+        self,
+        job: Job[T],
+        fn: Callable[[], T],
+        timeout: float | None,
+        pace: CheckPace | None = None,
+    ) -> None:
         super().__init__(job)
         self.fn = fn
         self.timeout = timeout
+        self.pace = pace
+        """Told how long the job ran (checks only: scorings do not pace the guard)."""
         self.t0 = 0.0
         self.started: threading.Event | None = None
         """Set once a pooled job starts running (its deadline counts from then)."""
@@ -115,6 +123,8 @@ class _Timed(Handle[T]):
             return self.fn()
         finally:
             deadline.leave(token)
+            if self.pace is not None:
+                self.pace.record(time.perf_counter() - self.t0)
 
     def run_here(self, timeout: float | None) -> None:
         """Run on the caller's thread; an overrun of ``timeout`` becomes a timeout error."""
@@ -223,9 +233,9 @@ class SyncDriver:
     def _start(self, effect: Start[Any]) -> Handle[Any]:
         job = effect.job
         if isinstance(job, Classify):
-            stage, conversations = job.stage, job.conversations
+            stage, conversations, classify = job.stage, job.conversations, self._classify
             return self._start_timed(
-                _Timed(job, lambda: self._paced(stage, conversations), self._timeout),
+                _Timed(job, lambda: classify(stage, conversations), self._timeout, self._pace),
                 inline=self._pace.inline,
             )
         if isinstance(job, Score):
@@ -241,13 +251,6 @@ class SyncDriver:
         if isinstance(job, ReadChunk):
             return self._defer(_Deferred(job, next, job.stream, END))
         raise TypeError(f"unexpected job {job!r}")
-
-    def _paced(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
-        started = time.perf_counter()
-        try:
-            return self._classify(stage, conversations)
-        finally:
-            self._pace.record(time.perf_counter() - started)
 
     def _start_timed(self, handle: _Timed[T], *, inline: bool) -> _Timed[T]:
         if inline:
