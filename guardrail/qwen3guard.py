@@ -209,9 +209,15 @@ def _normalise(items: Sequence[Any], *, include_system: bool, response: bool) ->
     last = len(items) - 1
     for i, raw in enumerate(items):
         where = "response" if response and i == last else f"messages[{i}]"
-        message = as_mapping(raw, where)
+        message = raw if type(raw) is dict else as_mapping(raw, where)
         role = message.get("role")
-        text = _content_text(message.get("content"), f"{where}.content", out.skipped)
+        content = message.get("content")
+        # Plain text first: the common case needs no part walking.
+        text = (
+            content
+            if type(content) is str
+            else _content_text(content, f"{where}.content", out.skipped)
+        )
         out.last_reasoning = None
         if role == "user":
             out.messages.append(GuardMessage("user", text))
@@ -223,8 +229,10 @@ def _normalise(items: Sequence[Any], *, include_system: bool, response: bool) ->
                 reasoning = field_reasoning.strip()
             refusal = message.get("refusal")
             extra = [refusal] if isinstance(refusal, str) and refusal else []
-            extra += _tool_call_lines(message, where)
-            answer = "\n".join(p for p in (answer, *extra) if p)
+            if message.get("tool_calls") or message.get("function_call"):
+                extra += _tool_call_lines(message, where)
+            if extra:
+                answer = "\n".join(p for p in (answer, *extra) if p)
             out.messages.append(GuardMessage("assistant", answer))
             out.last_reasoning = reasoning
         elif role in ("tool", "function"):
@@ -260,7 +268,7 @@ def guard_inputs(
     :class:`~guardrail.errors.ConfigurationError`.
     """
     try:
-        mode = ReasoningMode(reasoning)
+        mode = reasoning if type(reasoning) is ReasoningMode else ReasoningMode(reasoning)
     except ValueError:
         choices = ", ".join(m.value for m in ReasoningMode)
         raise ConfigurationError(
@@ -442,7 +450,7 @@ def parse_verdict(
     :class:`~guardrail.errors.ConfigurationError`.
     """
     try:
-        stage = Stage(stage)
+        stage = stage if type(stage) is Stage else Stage(stage)
     except ValueError:
         raise ConfigurationError(f"unknown stage {stage!r}; expected prompt or response") from None
     if not isinstance(text, str):

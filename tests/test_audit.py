@@ -1499,3 +1499,22 @@ async def test_a_sink_that_says_nothing_is_written_off_the_event_loop() -> None:
     await guard.acheck_prompt([{"role": "user", "content": "hi"}])
     assert len(sink.records) == 1
     assert seen[0] != loop_thread
+
+
+def test_request_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from guardrail.audit import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.hex == rid
+        assert len(rid) == 32
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # The random bits vary: every hex position but the version digit takes several values.
+    for pos in range(32):
+        seen = {rid[pos] for rid in ids}
+        assert len(seen) == 1 if pos == 12 else len(seen) > 2, pos

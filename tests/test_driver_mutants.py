@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import signal
 import sys
 import threading
 import time
@@ -1397,3 +1398,36 @@ async def test_an_async_race_answers_read_when_only_the_read_has_ended() -> None
     driver, _ = async_driver(classify)
     flow = race(AsyncStream(aiter_of("chunk")), release.set)
     assert await asyncio.wait_for(driver.run(flow), WAIT_S) == ("read", "chunk")
+
+
+class _Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt delivered while the caller waits."""
+
+
+def test_a_sync_caller_interrupted_during_a_run_drops_the_running_check(pools: Any) -> None:
+    release, closed = threading.Event(), threading.Event()
+
+    class Answer(list[Verdict]):
+        def close(self) -> None:  # what a dropped job's late answer gets
+            closed.set()
+
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
+        release.wait(WAIT_S)
+        return Answer(verdicts(stage, conversations))
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    driver, audits = sync_driver(pools, classify, pace=CheckPace())  # the check is pooled
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(_Interrupted):
+            driver.run(direct_check())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(audits) == 1  # the abandoned call is still audited
+    assert not closed.is_set()
+    release.set()
+    assert closed.wait(WAIT_S), "the interrupted run's check was not dropped"

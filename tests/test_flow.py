@@ -36,6 +36,7 @@ from guardrail.flow.effects import (
     Flow,
     Handle,
     ReadChunk,
+    Run,
     Score,
     Start,
     WaitFirst,
@@ -85,6 +86,8 @@ class Script:
     def perform(self, effect: Effect) -> Any:
         if isinstance(effect, Start):
             return ScriptHandle(effect.job, next(self._ids))
+        if isinstance(effect, Run):
+            return self.run(effect.job)
         if isinstance(effect, Await):
             handle = effect.handle
             assert isinstance(handle, ScriptHandle)
@@ -142,11 +145,11 @@ class Script:
                 error = exc
 
     def kinds(self) -> list[str]:
-        """The log as effect names, jobs spelled out (``Start:CallUpstream``)."""
+        """The log as effect names, jobs spelled out (``Start:CallUpstream``, ``Run:Classify``)."""
         out = []
         for effect in self.log:
-            if isinstance(effect, Start | Await | Cancel):
-                job = effect.job if isinstance(effect, Start) else effect.handle.job
+            if isinstance(effect, Start | Run | Await | Cancel):
+                job = effect.job if isinstance(effect, Start | Run) else effect.handle.job
                 out.append(f"{type(effect).__name__}:{type(job).__name__}")
             else:
                 out.append(type(effect).__name__)
@@ -240,8 +243,7 @@ def test_a_blocked_prompt_cancels_the_raced_upstream_call() -> None:
         run_completion(script, settings, ask("how to build a bomb"))
     assert script.kinds() == [
         "Start:CallUpstream",  # raced with the prompt check
-        "Start:Classify",
-        "Await:Classify",
+        "Run:Classify",
         "Cancel:CallUpstream",
         "Audit",
     ]
@@ -265,10 +267,9 @@ def test_a_blocked_prompt_can_answer_with_the_block_message() -> None:
 def test_an_allowed_prompt_awaits_the_raced_call() -> None:
     script = Script()
     result = run_completion(script, FlowSettings.of(policy()), ask("capital of France?"))
-    assert script.kinds()[:4] == [
+    assert script.kinds()[:3] == [
         "Start:CallUpstream",
-        "Start:Classify",
-        "Await:Classify",
+        "Run:Classify",
         "Await:CallUpstream",
     ]
     assert "Cancel:CallUpstream" not in script.kinds()
@@ -280,9 +281,9 @@ def test_sequential_mode_calls_the_upstream_after_the_check() -> None:
     settings = FlowSettings.of(policy("execution: {mode: sequential}\n"))
     with pytest.raises(BlockedError):
         run_completion(script, settings, ask("bomb"))
-    assert script.kinds() == ["Start:Classify", "Await:Classify", "Audit"]
+    assert script.kinds() == ["Run:Classify", "Audit"]
     run_completion(script, settings, ask("hello"))
-    assert script.kinds()[3:6] == ["Start:Classify", "Await:Classify", "Start:CallUpstream"]
+    assert script.kinds()[2:4] == ["Run:Classify", "Run:CallUpstream"]
 
 
 def test_a_rewritten_prompt_cancels_the_raced_call_and_asks_again() -> None:
@@ -296,9 +297,9 @@ def test_a_rewritten_prompt_cancels_the_raced_call_and_asks_again() -> None:
     kinds = script.kinds()
     assert kinds[:4] == [
         "Start:CallUpstream",
-        "Start:Classify",
-        "Await:Classify",
+        "Run:Classify",
         "Cancel:CallUpstream",
+        "Run:CallUpstream",  # the rewritten prompt's own call
     ]
     (sent,) = script.calls
     assert sent["messages"][0] == {"role": "system", "content": "Be careful."}
@@ -584,23 +585,21 @@ def test_an_abandoned_stream_still_cleans_up_and_emits_nothing_more() -> None:
     assert not stepper.abandon()  # finished: nothing more to abandon
 
 
-def test_a_check_abandoned_while_awaited_cancels_its_job_then_audits() -> None:
+def test_a_check_abandoned_while_it_runs_is_audited_and_its_job_left_to_the_driver() -> None:
     script = Script()
     messages = ask("hi")["messages"]
     stepper = Stepper(check_flow(FlowSettings.of(policy()), Stage.PROMPT, messages, None, None))
-    start = stepper.next_effect()
-    assert isinstance(start, Start)
-    handle = script.perform(start)
-    stepper.resolve(handle)
-    assert isinstance(stepper.next_effect(), Await)
+    run = stepper.next_effect()
+    assert isinstance(run, Run)
+    assert isinstance(run.job, Classify)
     assert stepper.abandon()  # the caller went away while the check ran
     after: list[Effect] = []
     while (effect := stepper.next_effect()) is not None:
         after.append(effect)
         stepper.resolve(script.perform(effect))
-    assert isinstance(after[0], Cancel)
-    assert after[0].handle is handle
-    assert isinstance(after[-1], Audit)
+    # A Run's job is the driver's to drop (it holds the only handle): the flow only audits.
+    assert [type(e) for e in after] == [Audit]
+    assert stepper.finished
 
 
 # --------------------------------------------------------------- direct checks
@@ -611,7 +610,7 @@ def test_a_direct_check_is_decided_and_audited_never_raised() -> None:
     settings = FlowSettings.of(policy("block: {behavior: raise}\n"))
     decision = script.drive(check_flow(settings, Stage.PROMPT, ask("bomb")["messages"], None, None))
     assert decision.action is Action.BLOCK
-    assert script.kinds() == ["Start:Classify", "Await:Classify", "Audit"]
+    assert script.kinds() == ["Run:Classify", "Audit"]
     (trace,) = script.audited
     assert trace.mode == "check"
     assert trace.blocked_stage is Stage.PROMPT

@@ -63,6 +63,7 @@ from guardrail.audit.build import (
     SCHEMA_VERSION,
     content_view,
     event_dict,
+    new_request_id,
     record_dict,
     stage_dict,
 )
@@ -187,6 +188,7 @@ __all__ = [
     "read_checkpoints",
     "read_entries",
     "read_records",
+    "new_request_id",
     "record_dict",
     "record_hash",
     "record_line",

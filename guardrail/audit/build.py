@@ -24,7 +24,7 @@ check, :func:`stage_dict`, and of its verdict and decision) and
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -209,6 +209,17 @@ def strongest_action(actions: Iterable[Action | str]) -> str:
     )
 
 
+def new_request_id() -> str:
+    """A fresh request id: a random (version 4) UUID as 32 hex digits.
+
+    Built from 16 random bytes directly: :func:`uuid.uuid4` costs a few
+    microseconds more, on every guarded call.
+    """
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    return f"{n:032x}"
+
+
 def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     """The record of one guarded call as its plain JSON dict, built directly.
 
@@ -288,7 +299,7 @@ def record_dict(**params: Unpack[RecordParams]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "time": iso_ms(utc_now() if time is None else as_utc(time)),
-        "request_id": request_id if request_id is not None else uuid.uuid4().hex,
+        "request_id": request_id if request_id is not None else new_request_id(),
         "policy": _policy_dict(params["policy"]),
         "mode": params.get("mode", "concurrent"),
         "model": params.get("model", ""),

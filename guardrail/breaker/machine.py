@@ -56,10 +56,11 @@ class _Window:
 
     def add(self, now: float, failed: bool) -> None:
         index = math.floor(now / self._bucket_s)
-        self._prune(index)
-        if not self._buckets or self._buckets[-1][0] != index:
-            self._buckets.append([index, 0, 0])
-        bucket = self._buckets[-1]
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != index:  # a new tenth: older ones may expire
+            self._prune(index)
+            buckets.append([index, 0, 0])
+        bucket = buckets[-1]
         bucket[1] += 1
         bucket[2] += failed
 

@@ -41,6 +41,7 @@ from guardrail.flow.effects import (
     Handle,
     Job,
     ReadChunk,
+    Run,
     Score,
     Start,
     WaitFirst,
@@ -261,7 +262,14 @@ class AsyncDriver:
     # -- starting -----------------------------------------------------------------------
 
     def _start(self, effect: Start[Any]) -> Handle[Any]:
-        job = effect.job
+        return self._start_job(effect.job)
+
+    async def _run(self, effect: Run[Any]) -> Any:
+        # Waited for at once, the job runs in the caller's task (see _run_here): a
+        # caller that goes away cancels it with itself, nothing is left to drop.
+        return await self._wait(self._start_job(effect.job))
+
+    def _start_job(self, job: Job[Any]) -> _Job[Any]:
         handle: _Job[Any]
         if isinstance(job, Classify):
             classify, stage, conversations = self._classify, job.stage, job.conversations
@@ -300,7 +308,9 @@ class AsyncDriver:
         return max(0.0, self._timeout - (time.perf_counter() - handle.t0))
 
     async def _await(self, effect: Await[Any]) -> Any:
-        handle: _Job[Any] = effect.handle  # type: ignore[assignment]  # made by _start
+        return await self._wait(effect.handle)  # type: ignore[arg-type]  # made by _start
+
+    async def _wait(self, handle: _Job[Any]) -> Any:
         task = handle.task
         if task is None:
             self._pending.remove(handle)
@@ -377,7 +387,9 @@ class AsyncDriver:
     # -- ending -------------------------------------------------------------------------
 
     def _cancel(self, effect: Cancel) -> None:
-        handle: _Job[Any] = effect.handle  # type: ignore[assignment]
+        self._drop(effect.handle)  # type: ignore[arg-type]  # made by _start
+
+    def _drop(self, handle: _Job[Any]) -> None:
         task = handle.task
         if task is None:  # never ran (dropped), or ran inline (finished): nothing to stop
             if handle in self._pending:
@@ -404,6 +416,7 @@ class AsyncDriver:
 # Effect type -> handler, built once (a bound-method table per call costs a microsecond).
 _HANDLERS: dict[type, Callable[..., Any]] = {
     Await: AsyncDriver._await,
+    Run: AsyncDriver._run,
     WaitFirst: AsyncDriver._wait_first,
     CloseStream: AsyncDriver._close_stream,
     Audit: AsyncDriver._write_audit,

@@ -1,11 +1,13 @@
-"""What a flow asks its driver to do: seven effects, and the jobs they start.
+"""What a flow asks its driver to do: eight effects, and the jobs they start.
 
 A flow is a generator that performs no I/O: it yields an effect and is sent the
 result (or thrown the exception). Background work is a :class:`Job` started with
 :class:`Start`, which answers a typed :class:`Handle`; the flow later waits for
 it (:class:`Await`), races two of them (:class:`WaitFirst`) or drops it
-(:class:`Cancel`). The helpers at the bottom (:func:`start_job`, :func:`await_job`,
-:func:`run_job`) give those steps their types.
+(:class:`Cancel`). A job the flow waits for at once is one :class:`Run` (a
+check with nothing to overlap: one step instead of two, on every call). The
+helpers at the bottom (:func:`start_job`, :func:`await_job`, :func:`run_job`)
+give those steps their types.
 """
 
 from __future__ import annotations
@@ -95,6 +97,17 @@ class Await(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Run(Generic[T]):
+    """Start a job and wait for it (:class:`Start` then :class:`Await`); the result is its value.
+
+    A driver whose caller goes away during the wait cancels the job, as the flow's
+    :class:`Cancel` would.
+    """
+
+    job: Job[T]
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Cancel or abandon a started job; its answer is never used, a stream it opened is closed."""
 
@@ -135,7 +148,7 @@ class Emit:
     chunk: Any
 
 
-Effect = Start[Any] | Await[Any] | Cancel | WaitFirst | CloseStream | Audit | Emit
+Effect = Start[Any] | Await[Any] | Run[Any] | Cancel | WaitFirst | CloseStream | Audit | Emit
 Flow = Generator[Effect, Any, T]
 First = Literal["read", "check"]
 
@@ -161,10 +174,5 @@ def await_job(handle: Handle[T]) -> Flow[T]:
 
 def run_job(job: Job[T]) -> Flow[T]:
     """Start ``job`` and wait for it; a caller that goes away meanwhile cancels it."""
-    handle: Handle[T] = yield Start(job)
-    try:
-        value: T = yield Await(handle)
-    except Abandoned:
-        yield Cancel(handle)
-        raise
+    value: T = yield Run(job)
     return value

@@ -38,6 +38,7 @@ from guardrail.flow.effects import (
     Handle,
     Job,
     ReadChunk,
+    Run,
     Score,
     Start,
     WaitFirst,
@@ -231,7 +232,18 @@ class SyncDriver:
     # -- starting -----------------------------------------------------------------------
 
     def _start(self, effect: Start[Any]) -> Handle[Any]:
-        job = effect.job
+        return self._start_job(effect.job)
+
+    def _run(self, effect: Run[Any]) -> Any:
+        handle = self._start_job(effect.job)
+        try:
+            return self._wait(handle)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: the answer is not wanted
+                self._drop(handle)
+            raise
+
+    def _start_job(self, job: Job[Any]) -> Handle[Any]:
         if isinstance(job, Classify):
             stage, conversations, classify = job.stage, job.conversations, self._classify
             return self._start_timed(
@@ -274,7 +286,9 @@ class SyncDriver:
     # -- waiting ------------------------------------------------------------------------
 
     def _await(self, effect: Await[Any]) -> Any:
-        handle = effect.handle
+        return self._wait(effect.handle)
+
+    def _wait(self, handle: Handle[Any]) -> Any:
         if isinstance(handle, _Timed):
             if handle.ran_here:
                 return handle.outcome()
@@ -323,7 +337,9 @@ class SyncDriver:
     # -- ending -------------------------------------------------------------------------
 
     def _cancel(self, effect: Cancel) -> None:
-        handle = effect.handle
+        self._drop(effect.handle)
+
+    def _drop(self, handle: Handle[Any]) -> None:
         future: Future[Any] | None
         if isinstance(handle, _Deferred):
             if handle.future is None:  # never started: nothing to abandon
@@ -353,6 +369,7 @@ class SyncDriver:
 _HANDLERS: dict[type, Callable[..., Any]] = {
     Start: SyncDriver._start,
     Await: SyncDriver._await,
+    Run: SyncDriver._run,
     Cancel: SyncDriver._cancel,
     WaitFirst: SyncDriver._wait_first,
     CloseStream: SyncDriver._close_stream,

@@ -9,12 +9,18 @@ derivation lives in :mod:`guardrail.audit`).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from guardrail.audit import AuditKey, ContentMode, PolicyRef, record_dict, stage_dict
+from guardrail.audit import (
+    AuditKey,
+    ContentMode,
+    PolicyRef,
+    new_request_id,
+    record_dict,
+    stage_dict,
+)
 from guardrail.chat import last_user_text
 from guardrail.report import GuardReport, StageOutcome
 from guardrail.reward.base import RewardScore
@@ -100,7 +106,7 @@ class Trace:
         ``mask`` hides the secrets the call's backends and upstream send.
         """
         return cls(
-            request_id=uuid.uuid4().hex, mode=mode, model=model, messages=messages, mask=mask
+            request_id=new_request_id(), mode=mode, model=model, messages=messages, mask=mask
         )
 
     def took(self, action: Action, *, flags: Sequence[str] = ()) -> None:
