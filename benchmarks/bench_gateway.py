@@ -48,6 +48,7 @@ def _gateway_main(upstream: str, workdir: str, port: int, ready: Any) -> None:
     import uvicorn
 
     from guardrail.gateway import GatewayConfig, create_app
+    from guardrail.gateway.serve import settle_heap, uvicorn_options
     from guardrail.testing import ScriptedClassifier
 
     policy = Path(workdir) / "policy.yaml"
@@ -64,10 +65,11 @@ def _gateway_main(upstream: str, workdir: str, port: int, ready: Any) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
     ready.put(sock.getsockname()[1])
-    # access_log off as `guardrail serve` has it by default (server.access_log).
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, backlog=1024)
-    )
+    # As `guardrail serve` runs it (access log off by default: server.access_log).
+    options = uvicorn_options(config, log_level="warning")
+    del options["host"], options["port"]  # the socket is given
+    settle_heap()
+    server = uvicorn.Server(uvicorn.Config(app, backlog=1024, **options))
     server.run(sockets=[sock])
 
 
