@@ -19,7 +19,12 @@ import ssl
 from typing import cast
 from urllib.parse import urlsplit
 
-import httptools
+from guardrail.errors import MissingDependencyError
+
+try:
+    import httptools
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise MissingDependencyError(exc.name or "httptools", "gateway") from None
 
 __all__ = ["H1Answer", "H1Pool"]
 
