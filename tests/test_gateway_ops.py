@@ -297,3 +297,29 @@ keys: [{{id: k, sha256: {key_digest(KEY)}, policy: default, upstream: up}}]
             "gw.yaml:3:33: audit.unauthenticated_policy: unknown policy 'otter'; "
             "did you mean 'other'?"
         )
+
+
+def test_serve_runs_uvicorn_without_access_log_on_a_settled_heap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import gc
+
+    import uvicorn
+
+    from guardrail.gateway import GatewayConfig, app, serve
+
+    seen: dict[str, Any] = {}
+
+    def run(target: Any, **options: Any) -> None:
+        seen.update(options, target=target, frozen=gc.get_freeze_count())
+
+    monkeypatch.setattr(app, "create_app", lambda config: "the app")
+    monkeypatch.setattr(uvicorn, "run", run)
+    config = GatewayConfig.simple(policy=str(write_policy(tmp_path)), upstream="http://up/v1")
+    try:
+        serve.serve(config)
+    finally:
+        gc.unfreeze()
+    assert seen["target"] == "the app"
+    assert (seen["access_log"], seen["server_header"]) == (False, False)
+    assert seen["frozen"] > 0  # start-up objects are out of the collector's scans

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 
 from guardrail.errors import MissingDependencyError
 
@@ -40,6 +41,7 @@ try:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingDependencyError(exc.name or "starlette", "gateway") from None
 
@@ -164,18 +166,21 @@ class Gateway:
                 message = f"{request.method} is not allowed on {request.url.path}"
             return error_response(ApiError(status, message, "invalid_request_error"))
 
+        chat = self.guarded(ChatCompletions(self.metrics))
+        responses = self.guarded(ResponsesApi(self.metrics))
         routes = [
-            Route(CHAT_PATH, self.guarded(ChatCompletions(self.metrics)), methods=["POST"]),
+            Route(CHAT_PATH, chat, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route(RESPONSES_PATH, self.guarded(ResponsesApi(self.metrics)), methods=["POST"]),
+            Route(RESPONSES_PATH, responses, methods=["POST"]),
             Route(RESPONSES_PATH + "/{rest:path}", not_guarded, methods=_ANY),
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
         ]
-        app = Starlette(
+        app = _GatewayApp(
             routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found}
         )
+        app.guarded = {CHAT_PATH: chat, RESPONSES_PATH: responses}
         app.state.gateway = self
         return app
 
@@ -221,6 +226,25 @@ class Gateway:
         """``GET /metrics``: Prometheus text format."""
         body = self.metrics.render(self._breaker_states())
         return Response(body, media_type=CONTENT_TYPE)
+
+
+class _GatewayApp(Starlette):
+    """Starlette, with the guarded POST endpoints served without its middleware and router.
+
+    A guarded endpoint answers every request itself (its errors included), so the
+    error middleware and the route table only cost time on the gateway's hot path.
+    """
+
+    guarded: Mapping[str, GuardedEndpoint] = MappingProxyType({})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.guarded.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(

@@ -3,10 +3,11 @@
 The gateway forwards a body it already holds as JSON, so it skips what the
 ``openai`` client does per call for application code (transforming the
 parameters through its TypedDicts, building an ``httpx`` request, constructing
-the answer field by field): :class:`ChatForwarder` posts the parameters with
-one aiohttp session per event loop and validates the answer (or each streamed
-chunk) straight from its bytes into ``openai``'s own ``ChatCompletion`` and
-``ChatCompletionChunk``, which the guarded flow reads as it reads a wrapped
+the answer field by field): :class:`ChatForwarder` posts the parameters (a
+whole answer over :class:`~guardrail.gateway.h1.H1Pool`'s kept-alive
+connections, a stream with one aiohttp session per event loop) and validates the
+answer (or each streamed chunk) straight from its bytes into ``openai``'s own
+``ChatCompletion`` and ``ChatCompletionChunk``, which the guarded flow reads as it reads a wrapped
 client's. Upstream failures raise :class:`UpstreamStatusError`,
 :class:`UpstreamTimeoutError` or :class:`UpstreamConnectionError`, which
 :func:`guardrail.gateway.shapes.error_for` turns into the caller's error.
@@ -25,6 +26,8 @@ import aiohttp
 import orjson
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from guardrail.gateway.h1 import H1Pool
 
 __all__ = [
     "ChatForwarder",
@@ -165,6 +168,12 @@ class ChatForwarder:
             total=None, sock_connect=timeout_s, sock_read=timeout_s
         )
         self._max_retries = max_retries
+        self._pool = H1Pool(base_url, timeout_s=timeout_s)
+        if any("\r" in v or "\n" in v for v in self._headers.values()):
+            raise ValueError("an upstream header value holds a line break")
+        self._h1_headers = b"".join(
+            f"{k}: {v}\r\n".encode("latin-1") for k, v in self._headers.items()
+        )
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
     def _session(self) -> aiohttp.ClientSession:
@@ -187,7 +196,9 @@ class ChatForwarder:
         attempt = 0
         while True:
             try:
-                return await self._post(body, stream=bool(params.get("stream")))
+                if params.get("stream"):
+                    return await self._post_stream(body)
+                return await self._post(body)
             except (UpstreamStatusError, UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 status = getattr(exc, "status_code", None)
                 if attempt >= self._max_retries or (
@@ -197,7 +208,19 @@ class ChatForwarder:
             attempt += 1
             await asyncio.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
-    async def _post(self, body: bytes, *, stream: bool) -> ChatCompletion | ChunkStream:
+    async def _post(self, body: bytes) -> ChatCompletion:
+        request = self._pool.request("/chat/completions", self._h1_headers, body)
+        try:
+            answer = await self._pool.send(request)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise UpstreamTimeoutError("the upstream did not answer in time") from None
+        except OSError as exc:  # ConnectionError included: refused, dropped, cut
+            raise UpstreamConnectionError(f"cannot reach the upstream: {exc}") from None
+        if answer.status >= 400:
+            raise _status_error(answer.status, answer.body, answer.headers)
+        return parse(ChatCompletion, answer.body)
+
+    async def _post_stream(self, body: bytes) -> ChunkStream:
         try:
             response = await self._session().post(self._url, data=body, headers=self._headers)
         except asyncio.TimeoutError:
@@ -209,26 +232,21 @@ class ChatForwarder:
                 raw = await response.read()
             finally:
                 response.release()
-            try:
-                error_body: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                error_body = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
-            raise UpstreamStatusError(response.status, error_body, response.headers)
-        if stream:
-            return ChunkStream(response)
-        try:
-            raw = await response.read()
-        except asyncio.TimeoutError:
-            raise UpstreamTimeoutError("the upstream did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"the upstream answer was cut: {exc}") from None
-        finally:
-            response.release()
-        return parse(ChatCompletion, raw)
+            raise _status_error(response.status, raw, response.headers)
+        return ChunkStream(response)
 
     async def close(self) -> None:
-        """Close the sessions made on the running loop (others are dropped)."""
+        """Close the kept-alive connections and the sessions made on the running loop."""
+        self._pool.close()
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             if not session.closed:
                 await session.close()
+
+
+def _status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
+    return UpstreamStatusError(status, body, headers)

@@ -1,7 +1,8 @@
 """Serving the gateway with uvicorn: one process, or several workers.
 
 With one worker the app is built here, so a bad policy or a missing key fails
-before the port is bound. Workers (``server.workers > 1``) are processes uvicorn
+before the port is bound. Each serving process freezes its start-up heap once its
+app is built (:func:`settle_heap`). Workers (``server.workers > 1``) are processes uvicorn
 spawns: each builds its own app from the config, handed over in the environment
 variable :data:`CONFIG_ENV` as JSON (policy paths already absolute; it holds
 names of key variables and key digests, never a key). Every worker runs its own
@@ -19,6 +20,7 @@ the audit logs (:meth:`~guardrail.gateway.app.Gateway.shutdown`).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +28,14 @@ from typing import Any
 from guardrail.errors import ConfigurationError, MissingDependencyError
 from guardrail.gateway.config import GatewayConfig
 
-__all__ = ["CONFIG_ENV", "app_from_environment", "check_environment", "serve"]
+__all__ = [
+    "CONFIG_ENV",
+    "app_from_environment",
+    "check_environment",
+    "serve",
+    "settle_heap",
+    "uvicorn_options",
+]
 
 CONFIG_ENV = "GUARDRAIL_GATEWAY_CONFIG_JSON"
 """Where workers find the gateway config (JSON), set by :func:`serve`."""
@@ -54,7 +63,37 @@ def app_from_environment() -> Any:
     text = os.environ.get(CONFIG_ENV)
     if not text:
         raise ConfigurationError(f"{CONFIG_ENV} is not set: start workers with guardrail serve")
-    return create_app(GatewayConfig.model_validate_json(text), per_worker_audit=True)
+    app = create_app(GatewayConfig.model_validate_json(text), per_worker_audit=True)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Keep the start-up heap (modules, guards, the app) out of the garbage collector's scans.
+
+    A serving process's imports (openai's and pydantic's types above all) leave
+    hundreds of thousands of long-lived objects that every full collection would
+    traverse again (about a tenth of the gateway's CPU per request in bench (g)); frozen
+    (:func:`gc.freeze`), collections scan only what requests allocate.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def uvicorn_options(config: GatewayConfig, *, log_level: str = "info") -> dict[str, Any]:
+    """uvicorn.run options for ``config``: address, access log, drain timeout, no server header.
+
+    uvicorn picks uvloop and httptools (the ``gateway`` extra's) when installed.
+    """
+    server = config.server
+    return {
+        "host": server.host,
+        "port": server.port,
+        "log_level": log_level,
+        "access_log": server.access_log,
+        "timeout_graceful_shutdown": config.limits.drain_timeout_s,
+        "server_header": False,
+    }
 
 
 def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
@@ -64,24 +103,18 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
     except ImportError:
         raise MissingDependencyError("uvicorn", "gateway") from None
     check_environment(config)
-    server = config.server
-    options: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
-        "log_level": log_level,
-        "access_log": server.access_log,
-        "timeout_graceful_shutdown": config.limits.drain_timeout_s,
-        "server_header": False,
-    }
-    if server.workers > 1:
+    options = uvicorn_options(config, log_level=log_level)
+    if config.server.workers > 1:
         os.environ[CONFIG_ENV] = config.model_dump_json()
         uvicorn.run(
             "guardrail.gateway.serve:app_from_environment",
             factory=True,
-            workers=server.workers,
+            workers=config.server.workers,
             **options,
         )
         return
     from guardrail.gateway.app import create_app
 
-    uvicorn.run(create_app(config), **options)
+    app = create_app(config)
+    settle_heap()
+    uvicorn.run(app, **options)
