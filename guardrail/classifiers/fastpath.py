@@ -537,7 +537,8 @@ class FastDecoder:
         On a CPU, ``weight @ hidden.T``: with the vocabulary as the long side, oneDNN
         streams the weight as it is stored instead of re-laying it out per call (the
         product reads the whole weight for a handful of rows: memory-bound). The same
-        dot products, only the operands' roles swapped.
+        dot products with the operands' roles swapped (an fp32 sum may round its last
+        bit differently, as between two batch shapes).
         """
         head = self._lm_head
         weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
