@@ -63,6 +63,30 @@ def pair(request: pytest.FixtureRequest, tiny_guard_dir: Path) -> tuple[LocalQwe
     return _fast_guard(tiny_guard_dir, dtype), _reference_guard(tiny_guard_dir, dtype)
 
 
+def _packing_available() -> bool:
+    import torch
+
+    from guardrail.classifiers.prepack import packed_linears
+
+    probe = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    return packed_linears(probe, "cpu") is not None
+
+
+def test_prepacking_is_bf16_only_and_can_be_switched_off(tiny_guard_dir: Path) -> None:
+    fp32 = _fast_guard(tiny_guard_dir, "float32")
+    assert not _decoder(fp32).prepacked
+    plain = LocalQwen3Guard(
+        str(tiny_guard_dir), dtype="bfloat16", fast_path=FastPathOptions(prepack_weights=False)
+    )
+    assert not _decoder(plain).prepacked
+    packed = _fast_guard(tiny_guard_dir, "bfloat16")
+    assert _decoder(packed).prepacked == _packing_available()
+    inputs = [ex.guard_input for ex in EXAMPLES]
+    assert [_label(v) for v in packed.classify(inputs)] == [
+        _label(v) for v in plain.classify(inputs)
+    ]
+
+
 def _decoder(guard: LocalQwen3Guard) -> FastDecoder:
     decoder = guard.fast_decoder
     assert decoder is not None
@@ -88,6 +112,8 @@ def _check_probabilities(v: Verdict) -> None:
 
 def test_every_example_matches_generate(pair: tuple[LocalQwen3Guard, ...]) -> None:
     fast, reference = pair
+    if fast.dtype == "bfloat16" and _packing_available():  # fidelity holds on packed weights
+        assert _decoder(fast).prepacked
     before = _fast_stats(fast)
     inputs = [ex.guard_input for ex in EXAMPLES]
     fast_verdicts = fast.classify(inputs)

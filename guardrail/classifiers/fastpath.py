@@ -49,9 +49,11 @@ import inspect
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from guardrail.classifiers.prepack import packed_linears
 from guardrail.errors import ConfigurationError
 from guardrail.qwen3guard import FIELD_VALUES, IM_END, FieldProbabilities
 from guardrail.types import Stage
@@ -228,8 +230,9 @@ as much as one of a few dozen, so padding is nearly free and splitting rarely pa
 class FastPathOptions:
     """Knobs of the fast decoder, passed as ``LocalQwen3Guard(..., fast_path=...)``.
 
-    ``pass_overhead_tokens`` and ``use_head_cache`` change how the work is done,
-    never a verdict, a probability or a fallback; ``stop_ids`` is a test hook.
+    ``pass_overhead_tokens``, ``use_head_cache`` and ``prepack_weights`` change how
+    the work is done, never the verdict greedy decoding writes (up to the rounding of
+    the last bit of a product, see ``prepack_weights``); ``stop_ids`` is a test hook.
     """
 
     pass_overhead_tokens: float | None = None
@@ -242,6 +245,11 @@ class FastPathOptions:
     """
     use_head_cache: bool = True
     """Reuse the cached template head (tests switch it off to compare; no other effect)."""
+    prepack_weights: bool = True
+    """Run the body's linear layers on weights pre-packed for oneDNN, where that applies
+    (bf16 on a CPU, see :mod:`~guardrail.classifiers.prepack`): about twice the matmul
+    speed for one more copy of the linear weights in memory. The products may differ
+    from ``F.linear``'s in their last bit, as between two batch shapes."""
     stop_ids: frozenset[int] | None = None
     """Test hook: the tokens accepted at a verdict's end, instead of the guard's stop
     tokens. Tokens the model never writes make every draft fail at its end, so every
@@ -346,6 +354,7 @@ class FastDecoder:
         self._body = net.get_decoder()
         self._cache_keyword = cache_keyword(self._body)
         self._lm_head = net.get_output_embeddings()
+        self._packed = packed_linears(self._body, device) if options.prepack_weights else None
         self._grammar = grammar
         self._head_ids = {stage: tuple(ids) for stage, ids in heads.items()}
         self._head_cache: dict[Stage, list[tuple[Any, Any]]] = {}
@@ -382,6 +391,11 @@ class FastDecoder:
     def pass_overhead_tokens(self) -> float:
         """The batch-splitting knob in use (see :attr:`FastPathOptions.pass_overhead_tokens`)."""
         return self._pass_overhead_tokens
+
+    @property
+    def prepacked(self) -> bool:
+        """Whether the body's linear layers run on pre-packed weights (``prepack_weights``)."""
+        return self._packed is not None
 
     @property
     def use_head_cache(self) -> bool:
@@ -438,7 +452,7 @@ class FastDecoder:
         out = []
         for k, row in enumerate(rows):
             at = [len(row.suffix) - 1 + q for q in range(len(row.draft.ids))]
-            out.append(self._lm_head(hidden[k, at]).float())
+            out.append(self._logits(hidden[k, at]))
         return out
 
     # --------------------------------------------------------------- internals
@@ -452,7 +466,8 @@ class FastDecoder:
             import torch
 
             ids = torch.tensor([self._head_ids[stage]], device=self._device)
-            out = self._body(input_ids=ids, use_cache=True)
+            with self._running():
+                out = self._body(input_ids=ids, use_cache=True)
             cache = returned_cache(out)
             cached = [(layer.keys, layer.values) for layer in cache.layers]
             self._head_cache[stage] = cached
@@ -502,14 +517,34 @@ class FastDecoder:
             new_mask[k, : len(feed)] = 1
         positions = torch.tensor(starts)[:, None] + torch.arange(width)[None, :]
         full_mask = torch.cat([group.mask, new_mask.to(self._device)], dim=1)
-        out = self._body(
-            input_ids=ids.to(self._device),
-            attention_mask=full_mask,
-            position_ids=positions.to(self._device),
-            use_cache=True,
-            **{self._cache_keyword: group.cache},
-        )
+        with self._running():
+            out = self._body(
+                input_ids=ids.to(self._device),
+                attention_mask=full_mask,
+                position_ids=positions.to(self._device),
+                use_cache=True,
+                **{self._cache_keyword: group.cache},
+            )
         return out.last_hidden_state
+
+    def _running(self) -> AbstractContextManager[None]:
+        """The body's linear layers on packed weights where they are, else as they are."""
+        return self._packed.active() if self._packed is not None else nullcontext()
+
+    def _logits(self, hidden: Any) -> Any:
+        """Full-vocabulary fp32 logits of ``hidden``'s rows (a few rows, one product).
+
+        On a CPU, ``weight @ hidden.T``: with the vocabulary as the long side, oneDNN
+        streams the weight as it is stored instead of re-laying it out per call (the
+        product reads the whole weight for a handful of rows: memory-bound). The same
+        dot products with the operands' roles swapped (an fp32 sum may round its last
+        bit differently, as between two batch shapes).
+        """
+        head = self._lm_head
+        weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+        if weight is None or bias is not None or weight.device.type != "cpu":
+            return head(hidden).float()
+        return (weight @ hidden.T).T.contiguous().float()
 
     def _run(
         self,
@@ -539,7 +574,7 @@ class FastDecoder:
                 picked.append(hidden[take_row, take_col])
                 del hidden
             # One LM-head product per round: its weight is read once, not once per row.
-            logits = self._lm_head(torch.cat(picked)).float()
+            logits = self._logits(torch.cat(picked))
             best = logits.argmax(dim=-1).tolist()
             cursor = 0
             survivors = []
