@@ -209,3 +209,28 @@ async def test_no_key_sends_no_authorization() -> None:
         await call(forwarder(server.url, api_key=None), model="m", messages=HI)
         (request,) = server.requests_to("POST", PATH)
     assert "authorization" not in request.headers
+
+
+def test_an_unmapped_failure_is_a_plain_500_logged_without_its_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "sk-" + "secret-123"  # a runtime value: source lines are logged, values not
+
+    def fail() -> None:
+        raise RuntimeError(f"Bearer {secret} leaked")
+
+    try:
+        fail()
+    except RuntimeError as exc:
+        with caplog.at_level("ERROR", logger="guardrail.gateway"):
+            error = error_for(exc)
+    assert (error.status, error.message, error.type) == (
+        500,
+        "internal gateway error",
+        "server_error",
+    )
+    (logged,) = caplog.records
+    text = logged.getMessage()
+    assert "RuntimeError" in text
+    assert "in fail" in text  # where it was raised
+    assert "sk-secret" not in text

@@ -12,6 +12,8 @@ reaches the body (upstream errors were masked where they were raised).
 from __future__ import annotations
 
 import json
+import logging
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ from guardrail.errors import (
 )
 
 __all__ = ["ApiError", "dump", "error_body", "error_for"]
+
+_log = logging.getLogger("guardrail.gateway")
 
 
 @dataclass
@@ -106,6 +110,13 @@ def error_for(exc: BaseException) -> ApiError:
             return ApiError(502, "upstream: connection failed", "upstream_error", code="connection")
         if name == "APIError":  # an error event in the upstream's stream (its key masked)
             return ApiError(502, f"upstream: {getattr(exc, 'message', exc)}", "upstream_error")
+    # A bug, or a failure nothing maps: the caller gets a plain 500, the operator its
+    # type and where it was raised (not its message, which may quote a secret).
+    _log.error(
+        "internal gateway error: %s\n%s",
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+    )
     return ApiError(500, "internal gateway error", "server_error")
 
 
