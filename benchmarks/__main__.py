@@ -99,7 +99,15 @@ WHY = {
         "decode steps to cost far more than their FLOPs, as on a GPU, where each of its ~10 "
         "sequential steps is latency-bound; (f) measures that when a GPU is present. Quick "
         "mode runs 2 layers: the 151936-row LM head (read at every draft position) "
-        "dominates a pass and per-pass overheads weigh more, so its ratios are worse."
+        "dominates a pass and per-pass overheads weigh more, so its ratios are worse. "
+        "'default / best floor': the floor counts matmul FLOPs only, at the best measured "
+        "rate; on a CPU with AMX that is bf16 at ~2.5 TFLOP/s, several times its fp32 rate, "
+        "and only the matmuls get it. Profiled in bf16 (28 layers, one safe prompt, weights "
+        "prepacked for oneDNN), the body's linears are ~42% of a pass; attention (SDPA) "
+        "~22%, RMSNorm's fp32 upcasts ~12%, Python ~9%, rotary ~5%, SiLU ~4% and the LM head "
+        "(~300 MB of weights read per pass, memory-bound) ~4% gain nothing from AMX. Even "
+        "free matmuls would leave the pass at well over 1.3x its floor; closing that needs "
+        "fused kernels (norm, rotary, attention), not scheduling."
     ),
     "b": (
         "The '(in process)' rows split the SDK's own work per call (no HTTP): judging the "
