@@ -168,13 +168,40 @@ class RetryPolicy:
     ) -> _T:
         """Async twin of :meth:`call`: awaits each attempt and sleeps without blocking."""
         started = time.monotonic()
+        try:
+            return await attempt()
+        except Exception as exc:
+            error = exc
+        try:
+            return await self.aretry(attempt, error, started=started, deadline=deadline)
+        finally:
+            del error
+
+    async def aretry(
+        self,
+        attempt: Callable[[], Awaitable[_T]],
+        error: Exception,
+        *,
+        started: float,
+        deadline: float | None = None,
+    ) -> _T:
+        """:meth:`acall` after its first attempt failed with ``error``.
+
+        For callers that make the first attempt themselves (the common, successful
+        case then costs no retry machinery); ``started`` is when that attempt began
+        (``time.monotonic()``). Raises the last error when :meth:`after_failure` gives up.
+        """
         state = None
-        while True:
-            try:
-                return await attempt()
-            except Exception as exc:
-                state = self.after_failure(state, exc, started=started, deadline=deadline)
+        try:
+            while True:
+                state = self.after_failure(state, error, started=started, deadline=deadline)
                 if state is None:
-                    raise
-            await asyncio.sleep(state.upcoming_sleep)
-            state.prepare_for_next_attempt()
+                    raise error
+                await asyncio.sleep(state.upcoming_sleep)
+                state.prepare_for_next_attempt()
+                try:
+                    return await attempt()
+                except Exception as exc:
+                    error = exc
+        finally:
+            del error  # no cycle through this frame and the error's traceback
