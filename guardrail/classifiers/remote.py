@@ -357,5 +357,7 @@ class RemoteQwen3Guard(HTTPBackend):
 
     async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
         """Async twin of :meth:`classify`: concurrent requests bounded by ``max_concurrency``."""
+        if len(inputs) == 1:  # a guarded call's one input: no batch to run (as arun_batch does)
+            return [await self._aclassify_one(inputs[0], deadlines.current())]
         one = functools.partial(self._aclassify_one, deadline=deadlines.current())
         return await arun_batch(one, list(inputs), self.max_concurrency)
