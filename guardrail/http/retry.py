@@ -106,10 +106,11 @@ class RetryPolicy:
 
     After a failed attempt, :meth:`after_failure` decides whether to try again and
     how long to wait first; :meth:`call` and :meth:`acall` only run the attempts
-    and sleep. Stops and waits are tenacity's: ``stop_after_attempt(max_retries +
-    1)``, ``wait`` (default: jittered exponential backoff, 0.1 s up to 2 s) raised
-    to a short ``Retry-After``, and :class:`StopAtDeadline` within a check, so a
-    custom ``wait`` receives the usual ``RetryCallState``. The last error is
+    and sleep (:meth:`aretry` takes over after a first attempt the caller made).
+    Stops and waits are tenacity's: ``stop_after_attempt(max_retries + 1)``,
+    ``wait`` (default: jittered exponential backoff, 0.1 s up to 2 s) raised to a
+    short ``Retry-After``, and :class:`StopAtDeadline` within a check, so a custom
+    ``wait`` receives the usual ``RetryCallState``. The last error is
     re-raised as it is. Stateless between calls: concurrent calls share a policy.
     """
 
