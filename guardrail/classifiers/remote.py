@@ -329,11 +329,22 @@ class RemoteQwen3Guard(HTTPBackend):
         self, guard_input: GuardInput, deadline: float | None = None
     ) -> Verdict:
         start = time.perf_counter()
+        started = time.monotonic()
         body = self._body(guard_input)
         choice: Mapping[str, Any]
+        # The first attempt inline: a call that succeeds builds no retry machinery.
         try:
-            choice = await self._retry.acall(
-                functools.partial(self._apost, body, deadline), deadline=deadline
+            choice = self._read(await self._http.apost(body, deadline=deadline))
+        except Exception as exc:
+            error = exc
+        else:
+            return self._verdict(choice, guard_input, start)
+        try:
+            choice = await self._retry.aretry(
+                functools.partial(self._apost, body, deadline),
+                error,
+                started=started,
+                deadline=deadline,
             )
         except GuardHTTPError as exc:
             if not self._give_up_logprobs(exc, body):
@@ -346,5 +357,7 @@ class RemoteQwen3Guard(HTTPBackend):
 
     async def aclassify(self, inputs: Sequence[GuardInput]) -> list[Verdict]:
         """Async twin of :meth:`classify`: concurrent requests bounded by ``max_concurrency``."""
+        if len(inputs) == 1:  # a guarded call's one input: no batch to run (as arun_batch does)
+            return [await self._aclassify_one(inputs[0], deadlines.current())]
         one = functools.partial(self._aclassify_one, deadline=deadlines.current())
         return await arun_batch(one, list(inputs), self.max_concurrency)

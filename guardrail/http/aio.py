@@ -22,6 +22,8 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
+from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from guardrail.http.errors import Reply, TransportErrors
@@ -100,7 +102,7 @@ class AioSessions:
         """
         async with self._session().post(
             self._url,
-            json=body,
+            data=BytesPayload(_encode(body), content_type="application/json"),
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
@@ -131,6 +133,14 @@ class AioSessions:
 
 def _compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """``body`` as compact UTF-8 JSON, through orjson (the JSON of :func:`_compact_json`)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # what orjson refuses (non-str keys, huge ints) fails or passes as before
+        return _compact_json(body).encode()
 
 
 def _close_elsewhere(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from guardrail.errors import (
     ConfigurationError,
@@ -34,6 +35,7 @@ __all__ = [
     "StatusError",
     "TransportErrors",
     "error_snippet",
+    "mapped_transport_error",
     "parse_base_url",
     "public_url",
     "raise_for_status",
@@ -77,8 +79,17 @@ class Reply:
         return self.content.decode(self.charset or "utf-8", errors="replace")
 
     def json(self) -> Any:
-        """The body parsed as JSON; ``ValueError`` when it is not JSON."""
-        return json.loads(self.content)
+        """The body parsed as JSON; ``ValueError`` when it is not JSON.
+
+        Parsed by orjson, which reads an integer beyond 64 bits as a float (the
+        backends read every number through ``float()``); json reads the rest.
+        """
+        try:
+            return orjson.loads(self.content)
+        except orjson.JSONDecodeError:
+            # what orjson refuses and json reads (UTF-16/32, NaN, huge integers, lone
+            # surrogate escapes) reads as before; anything else raises json's ValueError
+            return json.loads(self.content)
 
 
 class StatusError(Exception):
@@ -169,6 +180,21 @@ HTTPX_ERRORS = TransportErrors(timeouts=(httpx.TimeoutException,), failures=(htt
 """httpx's: its timeouts, and every other transport error."""
 
 
+def mapped_transport_error(
+    exc: BaseException, server: str, url: str, timeout: float, errors: TransportErrors
+) -> Exception | None:
+    """The guard's error for a transport's timeout or failure ``exc``; ``None`` for others."""
+    if isinstance(exc, errors.timeouts):
+        return RemoteGuardTimeoutError(
+            f"{server} {url} did not answer within {timeout:g} s ({type(exc).__name__})",
+            url=url,
+        )
+    if isinstance(exc, errors.failures):
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return GuardConnectionError(f"could not reach {server} {url}: {detail}", url=url)
+    return None
+
+
 @contextlib.contextmanager
 def transport_errors(
     server: str, url: str, timeout: float, errors: TransportErrors = HTTPX_ERRORS
@@ -176,11 +202,8 @@ def transport_errors(
     """Map a transport's timeouts and failures (``errors``) onto the guard's error types."""
     try:
         yield
-    except errors.timeouts as exc:
-        raise RemoteGuardTimeoutError(
-            f"{server} {url} did not answer within {timeout:g} s ({type(exc).__name__})",
-            url=url,
-        ) from exc
-    except errors.failures as exc:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise GuardConnectionError(f"could not reach {server} {url}: {detail}", url=url) from exc
+    except Exception as exc:
+        mapped = mapped_transport_error(exc, server, url, timeout, errors)
+        if mapped is None:
+            raise
+        raise mapped from exc

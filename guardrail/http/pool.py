@@ -24,6 +24,7 @@ import httpx
 from guardrail.errors import RemoteGuardTimeoutError
 from guardrail.http.errors import (
     HTTPResponse,
+    mapped_transport_error,
     public_url,
     raise_for_status,
     transport_errors,
@@ -172,8 +173,14 @@ class PooledHTTP:
                     self._send_url, json=body, headers=self._headers, timeout=timeout
                 )
         aio = self._aio or self._sessions()
-        with transport_errors(self.server, self.public_url, timeout, aio.errors):
+        # transport_errors written out: no context-manager generator per request
+        try:
             return await aio.post(body, timeout=timeout)
+        except Exception as exc:
+            mapped = mapped_transport_error(exc, self.server, self.public_url, timeout, aio.errors)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     # --------------------------------------------------------------- lifecycle
 

@@ -106,10 +106,11 @@ class RetryPolicy:
 
     After a failed attempt, :meth:`after_failure` decides whether to try again and
     how long to wait first; :meth:`call` and :meth:`acall` only run the attempts
-    and sleep. Stops and waits are tenacity's: ``stop_after_attempt(max_retries +
-    1)``, ``wait`` (default: jittered exponential backoff, 0.1 s up to 2 s) raised
-    to a short ``Retry-After``, and :class:`StopAtDeadline` within a check, so a
-    custom ``wait`` receives the usual ``RetryCallState``. The last error is
+    and sleep (:meth:`aretry` takes over after a first attempt the caller made).
+    Stops and waits are tenacity's: ``stop_after_attempt(max_retries + 1)``,
+    ``wait`` (default: jittered exponential backoff, 0.1 s up to 2 s) raised to a
+    short ``Retry-After``, and :class:`StopAtDeadline` within a check, so a custom
+    ``wait`` receives the usual ``RetryCallState``. The last error is
     re-raised as it is. Stateless between calls: concurrent calls share a policy.
     """
 
@@ -168,13 +169,40 @@ class RetryPolicy:
     ) -> _T:
         """Async twin of :meth:`call`: awaits each attempt and sleeps without blocking."""
         started = time.monotonic()
+        try:
+            return await attempt()
+        except Exception as exc:
+            error = exc
+        try:
+            return await self.aretry(attempt, error, started=started, deadline=deadline)
+        finally:
+            del error
+
+    async def aretry(
+        self,
+        attempt: Callable[[], Awaitable[_T]],
+        error: Exception,
+        *,
+        started: float,
+        deadline: float | None = None,
+    ) -> _T:
+        """:meth:`acall` after its first attempt failed with ``error``.
+
+        For callers that make the first attempt themselves (the common, successful
+        case then costs no retry machinery); ``started`` is when that attempt began
+        (``time.monotonic()``). Raises the last error when :meth:`after_failure` gives up.
+        """
         state = None
-        while True:
-            try:
-                return await attempt()
-            except Exception as exc:
-                state = self.after_failure(state, exc, started=started, deadline=deadline)
+        try:
+            while True:
+                state = self.after_failure(state, error, started=started, deadline=deadline)
                 if state is None:
-                    raise
-            await asyncio.sleep(state.upcoming_sleep)
-            state.prepare_for_next_attempt()
+                    raise error
+                await asyncio.sleep(state.upcoming_sleep)
+                state.prepare_for_next_attempt()
+                try:
+                    return await attempt()
+                except Exception as exc:
+                    error = exc
+        finally:
+            del error  # no cycle through this frame and the error's traceback
