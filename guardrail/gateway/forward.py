@@ -1,4 +1,4 @@
-"""The gateway's upstream chat-completions client: aiohttp, JSON in, openai's types out.
+"""The gateway's upstream chat-completions client: JSON in, openai's types out.
 
 The gateway forwards a body it already holds as JSON, so it skips what the
 ``openai`` client does per call for application code (transforming the
