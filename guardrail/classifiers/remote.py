@@ -334,7 +334,7 @@ class RemoteQwen3Guard(HTTPBackend):
         choice: Mapping[str, Any]
         # The first attempt inline: a call that succeeds builds no retry machinery.
         try:
-            choice = self._read(await self._http.apost(body, deadline=deadline))
+            choice = await self._apost(body, deadline)
         except Exception as exc:
             error = exc
         else:
