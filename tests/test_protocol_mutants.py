@@ -431,3 +431,21 @@ def test_an_unknown_reasoning_mode_names_the_choices() -> None:
     with pytest.raises(ConfigurationError) as info:
         guard_inputs([USER], "answer", reasoning="all")
     assert str(info.value) == "unknown reasoning mode 'all'; expected answer, separate, joint"
+
+
+def test_an_answer_with_a_refusal_and_tool_calls_is_judged_with_both() -> None:
+    answer = {
+        "role": "assistant",
+        "content": "Checking.",
+        "refusal": "I will not share that.",
+        "tool_calls": [{"function": {"name": "lookup", "arguments": '{"q": "x"}'}}],
+    }
+    (guard_input,) = guard_inputs([{"role": "user", "content": "hi"}], answer)
+    assert guard_input.messages[-1].content == (
+        'Checking.\nI will not share that.\nTool call: lookup({"q": "x"})'
+    )
+
+
+def test_a_refusal_line_on_a_prompt_verdict_is_ignored() -> None:
+    verdict = parse_verdict("Safety: Safe\nCategories: None\nRefusal: Yes", stage="prompt")
+    assert verdict.refusal is None
