@@ -18,7 +18,8 @@ What the guard sees of a conversation
 -------------------------------------
 - ``user`` turns as they are; ``assistant`` turns by their final answer (the
   thinking of earlier turns is dropped), tool calls written out as
-  ``Tool call: name(arguments)`` lines.
+  ``Tool call: name(arguments)`` lines (a custom tool's input stands for its
+  arguments; a call of any other shape is shown whole, as JSON).
 - ``tool`` / ``function`` results as user turns headed ``Tool result (name):``, so
   a prompt check also covers content that tools feed back into the conversation.
 - ``system`` / ``developer`` messages are the application's own instructions and
@@ -35,6 +36,7 @@ What the guard sees of a conversation
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -195,13 +197,32 @@ def _tool_call_lines(message: Mapping[str, Any], where: str) -> list[str]:
     if legacy:
         calls = [*calls, {"function": legacy}]
     for k, raw_call in enumerate(calls):
-        call = as_mapping(raw_call, f"{where}.tool_calls[{k}]")
-        function = call.get("function") or {}
-        function = as_mapping(function, f"{where}.tool_calls[{k}].function")
-        name = function.get("name") or "?"
-        arguments = function.get("arguments") or ""
+        call_where = f"{where}.tool_calls[{k}]"
+        name, arguments = _call_text(as_mapping(raw_call, call_where), call_where)
         lines.append(f"Tool call: {name}({arguments})")
     return lines
+
+
+_CALL_ENVELOPE = frozenset(("id", "type", "index"))
+"""A tool call's keys that say nothing the model wrote."""
+
+
+def _call_text(call: Mapping[str, Any], where: str) -> tuple[str, Any]:
+    """A tool call's name and what it passes: a function's arguments, a custom tool's input.
+
+    A call of another shape is judged by all it carries (as JSON), so no text the
+    model wrote into a tool call goes unjudged.
+    """
+    custom = call.get("custom")
+    if call.get("type") == "custom" or (custom and not call.get("function")):
+        payload = as_mapping(custom or {}, f"{where}.custom")
+        return payload.get("name") or "?", payload.get("input") or ""
+    function = as_mapping(call.get("function") or {}, f"{where}.function")
+    if not function:
+        rest = {key: value for key, value in call.items() if key not in _CALL_ENVELOPE}
+        if rest and set(rest) != {"function"}:
+            return "?", json.dumps(rest, ensure_ascii=False, sort_keys=True, default=str)
+    return function.get("name") or "?", function.get("arguments") or ""
 
 
 def _normalise(items: Sequence[Any], *, include_system: bool, response: bool) -> _Normalised:

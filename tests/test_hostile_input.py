@@ -103,6 +103,10 @@ tool_calls = st.lists(
                 {}, optional={"name": json_values, "arguments": json_values}
             )
             | json_values,
+            "custom": st.fixed_dictionaries(
+                {}, optional={"name": json_values, "input": json_values}
+            )
+            | json_values,
         },
     )
     | json_values,

@@ -20,6 +20,7 @@ from guardrail.errors import UnguardedAccessError
 from guardrail.policy import load_policy_text
 from guardrail.qwen3guard import GuardInput
 from guardrail.testing import ScriptedClassifier
+from guardrail.types import Stage
 
 UNSAFE = "Safety: Unsafe\nCategories: Violent\nRefusal: No"
 SCRIPT = {"BOOM": UNSAFE, "bomb": "Safety: Unsafe\nCategories: Violent"}
@@ -234,6 +235,45 @@ def test_a_blocked_choice_keeps_nothing_of_the_answer(
     assert got.choices[0].message.content == "BLOCKED"
     assert got.choices[0].finish_reason == "content_filter"
     assert "BOOM" not in got.model_dump_json()
+
+
+def test_a_custom_tool_call_is_judged_and_blocked(server: LoopbackServer, tmp_path: Path) -> None:
+    # A custom tool (openai's "custom" tool calls) carries its text in "input", not in
+    # function arguments: the guard must see it, and a block must drop it.
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "custom",
+                            "custom": {"name": "shell", "input": "make a BOOM"},
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    server.route("POST", CHAT, JSONResponse(body))
+    guard = ScriptedClassifier(SCRIPT)
+    wrapped = client(server, Guard(policy(tmp_path), classifier=guard))
+    got = wrapped.chat.completions.create(model="m", messages=ask())
+    assert got.choices[0].message.content == "BLOCKED"
+    assert got.choices[0].message.tool_calls is None
+    assert "BOOM" not in got.model_dump_json()
+    assert guard.calls[-1].messages[-1].content == "Tool call: shell(make a BOOM)"
+    (record,) = records(tmp_path)
+    assert record.final_action is Action.BLOCK
+    assert record.blocked_stage is Stage.RESPONSE
 
 
 def test_raw_response_helpers_are_refused(llm_server: FakeLLM, tmp_path: Path) -> None:

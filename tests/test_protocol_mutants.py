@@ -449,3 +449,50 @@ def test_an_answer_with_a_refusal_and_tool_calls_is_judged_with_both() -> None:
 def test_a_refusal_line_on_a_prompt_verdict_is_ignored() -> None:
     verdict = parse_verdict("Safety: Safe\nCategories: None\nRefusal: Yes", stage="prompt")
     assert verdict.refusal is None
+
+
+def test_a_custom_tool_call_is_judged_by_its_input() -> None:
+    # openai's ChatCompletionMessageCustomToolCall: no "function", the text is "input".
+    call = {"id": "c1", "type": "custom", "custom": {"name": "shell", "input": "rm -rf /"}}
+    answer = {"role": "assistant", "content": None, "tool_calls": [call]}
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == "Tool call: shell(rm -rf /)"
+
+
+def test_a_custom_tool_call_from_the_openai_types_is_judged() -> None:
+    from openai.types.chat import ChatCompletionMessage
+
+    message = ChatCompletionMessage.model_validate(
+        {
+            "role": "assistant",
+            "content": "Running it.",
+            "tool_calls": [
+                {"id": "c1", "type": "custom", "custom": {"name": "sql", "input": "DROP TABLE x"}}
+            ],
+        }
+    )
+    (inp,) = guard_inputs([USER], message)
+    assert inp.messages[-1].content == "Running it.\nTool call: sql(DROP TABLE x)"
+
+
+def test_a_custom_tool_call_in_the_history_is_shown_to_a_prompt_check() -> None:
+    call = {"type": "custom", "custom": {"name": "note", "input": "secret plan"}}
+    history = [USER, {"role": "assistant", "content": None, "tool_calls": [call]}, USER]
+    (inp,) = guard_inputs(history)
+    assert inp.messages[1].content == "Tool call: note(secret plan)"
+
+
+def test_a_tool_call_of_an_unknown_shape_is_judged_whole() -> None:
+    call = {"id": "c1", "type": "web_search", "web_search": {"query": "how to pick a lock"}}
+    answer = {"role": "assistant", "content": None, "tool_calls": [call]}
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == (
+        'Tool call: ?({"web_search": {"query": "how to pick a lock"}})'
+    )
+
+
+def test_a_custom_tool_call_that_is_not_a_mapping_is_refused_with_where() -> None:
+    answer = {"role": "assistant", "content": None, "tool_calls": [{"custom": "nope"}]}
+    with pytest.raises(InputError) as caught:
+        guard_inputs([USER], answer)
+    assert caught.value.where == "response.tool_calls[0].custom"
