@@ -107,8 +107,11 @@ def content_text(message: Any) -> str:
 
 def answer_text(message: Any) -> str:
     """What an assistant message says to the user: its content and refusal text."""
-    parts = (get(message, "content"), get(message, "refusal"))
-    return "\n".join(p for p in parts if isinstance(p, str) and p)
+    content, refusal = get(message, "content"), get(message, "refusal")
+    text = content if isinstance(content, str) else ""
+    if isinstance(refusal, str) and refusal:
+        return f"{text}\n{refusal}" if text else refusal
+    return text
 
 
 def parts_text(content: Any) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 
 __all__ = ["current", "enter", "expired", "leave", "remaining", "scope"]
@@ -26,9 +26,10 @@ __all__ = ["current", "enter", "expired", "leave", "remaining", "scope"]
 _DEADLINE: ContextVar[float | None] = ContextVar("guardrail_check_deadline", default=None)
 
 
-def current() -> float | None:
-    """The running check's deadline (``time.monotonic()`` seconds), or ``None`` without one."""
-    return _DEADLINE.get()
+# The three accessors are the context variable's own methods, not wrappers: each
+# check calls them (a Python frame apiece would cost more than the work).
+current: Callable[[], float | None] = _DEADLINE.get
+"""The running check's deadline (``time.monotonic()`` seconds), or ``None`` without one."""
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -43,14 +44,11 @@ def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-def enter(deadline: float | None) -> Token[float | None]:
-    """Make ``deadline`` the current one until :func:`leave` (the cheap form of :func:`scope`)."""
-    return _DEADLINE.set(deadline)
+enter: Callable[[float | None], Token[float | None]] = _DEADLINE.set
+"""Make a deadline the current one until :func:`leave` (the cheap form of :func:`scope`)."""
 
-
-def leave(token: Token[float | None]) -> None:
-    """Restore the deadline that was current before the :func:`enter` that gave ``token``."""
-    _DEADLINE.reset(token)
+leave: Callable[[Token[float | None]], None] = _DEADLINE.reset
+"""Restore the deadline that was current before the :func:`enter` that gave the token."""
 
 
 @contextlib.contextmanager

@@ -306,7 +306,9 @@ def guard_inputs(
     if not convo:
         raise InputError("the conversation has no user or assistant message to judge")
     if response is None:
-        last_user = max((k for k, m in enumerate(convo) if m.role == "user"), default=-1)
+        last_user = len(convo) - 1
+        while last_user >= 0 and convo[last_user].role != "user":
+            last_user -= 1
         if last_user < 0:
             raise InputError("a prompt check needs at least one user message")
         return (GuardInput(tuple(convo[: last_user + 1]), "answer", skipped),)

@@ -180,9 +180,19 @@ class CircuitBreaker:
             with self._lock:
                 deadlines = self._deadlines
                 now = self._clock()
-                if not (deadlines and deadlines[0][0] <= now):
-                    # The common case, kept short: a success counts and moves nothing.
-                    if self._take(permit):
+                if not (deadlines and deadlines[0][0] <= now) and not permit.settled:
+                    # The common case, kept short (what _take and _Window.add do, inline):
+                    # a success of the current state counts and moves nothing.
+                    permit.settled = True
+                    if permit.deadline is not None:
+                        self._tracked -= 1
+                        # Settled entries leave the top of the heap as they go (calls
+                        # mostly end in deadline order), the rest at a compaction.
+                        while deadlines and deadlines[0][2].settled:
+                            heapq.heappop(deadlines)
+                        if len(deadlines) > 2 * self._tracked + 64:
+                            self._compact()
+                    if permit.epoch == self._epoch:
                         self._window.add(now, False)
                         self._consecutive = 0
                     return
@@ -224,10 +234,14 @@ class CircuitBreaker:
         permit.settled = True
         if permit.deadline is not None:
             self._tracked -= 1
-            if len(self._deadlines) > 2 * self._tracked + 64:  # drop settled entries
-                self._deadlines = [e for e in self._deadlines if not e[2].settled]
-                heapq.heapify(self._deadlines)
+            if len(self._deadlines) > 2 * self._tracked + 64:
+                self._compact()
         return permit.epoch == self._epoch
+
+    def _compact(self) -> None:
+        """Drop the settled entries from the deadline heap."""
+        self._deadlines = [e for e in self._deadlines if not e[2].settled]
+        heapq.heapify(self._deadlines)
 
     def _settle(self, permit: Permit, *, failed: bool, cause: str) -> None:
         notes: list[BreakerTransition] = []

@@ -86,11 +86,11 @@ class _Proxy:
 
     def _child(self, name: str, inner: Any, make: Callable[[Any, Guard, Masker], ProxyT]) -> ProxyT:
         # Wrappers of the client's (stable) sub-resources are built once, not per call.
-        cached = self.__dict__.get(name)
+        cached: ProxyT | None = self.__dict__.get(name)
         if cached is None or cached._wrapped is not inner:
             cached = make(inner, self._guard, self._mask)
             object.__setattr__(self, name, cached)
-        return cast("ProxyT", cached)
+        return cached
 
 
 class _GuardedCompletions(_Proxy):

@@ -70,17 +70,18 @@ def _aclose_result(task: asyncio.Future[Any]) -> None:
             asyncio.ensure_future(result).add_done_callback(_retrieve)
 
 
-async def _within(timeout: float | None, start: Callable[[], Awaitable[T]]) -> T:
+async def _within(timeout: float | None, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     # Runs in the job's own task, whose context is its own copy; the job's coroutine
     # is created here, so a task cancelled before it runs leaves none unawaited.
     token = deadline.enter(None if timeout is None else time.monotonic() + timeout)
     try:
-        return await start()
+        return await fn(*args)
     finally:
         deadline.leave(token)
 
 
 async def _call(fn: Callable[[T], Awaitable[Any]], arg: T) -> Any:
+    # The upstream may hand back any awaitable; a job runs a coroutine.
     return await fn(arg)
 
 
@@ -109,19 +110,23 @@ else:
 class _Job(Handle[T]):
     """A started job: not yet running, run inline (its outcome kept), or a task."""
 
-    __slots__ = ("make", "t0", "task")
+    __slots__ = ("args", "make", "t0", "task")
 
-    def __init__(self, job: Job[T], make: Callable[[], Coroutine[Any, Any, T]]) -> None:
+    def __init__(
+        self, job: Job[T], make: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> None:
         super().__init__(job)
         self.make = make
-        """Creates the job's coroutine (only when it runs: a dropped job leaves none)."""
+        """Creates the job's coroutine from :attr:`args` (only when it runs: a dropped
+        job leaves none; no closure per job)."""
+        self.args = args
         self.t0 = 0.0
         self.task: asyncio.Future[T] | None = None
 
     def launch(self) -> None:
         """Run the job as a task from now on."""
         self.t0 = time.perf_counter()
-        self.task = task = _task(self.make())
+        self.task = task = _task(self.make(*self.args))
         if task.done():
             _retrieve(task)
         else:
@@ -235,11 +240,20 @@ class AsyncDriver:
         stepper = Stepper(flow)
         try:
             while (effect := stepper.next_effect()) is not None:
-                if type(effect) is Emit:
+                kind = type(effect)
+                if kind is Emit:
                     self._launch()  # the caller may take its time with the chunk
-                    yield effect.chunk
-                else:
-                    await self._perform(stepper, effect)
+                    yield effect.chunk  # type: ignore[union-attr]
+                    continue
+                try:  # _perform, inline: a coroutine per effect costs more than most effects
+                    if kind is Start:
+                        stepper.value = self._start(effect)  # type: ignore[arg-type]
+                    elif kind is Cancel:
+                        self._cancel(effect)  # type: ignore[arg-type]
+                    else:
+                        stepper.value = await _HANDLERS[kind](self, effect)
+                except Exception as exc:
+                    stepper.reject(exc)
             box.append(stepper.result)  # type: ignore[arg-type]
         finally:
             if stepper.abandon():
@@ -250,12 +264,11 @@ class AsyncDriver:
         try:
             kind = type(effect)
             if kind is Start:
-                stepper.resolve(self._start(effect))  # type: ignore[arg-type]
+                stepper.value = self._start(effect)  # type: ignore[arg-type]
             elif kind is Cancel:
                 self._cancel(effect)  # type: ignore[arg-type]
-                stepper.resolve(None)
             else:
-                stepper.resolve(await _HANDLERS[kind](self, effect))
+                stepper.value = await _HANDLERS[kind](self, effect)
         except Exception as exc:
             stepper.reject(exc)
 
@@ -272,22 +285,15 @@ class AsyncDriver:
     def _start_job(self, job: Job[Any]) -> _Job[Any]:
         handle: _Job[Any]
         if isinstance(job, Classify):
-            classify, stage, conversations = self._classify, job.stage, job.conversations
-            handle = _Job(
-                job, lambda: _within(self._timeout, lambda: classify(stage, conversations))
-            )
+            handle = _Job(job, _within, self._timeout, self._classify, job.stage, job.conversations)
         elif isinstance(job, Score):
-            score = self._score
-            if score is None:
+            if self._score is None:
                 raise ConfigurationError("no reward models are configured")
-            pairs = job.conversations
-            handle = _Job(job, lambda: _within(self._timeout, lambda: score(pairs)))
+            handle = _Job(job, _within, self._timeout, self._score, job.conversations)
         elif isinstance(job, CallUpstream):
-            upstream, params = self._upstream, job.params
-            handle = _Job(job, lambda: _call(upstream, params))
+            handle = _Job(job, _call, self._upstream, job.params)
         elif isinstance(job, ReadChunk):
-            stream = job.stream
-            handle = _Job(job, lambda: _next_or_end(stream))
+            handle = _Job(job, _next_or_end, job.stream)
         else:
             raise TypeError(f"unexpected job {job!r}")
         self._pending.append(handle)
@@ -346,7 +352,7 @@ class AsyncDriver:
         """Run a job the flow waits on first in this task; others start once it suspends."""
         handle.t0 = started = time.perf_counter()
         timeout = self._timeout if handle.job.timed else None
-        inline = _Inline(handle.make())
+        inline = _Inline(handle.make(*handle.args))
         if not inline.step():  # answered without I/O
             if timeout is not None and time.perf_counter() - started > timeout:
                 raise timeout_error(handle.job, timeout)

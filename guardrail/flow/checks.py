@@ -25,9 +25,9 @@ from guardrail.flow.effects import (
     Classify,
     Flow,
     Handle,
+    Run,
     Score,
-    run_job,
-    start_job,
+    Start,
 )
 from guardrail.flow.settings import FlowSettings
 from guardrail.flow.trace import Step, Trace
@@ -66,13 +66,19 @@ def decide(
     """
     elapsed = time.perf_counter() - started
     error: GuardrailError | None = None
-    checked: Sequence[Verdict | None] = [None] * count
+    checked: Sequence[Verdict | None] | None = None
     if isinstance(verdicts, GuardrailError):
         error = verdicts
-    elif len(verdicts) != count or any(v.stage is not stage for v in verdicts):
-        error = ClassifierError(f"the guard's verdicts do not fit a {stage.value} check")
-    else:
+    elif len(verdicts) == count:
         checked = verdicts
+        for given in verdicts:  # a loop, not any(): this runs for every check
+            if given.stage is not stage:
+                checked = None
+                break
+    if checked is None:
+        if error is None:
+            error = ClassifierError(f"the guard's verdicts do not fit a {stage.value} check")
+        checked = [None] * count
     failure: str | None = None  # the error as decisions state it, secrets masked
     if error is not None:
         trace.errors.append((stage.value, error))
@@ -128,7 +134,8 @@ def check(
     started = time.perf_counter()
     result: Sequence[Verdict] | GuardrailError
     try:
-        result = yield from run_job(Classify(stage, conversations))
+        verdicts: list[Verdict] = yield Run(Classify(stage, conversations))
+        result = verdicts
     except Exception as exc:  # the failure mode decides; never swallowed silently
         result = as_guard_error(exc)
     rewards: Sequence[RewardScore | None] | None = None
@@ -136,7 +143,7 @@ def check(
         scoring = time.perf_counter()
         failed: BaseException | None = None
         try:
-            rewards = yield from run_job(Score(conversations))
+            rewards = yield Run(Score(conversations))
         except Exception as exc:
             trace.errors.append(("reward", exc))
             failed = exc
@@ -177,7 +184,7 @@ def prompt_phase(
     handle = None
     if settings.concurrent:
         trace.raced_at = time.perf_counter()
-        handle = yield from start_job(CallUpstream(params))
+        handle = yield Start(CallUpstream(params))
     (decision,) = yield from check(settings, trace, Stage.PROMPT, [(params["messages"], None)])
     trace.took(decision.action, flags=decision.flags)
     if decision.blocked:

@@ -23,7 +23,7 @@ from guardrail.chat import (
     with_instruction,
 )
 from guardrail.flow.checks import check, prompt_phase, raise_if_raising
-from guardrail.flow.effects import Audit, CallUpstream, Flow, await_job, run_job
+from guardrail.flow.effects import Audit, Await, CallUpstream, Flow, Run, run_job
 from guardrail.flow.settings import FlowSettings
 from guardrail.flow.trace import Trace
 from guardrail.report import attach_report
@@ -202,9 +202,9 @@ def completion_flow(
         failed: Exception | None = None
         try:
             if handle is not None:
-                completion = yield from await_job(handle)
+                completion = yield Await(handle)
             else:
-                completion = yield from run_job(CallUpstream(upstream_params))
+                completion = yield Run(CallUpstream(upstream_params))
         except Exception as exc:
             trace.errors.append(("upstream", exc))
             failed = exc

@@ -22,11 +22,15 @@ T = TypeVar("T")
 class Stepper(Generic[T]):
     """Steps one flow: hands out the effects to perform and takes their outcomes."""
 
-    __slots__ = ("_abandoned", "_error", "_flow", "_value", "finished", "result")
+    __slots__ = ("_abandoned", "_error", "_flow", "finished", "result", "value")
 
     def __init__(self, flow: Flow[T]) -> None:
         self._flow = flow
-        self._value: Any = None
+        self.value: Any = None
+        """The outcome of the last effect, sent into the flow at the next step.
+
+        Drivers set it directly (the same as :meth:`resolve`, without a call per effect).
+        """
         self._error: BaseException | None = None
         self._abandoned = False
         self.finished = False
@@ -41,8 +45,8 @@ class Stepper(Generic[T]):
         of an abandoned flow, which ends it quietly).
         """
         while True:
-            value, error = self._value, self._error
-            self._value = self._error = None
+            value, error = self.value, self._error
+            self.value = self._error = None
             try:
                 effect = self._flow.throw(error) if error is not None else self._flow.send(value)
             except StopIteration as stop:
@@ -63,7 +67,7 @@ class Stepper(Generic[T]):
 
     def resolve(self, value: Any) -> None:
         """The outcome of the last effect: its value."""
-        self._value = value
+        self.value = value
 
     def reject(self, error: BaseException) -> None:
         """The outcome of the last effect: an exception, raised inside the flow."""
@@ -74,7 +78,7 @@ class Stepper(Generic[T]):
         if self.finished:
             return False
         self._abandoned = True
-        self._value, self._error = None, Abandoned()
+        self.value, self._error = None, Abandoned()
         return True
 
 

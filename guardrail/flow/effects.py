@@ -7,7 +7,9 @@ it (:class:`Await`), races two of them (:class:`WaitFirst`) or drops it
 (:class:`Cancel`). A job the flow waits for at once is one :class:`Run` (a
 check with nothing to overlap: one step instead of two, on every call). The
 helpers at the bottom (:func:`start_job`, :func:`await_job`, :func:`run_job`)
-give those steps their types.
+give those steps their types; the steps every call or chunk takes yield the
+effect directly into an annotated variable instead (``verdicts: list[Verdict] =
+yield Run(job)``), as a helper generator per step costs more than the step.
 """
 
 from __future__ import annotations

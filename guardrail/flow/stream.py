@@ -27,6 +27,7 @@ from guardrail.flow.checks import as_guard_error, decide, prompt_phase, raise_if
 from guardrail.flow.effects import (
     END,
     Audit,
+    Await,
     CallUpstream,
     Cancel,
     Classify,
@@ -35,10 +36,9 @@ from guardrail.flow.effects import (
     Flow,
     Handle,
     ReadChunk,
+    Run,
+    Start,
     WaitFirst,
-    await_job,
-    run_job,
-    start_job,
 )
 from guardrail.flow.settings import FlowSettings
 from guardrail.flow.trace import StreamEnd, Trace
@@ -97,7 +97,9 @@ class _StreamCall:
     def start_check(self, segment: SegmentCheck) -> Flow[None]:
         """Start checking one segment of the answer."""
         message = segment.message
-        handle = yield from start_job(Classify(Stage.RESPONSE, [(self.messages, message)]))
+        handle: Handle[list[Verdict]] = yield Start(
+            Classify(Stage.RESPONSE, [(self.messages, message)])
+        )
         self.in_flight.append((handle, segment, time.perf_counter()))
 
     def settle(self) -> Flow[bool]:
@@ -105,7 +107,7 @@ class _StreamCall:
         handle, segment, started = self.in_flight.popleft()
         result: Sequence[Verdict] | GuardrailError
         try:
-            verdicts = yield from await_job(handle)
+            verdicts: list[Verdict] = yield Await(handle)
             result = verdicts if segment.final else _mask_refusal(verdicts)
         except Exception as exc:
             result = as_guard_error(exc)
@@ -137,14 +139,14 @@ class _StreamCall:
 
     def relay(self) -> Flow[bool]:
         """Read, check and release the upstream's chunks; False when a check cut the stream."""
-        self.read = yield from start_job(ReadChunk(self.upstream))
+        self.read = yield Start(ReadChunk(self.upstream))
         while True:
             if self.in_flight and (yield WaitFirst(self.read, self.in_flight[0][0])) == "check":
                 if not (yield from self.settle()):
                     return False
                 continue
             try:
-                chunk = yield from await_job(self.read)
+                chunk = yield Await(self.read)
             except Exception as exc:
                 self.trace.errors.append(("upstream", exc))
                 raise
@@ -153,7 +155,7 @@ class _StreamCall:
             if chunk is END:
                 return True
             # The next chunk arrives while this one is checked.
-            self.read = yield from start_job(ReadChunk(self.upstream))
+            self.read = yield Start(ReadChunk(self.upstream))
             step = self.state.feed(chunk)
             for released in step.release:
                 yield Emit(released)
@@ -220,9 +222,9 @@ def stream_flow(
         call.upstream_started = time.perf_counter()
         try:
             if handle is not None:
-                call.upstream = yield from await_job(handle)
+                call.upstream = yield Await(handle)
             else:
-                call.upstream = yield from run_job(CallUpstream(params))
+                call.upstream = yield Run(CallUpstream(params))
         except Exception as exc:
             trace.errors.append(("upstream", exc))
             raise

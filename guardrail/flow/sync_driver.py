@@ -70,17 +70,17 @@ class CheckPace:
     is discarded) once it returns.
     """
 
+    __slots__ = ("_streak", "inline")
+
     def __init__(self) -> None:
         self._streak = 0  # races between threads can only lose a count: harmless
-
-    @property
-    def inline(self) -> bool:
-        """Whether checks may run on the caller's thread."""
-        return self._streak >= INLINE_AFTER
+        self.inline = False
+        """Whether checks may run on the caller's thread (read once per check)."""
 
     def record(self, seconds: float) -> None:
         """Note how long a check took."""
-        self._streak = self._streak + 1 if seconds < INLINE_BELOW_S else 0
+        self._streak = streak = self._streak + 1 if seconds < INLINE_BELOW_S else 0
+        self.inline = streak >= INLINE_AFTER
 
 
 class _Timed(Handle[T]):
@@ -92,17 +92,31 @@ class _Timed(Handle[T]):
     as much as an instant check).
     """
 
-    __slots__ = ("error", "fn", "future", "pace", "ran_here", "started", "t0", "timeout", "value")
+    __slots__ = (
+        "args",
+        "error",
+        "fn",
+        "future",
+        "pace",
+        "ran_here",
+        "started",
+        "t0",
+        "timeout",
+        "value",
+    )
 
     def __init__(
         self,
         job: Job[T],
-        fn: Callable[[], T],
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
         timeout: float | None,
         pace: CheckPace | None = None,
     ) -> None:
         super().__init__(job)
         self.fn = fn
+        self.args = args
+        """What ``fn`` is called with (no closure per job)."""
         self.timeout = timeout
         self.pace = pace
         """Told how long the job ran (checks only: scorings do not pace the guard)."""
@@ -121,7 +135,7 @@ class _Timed(Handle[T]):
         timeout = self.timeout
         token = deadline.enter(None if timeout is None else time.monotonic() + timeout)
         try:
-            return self.fn()
+            return self.fn(*self.args)
         finally:
             deadline.leave(token)
             if self.pace is not None:
@@ -213,10 +227,14 @@ class SyncDriver:
         stepper = Stepper(flow)
         try:
             while (effect := stepper.next_effect()) is not None:
-                if type(effect) is Emit:
-                    yield effect.chunk
-                else:
-                    self._perform(stepper, effect)
+                kind = type(effect)
+                if kind is Emit:
+                    yield effect.chunk  # type: ignore[union-attr]
+                    continue
+                try:  # _perform, inline: this runs for every effect
+                    stepper.value = _HANDLERS[kind](self, effect)
+                except Exception as exc:
+                    stepper.reject(exc)
             return stepper.result  # type: ignore[return-value]
         finally:
             if stepper.abandon():
@@ -225,7 +243,7 @@ class SyncDriver:
 
     def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
         try:
-            stepper.resolve(_HANDLERS[type(effect)](self, effect))
+            stepper.value = _HANDLERS[type(effect)](self, effect)
         except Exception as exc:
             stepper.reject(exc)
 
@@ -245,19 +263,16 @@ class SyncDriver:
 
     def _start_job(self, job: Job[Any]) -> Handle[Any]:
         if isinstance(job, Classify):
-            stage, conversations, classify = job.stage, job.conversations, self._classify
+            pace = self._pace
             return self._start_timed(
-                _Timed(job, lambda: classify(stage, conversations), self._timeout, self._pace),
-                inline=self._pace.inline,
+                _Timed(job, self._classify, (job.stage, job.conversations), self._timeout, pace),
+                inline=pace.inline,
             )
         if isinstance(job, Score):
-            score = self._score
-            if score is None:
+            if self._score is None:
                 raise ConfigurationError("no reward models are configured")
-            conversations = job.conversations
-            return self._start_timed(
-                _Timed(job, lambda: score(conversations), self._timeout), inline=False
-            )
+            args = (job.conversations,)
+            return self._start_timed(_Timed(job, self._score, args, self._timeout), inline=False)
         if isinstance(job, CallUpstream):
             return self._defer(_Deferred(job, self._upstream, job.params))
         if isinstance(job, ReadChunk):
