@@ -100,7 +100,9 @@ class GuardMessage:
     content: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "content", valid_text(self.content))
+        content = self.content
+        if not content.isascii():  # ASCII is valid as it is: no call, no copy
+            object.__setattr__(self, "content", valid_text(content))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ def plan(
 
 def regroup(verdicts: Sequence[Verdict], sizes: Sequence[int]) -> list[Verdict]:
     """Merge flat verdicts back into one verdict per conversation."""
+    if len(verdicts) == len(sizes) == sizes.count(1):
+        return list(verdicts)  # one input per conversation: nothing to merge
     if len(verdicts) != sum(sizes):
         raise ClassifierError(
             f"the guard returned {len(verdicts)} verdicts for {sum(sizes)} inputs"

@@ -186,14 +186,15 @@ def prompt_phase(
         trace.raced_at = time.perf_counter()
         handle = yield Start(CallUpstream(params))
     (decision,) = yield from check(settings, trace, Stage.PROMPT, [(params["messages"], None)])
-    trace.took(decision.action, flags=decision.flags)
-    if decision.blocked:
+    action = decision.action
+    trace.took(action, flags=decision.flags)
+    if action is Action.BLOCK:
         trace.blocked_stage = Stage.PROMPT
-    if handle is not None and (decision.blocked or decision.action is Action.REWRITE):
+    if handle is not None and action in (Action.BLOCK, Action.REWRITE):
         yield Cancel(handle)
         handle = None
         trace.raced_at = 0.0  # a rewritten prompt makes a new call
-    if decision.action is Action.REWRITE:
+    if action is Action.REWRITE:
         params = rewrite_prompt(params, decision)
     return decision, params, handle
 
