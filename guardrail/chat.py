@@ -25,9 +25,24 @@ CONTENT_FILTER = "content_filter"
 # ------------------------------------------------------------------------- reading
 
 
+_MAPPING_TYPES: dict[type, bool] = {dict: True}
+"""Whether a type is a :class:`Mapping`, per type seen: the ABC check costs a Python call."""
+
+
+def is_mapping(obj: Any) -> bool:
+    """``isinstance(obj, Mapping)``, remembered per type (pydantic messages are read often)."""
+    kind = type(obj)
+    known = _MAPPING_TYPES.get(kind)
+    if known is None:
+        known = isinstance(obj, Mapping)
+        if len(_MAPPING_TYPES) < 1024:  # classes made per call must not grow it forever
+            _MAPPING_TYPES[kind] = known
+    return known
+
+
 def get(obj: Any, name: str, default: Any = None) -> Any:
     """``obj[name]`` for a mapping, ``obj.name`` otherwise; ``default`` when absent."""
-    if type(obj) is dict or isinstance(obj, Mapping):  # dict first: skips the ABC check
+    if type(obj) is dict or is_mapping(obj):
         return obj.get(name, default)
     return getattr(obj, name, default)
 
@@ -43,8 +58,9 @@ def as_mapping(message: Any, where: str) -> Mapping[str, Any]:
     Raises :class:`~guardrail.errors.InputError` for anything that is neither a
     mapping nor a pydantic object.
     """
-    if type(message) is dict or isinstance(message, Mapping):
-        return message
+    if type(message) is dict or is_mapping(message):
+        mapping: Mapping[str, Any] = message
+        return mapping
     dump = getattr(message, "model_dump", None)
     if callable(dump):
         try:  # parsed messages hold user types that pydantic warns about when dumping

@@ -317,7 +317,10 @@ def guard_inputs(
     if convo[-1].role != "assistant":
         raise InputError("the response must be an assistant message", where="response")
     context, last = tuple(convo[:-1]), convo[-1]
-    if not any(m.role == "user" for m in context):
+    for message in context:  # a loop, not any(): this runs for every check
+        if message.role == "user":
+            break
+    else:
         raise InputError("a response check needs the user message it answers")
     thinking = norm.last_reasoning
     if mode is ReasoningMode.ANSWER and norm.reasoning_inline:

@@ -108,7 +108,8 @@ def response_phase(
     the per-choice actions to the call's report.
     """
     choices = completion.choices
-    trace.responses.extend(answer_text(c.message) for c in choices)
+    for choice in choices:  # a loop, not a generator: this runs for every call
+        trace.responses.append(answer_text(choice.message))
     decisions = yield from check(
         settings,
         trace,
