@@ -31,7 +31,7 @@ from guardrail.errors import (
     VerdictParseError,
 )
 from guardrail.qwen3guard import DEFAULT_MODEL, GuardInput, guard_inputs, parse_verdict
-from guardrail.report import GuardReport, StageOutcome, report
+from guardrail.report import GuardReport, StageOutcome, report, request_id_of
 from guardrail.types import (
     Action,
     Category,
@@ -116,5 +116,6 @@ __all__ = [
     "moderate",
     "parse_verdict",
     "report",
+    "request_id_of",
     "wrap",
 ]

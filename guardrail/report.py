@@ -61,6 +61,40 @@ def attach_report(obj: object, report: GuardReport) -> None:
     object.__setattr__(obj, _REPORT_ATTR, report)
 
 
+_REQUEST_ID_ATTR = "guardrail_request_id"
+
+
+def name_record(error: BaseException, request_id: str) -> None:
+    """Mark an exception that ended a guarded call with the id of the call's audit record.
+
+    Sets ``error.guardrail_request_id`` and adds a note (shown in tracebacks), so a
+    failure logged by the application leads a reviewer to its record. The first
+    call to name it wins; an exception that takes no attributes is left as it is.
+    """
+    if getattr(error, _REQUEST_ID_ATTR, None) is not None:
+        return
+    try:
+        setattr(error, _REQUEST_ID_ATTR, request_id)
+    except (AttributeError, TypeError):  # __slots__, or a read-only attribute
+        return
+    add_note = getattr(error, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(f"guardrail request id: {request_id}")
+
+
+def request_id_of(error: BaseException) -> str | None:
+    """The request id of the audit record of the guarded call that ``error`` ended.
+
+    Any exception a guarded call raises has one (a blocked call's, a refused call's,
+    an upstream failure's...); ``None`` for an exception from elsewhere.
+    """
+    found = getattr(error, "report", None)
+    if isinstance(found, GuardReport):
+        return found.request_id
+    named = getattr(error, _REQUEST_ID_ATTR, None)
+    return named if isinstance(named, str) else None
+
+
 def report(obj: object) -> GuardReport | None:
     """The guard's report for a completion or stream returned by a wrapped client.
 

@@ -216,6 +216,7 @@ def refuse(trace: Trace, error: GuardrailError) -> Flow[NoReturn]:
     """
     trace.errors.append(("input", error))
     trace.took(Action.BLOCK)
+    trace.ended_by(error)
     try:
         raise error
     finally:

@@ -232,5 +232,8 @@ def completion_flow(
             result = result.model_copy(update={"choices": [chosen]})
         attach_report(result, trace.report())
         return result
+    except Exception as exc:
+        trace.ended_by(exc)
+        raise
     finally:
         yield Audit(trace)

@@ -230,5 +230,8 @@ def stream_flow(
             raise
         if (yield from call.relay()):
             yield from call.finish()
+    except Exception as exc:
+        trace.ended_by(exc)
+        raise
     finally:
         yield from call.cleanup()

@@ -22,7 +22,7 @@ from guardrail.audit import (
     stage_dict,
 )
 from guardrail.chat import last_user_text
-from guardrail.report import GuardReport, StageOutcome
+from guardrail.report import GuardReport, StageOutcome, name_record
 from guardrail.reward.base import RewardScore
 from guardrail.secrets import NO_SECRETS
 from guardrail.types import Action, Stage
@@ -108,6 +108,10 @@ class Trace:
         return cls(
             request_id=new_request_id(), mode=mode, model=model, messages=messages, mask=mask
         )
+
+    def ended_by(self, error: BaseException) -> None:
+        """Name this call's audit record on an exception that ends the call (see report)."""
+        name_record(error, self.request_id)
 
     def took(self, action: Action, *, flags: Sequence[str] = ()) -> None:
         """Record an action applied to the call (the strongest one is reported)."""

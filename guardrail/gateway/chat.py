@@ -47,7 +47,7 @@ from guardrail.gateway.config import UpstreamConfig
 from guardrail.gateway.metrics import Metrics
 from guardrail.gateway.routes import GatewayRoute
 from guardrail.gateway.shapes import ApiError, dump, error_for
-from guardrail.report import GuardReport, report
+from guardrail.report import GuardReport, report, request_id_of
 
 __all__ = [
     "CHAT_FIELDS",
@@ -176,8 +176,7 @@ async def answer(
         if isinstance(found, GuardReport):
             metrics.guarded(route.policy, found)
         error = error_for(exc)
-        request_id = found.request_id if isinstance(found, GuardReport) else None
-        await send_error(send, error, request_id=request_id)
+        await send_error(send, error, request_id=request_id_of(exc))
         return error.status
     if not stream:
         done = report(result)
