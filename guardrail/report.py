@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pydantic import BaseModel, ConfigDict
 
 from guardrail.types import Action, Decision, Stage
@@ -67,19 +69,15 @@ _REQUEST_ID_ATTR = "guardrail_request_id"
 def name_record(error: BaseException, request_id: str) -> None:
     """Mark an exception that ended a guarded call with the id of the call's audit record.
 
-    Sets ``error.guardrail_request_id`` and adds a note (shown in tracebacks), so a
-    failure logged by the application leads a reviewer to its record. The first
-    call to name it wins; an exception that takes no attributes is left as it is.
+    Sets ``error.guardrail_request_id``, so a failure the application logs leads a
+    reviewer to its record. No note is added: its message stays as it was (test
+    suites match on it). The first call to name it wins; an exception that takes
+    no attributes is left as it is.
     """
     if getattr(error, _REQUEST_ID_ATTR, None) is not None:
         return
-    try:
+    with contextlib.suppress(AttributeError, TypeError):  # __slots__, read-only attributes
         setattr(error, _REQUEST_ID_ATTR, request_id)
-    except (AttributeError, TypeError):  # __slots__, or a read-only attribute
-        return
-    add_note = getattr(error, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        add_note(f"guardrail request id: {request_id}")
 
 
 def request_id_of(error: BaseException) -> str | None:
