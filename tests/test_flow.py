@@ -81,6 +81,7 @@ class Script:
     emitted: list[Any] = field(default_factory=list)
     audited: list[Trace] = field(default_factory=list)
     closed: list[Any] = field(default_factory=list)
+    close_error: Exception | None = None
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def perform(self, effect: Effect) -> Any:
@@ -101,6 +102,8 @@ class Script:
             return self.first
         if isinstance(effect, CloseStream):
             self.closed.append(effect.stream)
+            if self.close_error is not None:
+                raise self.close_error
             return None
         if isinstance(effect, Audit):
             self.audited.append(effect.trace)
@@ -559,6 +562,18 @@ def test_a_stream_read_failure_is_audited_and_the_stream_closed() -> None:
         run_stream(script, FlowSettings.of(policy(STREAMING)), ask("hi"))
     (trace,) = script.audited
     assert [where for where, _ in trace.errors] == ["upstream"]
+    assert script.kinds()[-2:] == ["CloseStream", "Audit"]
+
+
+def test_a_stream_whose_close_fails_is_still_audited_and_ends_normally() -> None:
+    script = Script(
+        upstream=lambda params: stream_of("Hello there. ", "Fine."),
+        close_error=OSError("close failed"),
+    )
+    trace = run_stream(script, FlowSettings.of(policy(STREAMING)), ask("hi"))
+    assert texts(script.emitted) == "Hello there. Fine."
+    assert script.audited == [trace]
+    assert [(where, str(error)) for where, error in trace.errors] == [("upstream", "close failed")]
     assert script.kinds()[-2:] == ["CloseStream", "Audit"]
 
 

@@ -496,3 +496,46 @@ def test_a_custom_tool_call_that_is_not_a_mapping_is_refused_with_where() -> Non
     with pytest.raises(InputError) as caught:
         guard_inputs([USER], answer)
     assert caught.value.where == "response.tool_calls[0].custom"
+
+
+def test_a_call_typed_custom_is_read_as_custom_even_with_a_function() -> None:
+    call = {
+        "type": "custom",
+        "function": {"name": "f", "arguments": "ignored"},
+        "custom": {"name": "c", "input": "payload"},
+    }
+    answer = {"role": "assistant", "content": None, "tool_calls": [call]}
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == "Tool call: c(payload)"
+
+
+def test_a_function_call_with_a_stray_custom_field_is_read_as_a_function() -> None:
+    call = {
+        "type": "function",
+        "function": {"name": "f", "arguments": "x"},
+        "custom": {"name": "c", "input": "y"},
+    }
+    answer = {"role": "assistant", "content": None, "tool_calls": [call]}
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == "Tool call: f(x)"
+
+
+def test_a_custom_call_without_name_or_input_is_still_shown() -> None:
+    answer = {
+        "role": "assistant",
+        "content": "ok",
+        "tool_calls": [{"type": "custom", "custom": {}}],
+    }
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == "ok\nTool call: ?()"
+
+
+def test_an_unknown_call_is_shown_as_sorted_json_of_what_it_holds() -> None:
+    # Keys sorted (a stable text to judge), text as written (not \\u-escaped), and
+    # values JSON has no form for shown by their str().
+    call = {"zeta": "naïve", "alpha": frozenset({"only"}), "beta": 1, "type": "x"}
+    answer = {"role": "assistant", "content": None, "tool_calls": [call]}
+    (inp,) = guard_inputs([USER], answer)
+    assert inp.messages[-1].content == (
+        'Tool call: ?({"alpha": "frozenset({\'only\'})", "beta": 1, "zeta": "naïve"})'
+    )

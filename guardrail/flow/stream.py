@@ -197,7 +197,10 @@ class _StreamCall:
             yield Cancel(self.read)
             self.read = None
         if self.upstream is not None:
-            yield CloseStream(self.upstream)
+            try:
+                yield CloseStream(self.upstream)
+            except Exception as exc:  # the answer is over either way: audited, not raised
+                trace.errors.append(("upstream", exc))
         yield Audit(trace)
 
 
