@@ -110,3 +110,16 @@ def test_an_async_stream_whose_close_fails_is_audited(tmp_path: Path) -> None:
 
     assert text_of(asyncio.run(call())) == "Hello there. Fine."
     assert_audited(tmp_path)
+
+
+def test_a_stream_left_early_whose_close_fails_is_audited(tmp_path: Path) -> None:
+    raw = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+    raw.chat.completions.create = lambda **params: BadClose()  # type: ignore[method-assign]
+    guard = guardrail.Guard(policy(tmp_path), classifier=ScriptedClassifier())
+    client = guardrail.wrap(raw, guard=guard)
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    next(iter(stream))
+    stream.close()  # the caller leaves: the flow is abandoned, its cleanup still runs
+    assert_audited(tmp_path)
