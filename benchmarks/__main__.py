@@ -118,8 +118,14 @@ WHY = {
         "(canonical JSON, sha256 chain, one write under the file lock). Instant checks run "
         "on the caller's thread in sync calls; async calls add the event loop's scheduling "
         "of each check and upstream task (on Python 3.12+ eager tasks skip most of it). "
-        "Over HTTP the added time exceeds that work: the raw call itself runs slower when "
-        "it alternates with wrapped calls than alone, a cost not yet pinned down."
+        "Over HTTP the added time exceeds that work. Timed around the upstream call inside "
+        "a wrapped sync call, the SDK's own part takes about twice its in-process time "
+        "(~180-200 us against ~90 without a sink): between calls the HTTP client's work "
+        "evicts the SDK's code and data from the CPU caches, so every call runs cold (the "
+        "instructions per call, counted with callgrind, are the in-process ones). The raw "
+        "call also runs slower when it alternates with wrapped calls than alone. With the "
+        "JSONL sink, the log's search index adds ~10 us per record ((h): its row, its "
+        "digest and a second write)."
     ),
     "c": "The guard delay is scheduled after the upstream answer: see the ratio's spread.",
     "d": (
