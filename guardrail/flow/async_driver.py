@@ -34,7 +34,6 @@ from guardrail.flow.effects import (
     Cancel,
     Classify,
     CloseStream,
-    Effect,
     Emit,
     First,
     Flow,
@@ -239,38 +238,39 @@ class AsyncDriver:
     async def _steps(self, flow: Flow[T], box: list[T]) -> AsyncGenerator[Any, None]:
         stepper = Stepper(flow)
         try:
-            while (effect := stepper.next_effect()) is not None:
-                kind = type(effect)
-                if kind is Emit:
-                    self._launch()  # the caller may take its time with the chunk
-                    yield effect.chunk  # type: ignore[union-attr]
-                    continue
-                try:  # _perform, inline: a coroutine per effect costs more than most effects
-                    if kind is Start:
-                        stepper.value = self._start(effect)  # type: ignore[arg-type]
-                    elif kind is Cancel:
-                        self._cancel(effect)  # type: ignore[arg-type]
-                    else:
-                        stepper.value = await _HANDLERS[kind](self, effect)
-                except Exception as exc:
-                    stepper.reject(exc)
+            effects = self._perform(stepper)
+            try:
+                async for chunk in effects:
+                    yield chunk
+            finally:
+                await effects.aclose()  # left at a chunk: close it now, not when collected
             box.append(stepper.result)  # type: ignore[arg-type]
         finally:
             if stepper.abandon():
-                while (effect := stepper.next_effect()) is not None:
-                    await self._perform(stepper, effect)
+                async for _ in self._perform(stepper):
+                    pass  # an abandoned flow's chunks are dropped by its stepper
 
-    async def _perform(self, stepper: Stepper[Any], effect: Effect) -> None:
-        try:
+    async def _perform(self, stepper: Stepper[Any]) -> AsyncGenerator[Any, None]:
+        """Perform the flow's effects until it ends, yielding each chunk it emits.
+
+        Each effect is dispatched here, inline: a coroutine per effect would cost
+        more than most effects do.
+        """
+        while (effect := stepper.next_effect()) is not None:
             kind = type(effect)
-            if kind is Start:
-                stepper.value = self._start(effect)  # type: ignore[arg-type]
-            elif kind is Cancel:
-                self._cancel(effect)  # type: ignore[arg-type]
-            else:
-                stepper.value = await _HANDLERS[kind](self, effect)
-        except Exception as exc:
-            stepper.reject(exc)
+            if kind is Emit:
+                self._launch()  # the caller may take its time with the chunk
+                yield effect.chunk  # type: ignore[union-attr]
+                continue
+            try:
+                if kind is Start:
+                    stepper.value = self._start(effect)  # type: ignore[arg-type]
+                elif kind is Cancel:
+                    self._cancel(effect)  # type: ignore[arg-type]
+                else:
+                    stepper.value = await _HANDLERS[kind](self, effect)
+            except Exception as exc:
+                stepper.reject(exc)
 
     # -- starting -----------------------------------------------------------------------
 
