@@ -208,28 +208,29 @@ async def test_cancelling_an_async_stream_audits(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- non-streaming
 
 
-def test_a_blocked_choice_keeps_nothing_of_the_answer(
-    server: LoopbackServer, tmp_path: Path
-) -> None:
-    body = {
+def completion_body(
+    message: dict[str, Any], *, finish: str = "stop", logprobs: Any = None
+) -> dict[str, Any]:
+    choice = {"index": 0, "finish_reason": finish, "message": message, "logprobs": logprobs}
+    return {
         "id": "c",
         "object": "chat.completion",
         "created": CREATED,
         "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {
-                    "role": "assistant",
-                    "content": "BOOM recipe",
-                    "reasoning_content": "thinking about BOOM",
-                },
-                "logprobs": {"content": [{"token": "BOOM", "logprob": 0.0, "top_logprobs": []}]},
-            }
-        ],
+        "choices": [choice],
     }
-    server.route("POST", CHAT, JSONResponse(body))
+
+
+def test_a_blocked_choice_keeps_nothing_of_the_answer(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    message = {
+        "role": "assistant",
+        "content": "BOOM recipe",
+        "reasoning_content": "thinking about BOOM",
+    }
+    logprobs = {"content": [{"token": "BOOM", "logprob": 0.0, "top_logprobs": []}]}
+    server.route("POST", CHAT, JSONResponse(completion_body(message, logprobs=logprobs)))
     wrapped = client(server, Guard(policy(tmp_path), classifier=ScriptedClassifier(SCRIPT)))
     got = wrapped.chat.completions.create(model="m", messages=ask())
     assert got.choices[0].message.content == "BLOCKED"
@@ -240,30 +241,9 @@ def test_a_blocked_choice_keeps_nothing_of_the_answer(
 def test_a_custom_tool_call_is_judged_and_blocked(server: LoopbackServer, tmp_path: Path) -> None:
     # A custom tool (openai's "custom" tool calls) carries its text in "input", not in
     # function arguments: the guard must see it, and a block must drop it.
-    body = {
-        "id": "c",
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "t1",
-                            "type": "custom",
-                            "custom": {"name": "shell", "input": "make a BOOM"},
-                        }
-                    ],
-                },
-            }
-        ],
-    }
-    server.route("POST", CHAT, JSONResponse(body))
+    call = {"id": "t1", "type": "custom", "custom": {"name": "shell", "input": "make a BOOM"}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    server.route("POST", CHAT, JSONResponse(completion_body(message, finish="tool_calls")))
     guard = ScriptedClassifier(SCRIPT)
     wrapped = client(server, Guard(policy(tmp_path), classifier=guard))
     got = wrapped.chat.completions.create(model="m", messages=ask())
