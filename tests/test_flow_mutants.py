@@ -36,6 +36,7 @@ from guardrail.flow.drive import Stepper, timeout_error
 from guardrail.flow.effects import Classify, Emit, Flow, Score
 from guardrail.flow.stream import MAX_IN_FLIGHT
 from guardrail.flow.trace import StreamEnd
+from guardrail.qwen3guard import parse_verdict
 from guardrail.reward.base import RewardScore
 from guardrail.secrets import Masker
 from guardrail.testing import ScriptedClassifier
@@ -860,3 +861,43 @@ def test_a_failed_scoring_is_a_step_with_its_error() -> None:
     assert (scoring.what, scoring.error, scoring.result) == ("reward", SCORER_DOWN, None)
     assert ("reward", SCORER_DOWN) in trace.errors
     assert trace.outcome_rewards == {}
+
+
+def test_verdicts_of_the_other_stage_do_not_fit_the_check() -> None:
+    def classify(stage: Stage, conversations: Sequence[Conversation]) -> Any:
+        # Answers judged as answers whatever was asked: a prompt check gets response verdicts.
+        return [parse_verdict("Safety: Safe\nCategories: None\nRefusal: No", stage=Stage.RESPONSE)]
+
+    script = Script(classify=classify)
+    with pytest.raises(BlockedError):  # the failure mode (closed) decides the prompt
+        run_completion(script, FlowSettings.of(policy()), ask("hello"))
+    (trace,) = script.audited
+    (outcome, *_) = trace.outcomes
+    assert outcome.decision.action is Action.BLOCK
+    assert outcome.decision.verdict is None
+    (where, error), *_ = trace.errors
+    assert (where, str(error)) == ("prompt", "the guard's verdicts do not fit a prompt check")
+
+
+def test_a_raced_upstream_call_is_timed_from_its_start() -> None:
+    script = Script()
+    trace = Trace.begin("concurrent", model="m", messages=ask("hello")["messages"])
+    before = time.perf_counter()
+    script.drive(completion_flow(FlowSettings.of(policy()), trace, ask("hello"), SHAPES))
+    (upstream,) = [s for s in trace.steps if s.what == "upstream"]
+    # Started with the prompt check, not after it: it ran while the check did.
+    assert before <= upstream.started <= trace.check_starts[0]
+
+
+def test_a_rewritten_prompts_new_call_is_timed_from_its_own_start() -> None:
+    rules = (
+        "  - id: soften\n    stage: prompt\n    when: {levels: [Controversial]}\n"
+        "    action: rewrite\n    rewrite: {mode: add_instruction, text: Be careful.}\n"
+    )
+    script = Script()
+    trace = Trace.begin("concurrent", model="m", messages=ask("x")["messages"])
+    params = ask("I want to hurt myself")
+    script.drive(completion_flow(FlowSettings.of(policy(rules=rules)), trace, params, SHAPES))
+    (upstream,) = [s for s in trace.steps if s.what == "upstream"]
+    # The raced call was cancelled: the call that answered began after the prompt check.
+    assert upstream.started >= trace.check_starts[0]
