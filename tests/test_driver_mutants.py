@@ -779,6 +779,20 @@ async def test_async_checks_are_judged_at_their_stage() -> None:
     assert stages == [Stage.PROMPT, Stage.RESPONSE]
 
 
+async def test_an_async_upstream_may_answer_any_awaitable() -> None:
+    # Not a coroutine: a future, as an upstream built on callbacks would hand back.
+    def upstream(params: dict[str, Any]) -> Any:
+        answered = asyncio.get_running_loop().create_future()
+        answered.set_result(completion("From a future."))
+        return answered
+
+    driver, _ = async_driver(upstream=upstream)
+    result = await driver.run(
+        completion_flow(FlowSettings.of(policy()), Trace.begin("c"), ask("hi"), SHAPES)
+    )
+    assert result.choices[0].message.content == "From a future."
+
+
 async def test_an_async_driver_without_a_deadline_runs_checks() -> None:
     driver, _ = async_driver(timeout_s=None)
     assert (await driver.run(direct_check())).action is Action.ALLOW
