@@ -135,6 +135,24 @@ def test_after_the_cool_down_trial_calls_close_it_again() -> None:
     assert h.breaker.state is CLOSED
 
 
+def test_a_call_admitted_before_a_transition_does_not_count_after_it() -> None:
+    # Admitted while closed, ended after the breaker opened and closed again: its
+    # outcome belongs to a state that is gone, and must not move the new one.
+    h = Harness(failures=2, failure_rate=None, cooldown_s=10, probes=1, successes=1)
+    stale = h.breaker.acquire()
+    h.fail(2)
+    h.clock.advance(10)
+    h.ok()  # the trial call closes it again
+    assert h.breaker.state is CLOSED
+    h.breaker.failed(stale, GuardConnectionError("late"))
+    h.fail()
+    assert h.breaker.state is CLOSED  # one failure of the new state, not two
+    h.fail()
+    assert h.breaker.state is OPEN
+    assert h.transitions[-1].consecutive_failures == 2
+    assert h.transitions[-1].window_calls == 2  # the late outcome was not counted
+
+
 def test_a_failed_trial_call_opens_it_for_another_cool_down() -> None:
     h = Harness(failures=1, failure_rate=None, cooldown_s=10, successes=2)
     h.fail()

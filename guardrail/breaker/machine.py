@@ -180,19 +180,9 @@ class CircuitBreaker:
             with self._lock:
                 deadlines = self._deadlines
                 now = self._clock()
-                if not (deadlines and deadlines[0][0] <= now) and not permit.settled:
-                    # The common case, kept short (what _take and _Window.add do, inline):
-                    # a success of the current state counts and moves nothing.
-                    permit.settled = True
-                    if permit.deadline is not None:
-                        self._tracked -= 1
-                        # Settled entries leave the top of the heap as they go (calls
-                        # mostly end in deadline order), the rest at a compaction.
-                        while deadlines and deadlines[0][2].settled:
-                            heapq.heappop(deadlines)
-                        if len(deadlines) > 2 * self._tracked + 64:
-                            self._compact()
-                    if permit.epoch == self._epoch:
+                if not (deadlines and deadlines[0][0] <= now):
+                    # The common case, kept short: a success counts and moves nothing.
+                    if self._take(permit):
                         self._window.add(now, False)
                         self._consecutive = 0
                     return
