@@ -67,13 +67,13 @@ from guardrail.audit.build import (
     record_dict,
     stage_dict,
 )
+from guardrail.audit.canonical import canonical_json
 from guardrail.audit.chain import (
     GENESIS_HASH,
     ChainProblem,
     HashChain,
     SealedRecord,
     VerifyResult,
-    canonical_json,
     record_hash,
     record_line,
     verify_chain,

@@ -8,14 +8,7 @@ puts the chain fields at fixed offsets and hashes the line's exact bytes, so a
 verifier needs no JSON parsing; version 1 (older logs, still verified) hashed
 the record's canonical JSON.
 
-Canonical JSON is ``json.dumps(..., sort_keys=True, separators=(",", ":"),
-ensure_ascii=False)`` encoded as UTF-8. Text that is not valid Unicode (a lone
-surrogate such as ``"\udc80"``, which UTF-8 cannot encode) is kept losslessly:
-canonical JSON writes each lone surrogate as its JSON escape (the six
-characters ``\udc80``), which every JSON reader turns back into the same string,
-and a surrogate pair (two code units of UTF-16) as the one character it
-encodes, as a JSON reader reads it. Text without surrogates, the usual case, is
-unaffected.
+Records are hashed in canonical JSON (:mod:`~guardrail.audit.canonical`).
 
 What the chain detects, and where :func:`verify_chain` reports it:
 
@@ -36,11 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from guardrail.audit.canonical import canonical_json as canonical_json  # re-exported: its old home
+from guardrail.audit.canonical import encode_canonical
 from guardrail.audit.linefmt import (
     CHAIN_FIELDS,
     CHAIN_VERSION,
@@ -64,64 +58,6 @@ GENESIS_HASH = "0" * 64
 """The ``prev_hash`` of the first record of a log."""
 
 
-# Built once: json.dumps with non-default options constructs a new encoder per call.
-_ENCODER = json.JSONEncoder(
-    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-)
-
-try:  # CPython: call the C encoder JSONEncoder.encode would use, built once.
-    from _json import encode_basestring as _c_encode_string
-    from _json import make_encoder as _c_make_encoder
-except ImportError:  # pragma: no cover - other interpreters: JSONEncoder.encode
-    _C_ENCODE: Any = None
-else:
-    # The same arguments JSONEncoder.iterencode passes for _ENCODER's options (so the
-    # output is byte-identical), except that it skips the check for circular
-    # references (its id() bookkeeping costs ~10% of an encode): a cycle ends in
-    # RecursionError instead, reported like any other unserialisable value.
-    _C_ENCODE = _c_make_encoder(
-        None, _ENCODER.default, _c_encode_string, None, ":", ",", True, False, False
-    )
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _escape_surrogates(encoded: str) -> str:
-    r"""JSON text with its surrogates made UTF-8-safe (see the module notes).
-
-    Surrogates occur only inside JSON strings (everything else is ASCII), where a
-    ``\uXXXX`` escape stands for the code unit itself.
-    """
-    joined = encoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", joined)
-
-
-def _canonical(data: Any) -> tuple[str, bytes]:
-    """Canonical JSON of a JSON value, as text and as the UTF-8 bytes hashed, encoded once."""
-    try:
-        if _C_ENCODE is not None and type(data) is dict:
-            encoded = "".join(_C_ENCODE(data, 0))
-        else:
-            encoded = _ENCODER.encode(data)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise AuditError(f"audit record is not serialisable as JSON: {exc}") from exc
-    try:
-        return encoded, encoded.encode("utf-8")
-    except UnicodeEncodeError:  # surrogates, which UTF-8 cannot hold (see the module notes)
-        encoded = _escape_surrogates(encoded)
-        return encoded, encoded.encode("utf-8")
-
-
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one serialisation records are written in; always encodable as UTF-8.
-
-    Raises :class:`~guardrail.errors.AuditError` for values JSON cannot hold
-    exactly (NaN, infinities, non-JSON types, circular references).
-    """
-    return _canonical(data)[0]
-
-
 def _with_hash(body_json: str, digest: str) -> str:
     # body_json is a non-empty JSON object: close it with the hash as last member.
     return f'{body_json[:-1]},"hash":"{digest}"}}'
@@ -137,8 +73,8 @@ def _v1_body(data: Mapping[str, Any]) -> dict[str, Any]:
 def _v2_head(data: Mapping[str, Any], prev_hash: str, index: str | None) -> bytes:
     """The bytes a version-2 hash covers for a record's JSON dict (see linefmt)."""
     members = {k: v for k, v in data.items() if k not in CHAIN_FIELDS and k != "kind"}
-    kind = _canonical(data["kind"])[1] if "kind" in data else None
-    return v2_head(prev_hash, index, kind, _canonical(members)[1][1:-1])
+    kind = encode_canonical(data["kind"])[1] if "kind" in data else None
+    return v2_head(prev_hash, index, kind, encode_canonical(members)[1][1:-1])
 
 
 def _v2_fields(data: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -182,7 +118,7 @@ def record_hash(data: Mapping[str, Any]) -> str:
     if _version(data) == CHAIN_VERSION:
         prev, index = _v2_fields(data)
         return v2_digest(_v2_head(data, prev, index))
-    return hashlib.sha256(_canonical(_v1_body(data))[1]).hexdigest()
+    return hashlib.sha256(encode_canonical(_v1_body(data))[1]).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -227,7 +163,7 @@ class HashChain:
                 raise ValueError("chain version 1 has no index field")
             body = {k: v for k, v in data.items() if k not in CHAIN_FIELDS}
             body["prev_hash"] = head
-            encoded, raw = _canonical(body)
+            encoded, raw = encode_canonical(body)
             digest = hashlib.sha256(raw).hexdigest()
             line = _with_hash(encoded, digest)
             return SealedRecord(line, head, digest, (line + "\n").encode("utf-8"))

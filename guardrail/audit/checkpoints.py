@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from guardrail.audit.chain import canonical_json
+from guardrail.audit.canonical import canonical_json
 from guardrail.audit.keys import HMAC_PREFIX, AuditKey
 from guardrail.audit.kinds import iso_ms, utc_now
 from guardrail.errors import AuditError

@@ -130,7 +130,7 @@ class RowBuilder:
                 ms, key, times, checks = record_facts(data)
             except TypeError:
                 # Given with tuples for lists...: the index describes the record's line.
-                from guardrail.audit.chain import canonical_json
+                from guardrail.audit.canonical import canonical_json
 
                 ms, key, times, checks = record_facts(json.loads(canonical_json(data)))
             known = self._ids.get(key)

@@ -12,7 +12,7 @@ byte offsets, and the record's hash covers the line's exact bytes::
 - ``kind`` (records that are not calls) comes next, so a reader tells a call
   from other records without parsing the line;
 - ``<members>`` are the record's other fields as canonical JSON
-  (:func:`~guardrail.audit.chain.canonical_json`, keys sorted), braces removed;
+  (:func:`~guardrail.audit.canonical.canonical_json`, keys sorted), braces removed;
 - ``hash`` is the SHA-256 of the line's bytes before ``,"hash":"`` followed by
   ``}``: the line without its hash member, itself a JSON object.
 
