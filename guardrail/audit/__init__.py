@@ -37,7 +37,8 @@ or, for sinks that take models, the same dict validated::
 - :mod:`~guardrail.audit.scan`: the fast scan the review commands use: records as
   dicts (orjson), filtered without models; :mod:`~guardrail.audit.stats`
   (:func:`~guardrail.audit.stats.compute_stats`, ``guardrail audit stats``) with its
-  engines' counts (:mod:`~guardrail.audit.tally`) and the DuckDB engine
+  engines' counts (:mod:`~guardrail.audit.tally`), the Python engine
+  (:mod:`~guardrail.audit.pyengine`) and the DuckDB engine
   (:mod:`~guardrail.audit.duck`); :mod:`~guardrail.audit.export`, the CSV columns;
 - :mod:`~guardrail.audit.replay`: :func:`replay_logs`, what another policy would
   have decided for the calls of a log (``guardrail audit replay``);

@@ -12,7 +12,8 @@ Each engine reads a log's **index** instead when every log has one that
 matches it (:mod:`~guardrail.audit.index`: a short row per record, written by
 the JSONL sink and bound to the log by its hash chain; read by
 :mod:`~guardrail.audit.indexstats`), and the logs themselves otherwise
-(:attr:`AuditStats.source` says which, and why). All of them fill the same
+(:attr:`AuditStats.source` says which, and why); the Python engine over the logs
+is :mod:`~guardrail.audit.pyengine`. All of them fill the same
 :class:`Tallies`, which :func:`finish` turns into the report, so each figure is
 derived once. Latencies are counted in whole
 microseconds (rounded half up) and percentiles are nearest-rank, an observed
@@ -39,18 +40,14 @@ from pydantic import BaseModel, ConfigDict
 
 from guardrail.audit.index import BoundIndex, check_index, snapshot_index
 from guardrail.audit.kinds import iso_ms
-from guardrail.audit.scan import iter_lines, parse_line
+from guardrail.audit.pyengine import python_tallies
 from guardrail.audit.tally import (
     BASE_BUCKET_MS,
     LATENCY_BIN_EDGES_US,
     LATENCY_NAMES,
     BucketTally,
     Quantiles,
-    RecordKey,
     Tallies,
-    histogram,
-    nearest_rank,
-    record_facts,
 )
 from guardrail.errors import ConfigurationError, MissingDependencyError
 
@@ -303,74 +300,6 @@ def finish(
             for index, b in sorted(buckets.items())
         ),
     )
-
-
-# ------------------------------------------------------------------ the Python engine
-
-
-CALL_LATENCIES = ("guard", "upstream", "total")
-"""The latencies of a whole call, in the order :func:`record_facts` gives them."""
-
-
-class PythonTally:
-    """Counts records one at a time by their facts (the Python engines' hot loop).
-
-    Records are counted per ``(time bucket, key)`` and latencies per microsecond;
-    :meth:`tallies` turns each distinct pair into counts once.
-    """
-
-    def __init__(self, bucket_ms: int) -> None:
-        self.bucket_ms = bucket_ms
-        self.groups: Counter[tuple[int, RecordKey]] = Counter()
-        self.lat: dict[str, Counter[int]] = {name: Counter() for name in LATENCY_NAMES}
-        self.first_ms: int | None = None
-        self.last_ms: int | None = None
-
-    def add(self, data: dict[str, Any]) -> None:
-        """Count one record dict (errors as :func:`record_facts`)."""
-        ms, key, times, checks = record_facts(data)
-        self.groups[ms // self.bucket_ms, key] += 1
-        if self.first_ms is None or ms < self.first_ms:
-            self.first_ms = ms
-        if self.last_ms is None or ms > self.last_ms:
-            self.last_ms = ms
-        lat = self.lat
-        for stage, us in checks:
-            lat.setdefault("guard." + str(stage), Counter())[us] += 1
-        for name, value in zip(CALL_LATENCIES, times, strict=True):
-            if value is not None:
-                lat[name][value] += 1
-
-    def tallies(self) -> Tallies:
-        """The counts collected so far."""
-        t = Tallies(bucket_ms=self.bucket_ms)
-        for (index, key), n in self.groups.items():
-            t.add_key(index, key, n)
-        if self.first_ms is not None and self.last_ms is not None:
-            t.see_time(self.first_ms, self.last_ms)
-        t.latency = {name: nearest_rank(c) for name, c in self.lat.items() if c}
-        t.latency_hist = {name: histogram(c) for name, c in self.lat.items() if c}
-        return t
-
-
-def python_tallies(paths: Sequence[str | os.PathLike[str]], bucket_ms: int) -> Tallies:
-    """The Python engine: one streaming pass over the logs' record dicts."""
-    tally = PythonTally(bucket_ms)
-    for p in paths:
-        path = os.fspath(p)
-        for number, line in iter_lines(path):
-            data = parse_line(path, number, line)
-            if data is None:
-                continue
-            try:
-                tally.add(data)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                from guardrail.audit.reader import AuditFileError
-
-                raise AuditFileError(
-                    path, f"not an audit record: {type(exc).__name__}: {exc}", line=number
-                ) from None
-    return tally.tallies()
 
 
 def duckdb_available() -> bool:

@@ -9,7 +9,7 @@
 - ``list LOG... [filters] [--limit N] [--json]`` (alias ``search``), ``show ID LOG...``,
   ``stats LOG... [--bucket 1h] [--engine E] [--json]`` (alias ``summary``) and
   ``export LOG... [filters] --format csv|jsonl -o OUT``: reading logs for review, in
-  :mod:`guardrail.cli.audit_review`;
+  :mod:`guardrail.cli.audit_review` (its tables: :mod:`guardrail.cli.audit_tables`);
 - ``replay LOG [LOG...] --policy NEW.yaml [--examples N] [--json]``: what another
   policy would have decided for the logged calls, from their recorded verdicts
   (no model runs): changes by old and new action and rule, with example request
