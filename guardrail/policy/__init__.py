@@ -6,10 +6,13 @@
   :mod:`~guardrail.policy.handling` (execution, failure, block, streaming, audit,
   client APIs, defaults) and :mod:`~guardrail.policy.rules` (conditions, rules);
 - :mod:`~guardrail.policy.loader`: YAML -> :class:`Policy`, with every error located
-  by file, line, column and field path;
+  by file, line, column and field path; the strict YAML reading itself is
+  :mod:`~guardrail.policy.document`;
 - :mod:`~guardrail.policy.humanize`: the wording of those errors (did you mean,
   expected types, bounds);
 - :mod:`~guardrail.policy.evaluate`: the pure decision function;
+- :mod:`~guardrail.policy.cases`: policy test cases, read and run against
+  :func:`evaluate`, with their models in :mod:`~guardrail.policy.case_schema`;
 - :mod:`~guardrail.policy.packaged`: the built-in default policy, shipped as
   ``guardrail/policy/default.yaml`` and read on first use.
 
