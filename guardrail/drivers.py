@@ -29,9 +29,9 @@ class Drivers:
     """Builds the drivers of one guard's calls, and runs its backends for them.
 
     ``judge`` is the guard backend behind its breaker, ``rewards`` the reward gate
-    (``None`` without a reward section), ``audit`` writes one call's record to the
-    sink ``sink()`` returns (read per call: a guard's sink may be replaced);
-    ``max_workers`` bounds each of the two thread pools of sync calls.
+    (``None`` without a reward section), ``sink()`` the guard's audit sink (read per
+    call: it may be replaced); ``max_workers`` bounds each of the two thread pools of
+    sync calls. Each driver is handed the ``audit`` that writes its call's record.
     """
 
     def __init__(
@@ -39,7 +39,6 @@ class Drivers:
         policy: Policy,
         judge: Classifier,
         rewards: RewardGate | None,
-        audit: Callable[[Trace], None],
         sink: Callable[[], AuditSink],
         *,
         max_workers: int,
@@ -47,7 +46,6 @@ class Drivers:
         self._policy = policy
         self._judge = judge
         self._rewards = rewards
-        self._audit = audit
         self._sink = sink
         # Two pools: upstream calls (which may be abandoned, still running) can never
         # starve guard checks of workers.
@@ -89,12 +87,14 @@ class Drivers:
             return [None] * len(conversations)
         return await self._rewards.ascore([(list(m), content_text(r)) for m, r in conversations])
 
-    def sync_driver(self, upstream: Callable[[dict[str, Any]], Any] | None = None) -> SyncDriver:
+    def sync_driver(
+        self, upstream: Callable[[dict[str, Any]], Any] | None, audit: Callable[[Trace], None]
+    ) -> SyncDriver:
         """A driver for one sync call whose upstream is ``upstream(params)``."""
         return SyncDriver(
             self.classify,
             upstream if upstream is not None else _no_upstream,
-            self._audit,
+            audit,
             timeout_s=self._policy.execution.timeout_s,
             checks=self._check_pool,
             io=self._io_pool,
@@ -103,13 +103,15 @@ class Drivers:
         )
 
     def async_driver(
-        self, upstream: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
+        self,
+        upstream: Callable[[dict[str, Any]], Awaitable[Any]] | None,
+        audit: Callable[[Trace], None],
     ) -> AsyncDriver:
         """A driver for one async call whose upstream is ``await upstream(params)``."""
         return AsyncDriver(
             self.aclassify,
             upstream if upstream is not None else _ano_upstream,
-            self._audit,
+            audit,
             timeout_s=self._policy.execution.timeout_s,
             score=self.ascore,
             audit_blocks=audit_blocks(self._sink()),

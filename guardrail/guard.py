@@ -101,12 +101,7 @@ class Guard:
             else None
         )
         self._drivers = Drivers(
-            policy,
-            self._judge,
-            self.rewards,
-            self.audit,
-            lambda: self.sink,
-            max_workers=max_workers,
+            policy, self._judge, self.rewards, lambda: self.sink, max_workers=max_workers
         )
 
     # -- what the drivers run ---------------------------------------------------------
@@ -154,13 +149,13 @@ class Guard:
 
     def sync_driver(self, upstream: Callable[[dict[str, Any]], Any] | None = None) -> SyncDriver:
         """A driver for one sync call whose upstream is ``upstream(params)``."""
-        return self._drivers.sync_driver(upstream)
+        return self._drivers.sync_driver(upstream, self.audit)
 
     def async_driver(
         self, upstream: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
     ) -> AsyncDriver:
         """A driver for one async call whose upstream is ``await upstream(params)``."""
-        return self._drivers.async_driver(upstream)
+        return self._drivers.async_driver(upstream, self.audit)
 
     # -- direct checks ----------------------------------------------------------------
 
