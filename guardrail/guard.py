@@ -3,36 +3,26 @@
 ``Guard`` is what :func:`guardrail.wrap` puts in front of a client, and what
 users of other LLM SDKs call directly (``check_prompt``, ``check_response`` and
 their async twins). It builds the parts (:mod:`guardrail.parts`), the
-:class:`~guardrail.flow.FlowSettings` its flows read and the drivers that run
-them; it owns no flow logic (:mod:`guardrail.flow`), no decisions
-(:mod:`guardrail.policy`) and no record layout (:mod:`guardrail.audit`).
+:class:`~guardrail.flow.FlowSettings` its flows read and the drivers that run them
+(:mod:`guardrail.drivers`); it owns no flow logic (:mod:`guardrail.flow`), no
+decisions (:mod:`guardrail.policy`) and no record layout (:mod:`guardrail.audit`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from guardrail.audit import (
-    AuditSink,
-    NullSink,
-    json_writer,
-    sink_from_config,
-    write_event,
-    write_record,
-)
+from guardrail.audit import AuditSink, NullSink, sink_from_config, write_record
 from guardrail.audit.keys import AuditKey
 from guardrail.audit.record import PolicyRef
-from guardrail.breaker import BreakerClassifier, BreakerTransition, CircuitBreaker, log_transition
-from guardrail.chat import content_text
-from guardrail.classifiers.base import Classifier, Conversation, amoderate_many, moderate_many
-from guardrail.errors import ConfigurationError
+from guardrail.breaker import BreakerClassifier, CircuitBreaker
+from guardrail.classifiers.base import Classifier, Conversation
+from guardrail.drivers import Drivers
 from guardrail.flow import (
     AsyncDriver,
-    CheckPace,
     FlowSettings,
     Recording,
     SyncDriver,
@@ -40,7 +30,7 @@ from guardrail.flow import (
     audit_record,
     check_flow,
 )
-from guardrail.parts import build_classifier, build_reward_gate, with_breaker
+from guardrail.parts import build_classifier, build_reward_gate, transition_recorder, with_breaker
 from guardrail.policy import Policy, load_policy
 from guardrail.reward.base import RewardScore, RewardScorer
 from guardrail.secrets import Masker
@@ -85,9 +75,11 @@ class Guard:
         self.policy = policy
         self.classifier = classifier if classifier is not None else build_classifier(policy.guard)
         self._owns_classifier = classifier is None
-        self._judge = with_breaker(self.classifier, policy.guard.breaker, self._on_breaker)
+        # Breaker transitions are logged and audited in the sink of the moment.
+        on_breaker = transition_recorder(lambda: self.sink)
+        self._judge = with_breaker(self.classifier, policy.guard.breaker, on_breaker)
         self.rewards = (
-            build_reward_gate(policy.reward, scorers, self._on_breaker) if policy.reward else None
+            build_reward_gate(policy.reward, scorers, on_breaker) if policy.reward else None
         )
         """The policy's reward models, or ``None`` when the policy has no reward section."""
         self.settings = FlowSettings.of(policy, mask=Masker.of(self.classifier, self.rewards))
@@ -108,59 +100,32 @@ class Guard:
             if tracer_provider is not None or policy.telemetry.otel
             else None
         )
-        # Two pools: upstream calls (which may be abandoned, still running) can never
-        # starve guard checks of workers.
-        self._check_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="guardrail-check"
+        self._drivers = Drivers(
+            policy, self._judge, self.rewards, lambda: self.sink, max_workers=max_workers
         )
-        self._io_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="guardrail-io"
-        )
-        self._pace = CheckPace()  # shared by this guard's sync calls
 
     # -- what the drivers run ---------------------------------------------------------
 
     def classify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Judge conversations with the policy's reasoning and system-message settings."""
-        return moderate_many(
-            self._judge,
-            conversations,
-            reasoning=self.policy.reasoning,
-            include_system=self.policy.include_system,
-        )
+        return self._drivers.classify(stage, conversations)
 
     async def aclassify(self, stage: Stage, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Async twin of :meth:`classify`."""
-        return await amoderate_many(
-            self._judge,
-            conversations,
-            reasoning=self.policy.reasoning,
-            include_system=self.policy.include_system,
-        )
+        return await self._drivers.aclassify(stage, conversations)
 
     def score(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
         """Score answers with the policy's reward models (``None`` where none applies)."""
-        if self.rewards is None:
-            return [None] * len(conversations)
-        return self.rewards.score([(list(m), content_text(r)) for m, r in conversations])
+        return self._drivers.score(conversations)
 
     async def ascore(self, conversations: Sequence[Conversation]) -> list[RewardScore | None]:
         """Async twin of :meth:`score`."""
-        if self.rewards is None:
-            return [None] * len(conversations)
-        return await self.rewards.ascore([(list(m), content_text(r)) for m, r in conversations])
+        return await self._drivers.ascore(conversations)
 
     @property
     def breaker(self) -> CircuitBreaker | None:
         """The guard backend's circuit breaker (``None`` when the policy disables it)."""
         return self._judge.breaker if isinstance(self._judge, BreakerClassifier) else None
-
-    def _on_breaker(self, transition: BreakerTransition) -> None:
-        """A circuit breaker of this guard's backends changed state: logged and audited."""
-        log_transition(transition)
-        # Sinks that take only call records (no write_json) still get the log line.
-        if not isinstance(self.sink, NullSink) and json_writer(self.sink) is not None:
-            write_event(self.sink, transition.event, transition.details(), time=transition.time)
 
     def begin(self, mode: str, *, model: str = "", mask: Masker | None = None) -> Trace:
         """The trace of a call beginning now; its span starts here when tracing is on.
@@ -184,29 +149,13 @@ class Guard:
 
     def sync_driver(self, upstream: Callable[[dict[str, Any]], Any] | None = None) -> SyncDriver:
         """A driver for one sync call whose upstream is ``upstream(params)``."""
-        return SyncDriver(
-            self.classify,
-            upstream if upstream is not None else _no_upstream,
-            self.audit,
-            timeout_s=self.policy.execution.timeout_s,
-            checks=self._check_pool,
-            io=self._io_pool,
-            score=self.score,
-            pace=self._pace,
-        )
+        return self._drivers.sync_driver(upstream, self.audit)
 
     def async_driver(
         self, upstream: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
     ) -> AsyncDriver:
         """A driver for one async call whose upstream is ``await upstream(params)``."""
-        return AsyncDriver(
-            self.aclassify,
-            upstream if upstream is not None else _ano_upstream,
-            self.audit,
-            timeout_s=self.policy.execution.timeout_s,
-            score=self.ascore,
-            audit_blocks=_blocks(self.sink),
-        )
+        return self._drivers.async_driver(upstream, self.audit)
 
     # -- direct checks ----------------------------------------------------------------
 
@@ -272,8 +221,7 @@ class Guard:
         A classifier built from the policy (not one passed in) has its ``close()``
         called, if it has one: a remote guard's HTTP clients are released.
         """
-        self._check_pool.shutdown(wait=False, cancel_futures=True)
-        self._io_pool.shutdown(wait=False, cancel_futures=True)
+        self._drivers.close()
         self.sink.close()
         close = getattr(self.classifier, "close", None)
         if self._owns_classifier and callable(close):
@@ -289,17 +237,3 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _no_upstream(params: dict[str, Any]) -> Any:
-    raise ConfigurationError("a direct check has no upstream call")
-
-
-async def _ano_upstream(params: dict[str, Any]) -> Any:
-    raise ConfigurationError("a direct check has no upstream call")
-
-
-def _blocks(sink: AuditSink) -> bool:
-    # Async calls write inline to a sink that never blocks (``blocking = False``:
-    # no fsync, no stream or logger that may wait), else in a worker thread.
-    return not isinstance(sink, NullSink) and getattr(sink, "blocking", True) is not False

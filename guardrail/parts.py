@@ -2,21 +2,24 @@
 
 This is the one place that turns a policy's ``guard`` and ``reward`` sections into
 live objects (loading local models, opening HTTP pools, putting a circuit breaker
-in front of each backend); the classifiers and scorers themselves know nothing of
-policies.
+in front of each backend, whose transitions are logged and audited); the
+classifiers and scorers themselves know nothing of policies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from guardrail.audit import AuditSink, NullSink, json_writer, write_event
 from guardrail.breaker import (
     BreakerClassifier,
     BreakerScorer,
     BreakerSettings,
+    BreakerTransition,
     CircuitBreaker,
     TransitionCallback,
+    log_transition,
 )
 from guardrail.classifiers.base import Classifier
 from guardrail.policy.schema import BreakerConfig, GuardConfig, RewardConfig, RewardModelConfig
@@ -55,6 +58,22 @@ def breaker_settings(config: BreakerConfig) -> BreakerSettings:
         probes=config.probes,
         successes=config.successes,
     )
+
+
+def transition_recorder(sink: Callable[[], AuditSink]) -> TransitionCallback:
+    """A circuit breaker callback: each transition is logged, and audited in ``sink()``.
+
+    The sink is read at each transition (a guard's sink may be replaced).
+    """
+
+    def record(transition: BreakerTransition) -> None:
+        log_transition(transition)
+        # Sinks that take only call records (no write_json) still get the log line.
+        current = sink()
+        if not isinstance(current, NullSink) and json_writer(current) is not None:
+            write_event(current, transition.event, transition.details(), time=transition.time)
+
+    return record
 
 
 def with_breaker(

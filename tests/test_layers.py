@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("guardrail.policy", "guardrail.audit"),
     ("guardrail.parts", "guardrail.measure"),
     ("guardrail.flow",),
-    ("guardrail.guard", "guardrail.telemetry"),
+    ("guardrail.guard", "guardrail.drivers", "guardrail.telemetry"),
     ("guardrail.client",),
     ("guardrail.gateway",),
     ("guardrail.cli", "guardrail.__main__", "guardrail"),

@@ -4,7 +4,7 @@ This module owns the model and the decoding orchestration: loading, the lock, th
 micro-batcher, the fast path with its ``generate()`` fallback, and turning their
 output into verdicts. Tokenising and truncation are :mod:`.encoding`'s, the two
 decoders :mod:`.fastpath`'s and :mod:`.generate`'s, checkpoint resolution
-:mod:`.loading`'s.
+:mod:`.loading`'s, checking the options :mod:`.settings`'.
 
 torch and transformers are imported when a :class:`LocalQwen3Guard` is built,
 never when this module is imported.
@@ -12,36 +12,24 @@ never when this module is imported.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from guardrail.classifiers.encoding import EncodedInput, GuardEncoder
 from guardrail.classifiers.generate import GenerateDecoder, Generation, stop_and_pad_ids
-from guardrail.classifiers.loading import (
-    ModelSource,
-    import_backend,
-    one_line,
-    resolve_device,
-)
+from guardrail.classifiers.loading import ModelSource, import_backend, one_line, resolve_device
 from guardrail.classifiers.runtime import (
     DtypeChoice,
     ThreadChoice,
-    available_cores,
+    apply_threads,
     choose_dtype,
-    choose_threads,
     probe_capabilities,
 )
-from guardrail.errors import ClassifierError, ConfigurationError, ModelLoadError
-from guardrail.qwen3guard import (
-    DEFAULT_MODEL,
-    GuardInput,
-    field_probabilities,
-    parse_verdict,
-)
+from guardrail.classifiers.settings import Decoding, LocalSettings, check_dtype
+from guardrail.errors import ClassifierError, ModelLoadError
+from guardrail.qwen3guard import DEFAULT_MODEL, GuardInput, field_probabilities, parse_verdict
 from guardrail.types import Verdict
 
 if TYPE_CHECKING:
@@ -49,47 +37,6 @@ if TYPE_CHECKING:
     from guardrail.classifiers.fastpath import FastDecoder, FastPathOptions
 
 __all__ = ["EncodedInput", "Generation", "LocalQwen3Guard"]
-
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
-_MAX_CONTEXT = 32768
-"""The context Qwen3Guard is served with; larger configured windows are not used."""
-
-Decoding = Literal["fast", "generate"]
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The decoding options of both constructors, checked when built."""
-
-    max_input_tokens: int | None
-    max_new_tokens: int
-    batch_size: int | None
-    top_logprobs: int
-    decoding: Decoding
-    max_batch_size: int
-    max_wait_ms: float
-    fast_path: FastPathOptions | None
-
-    def __post_init__(self) -> None:
-        if self.decoding not in ("fast", "generate"):
-            raise ConfigurationError(
-                f"decoding must be 'fast' or 'generate', not {self.decoding!r}"
-            )
-        if self.max_wait_ms < 0:
-            raise ConfigurationError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
-        for name in ("max_new_tokens", "batch_size", "max_batch_size", "top_logprobs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigurationError(f"{name} must be at least 1, got {value}")
-        if self.max_input_tokens is not None and self.max_input_tokens < 1:
-            raise ConfigurationError(
-                f"max_input_tokens must be at least 1, got {self.max_input_tokens}"
-            )
-
-    @property
-    def chunk_size(self) -> int:
-        """Inputs per model batch (``batch_size`` is an alias of ``max_batch_size``)."""
-        return self.batch_size or self.max_batch_size
 
 
 class LocalQwen3Guard:
@@ -164,9 +111,8 @@ class LocalQwen3Guard:
         fast_path: FastPathOptions | None = None,
         threads: int | None = None,
     ) -> None:
-        if dtype is not None and dtype not in _DTYPES:
-            raise ConfigurationError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
-        settings = _Settings(
+        check_dtype(dtype)
+        settings = LocalSettings(
             max_input_tokens,
             max_new_tokens,
             batch_size,
@@ -180,7 +126,7 @@ class LocalQwen3Guard:
         device_name, torch_device = resolve_device(torch, device)
         kind = torch_device.type
         dtype_choice = choose_dtype(dtype, kind, probe_capabilities(torch, kind))
-        thread_choice = _apply_threads(torch, threads, kind)
+        thread_choice = apply_threads(torch, threads, kind)
         dtype_name = dtype_choice.name
         source = ModelSource.resolve(
             model,
@@ -225,7 +171,7 @@ class LocalQwen3Guard:
         class name). ``threads`` follows the constructor's rule for a model on the
         CPU. The other options are the constructor's.
         """
-        settings = _Settings(
+        settings = LocalSettings(
             max_input_tokens,
             max_new_tokens,
             batch_size,
@@ -240,7 +186,7 @@ class LocalQwen3Guard:
         encoder = GuardEncoder(tokenizer, name)
         weight = next(model.parameters())
         dtype_choice = DtypeChoice(str(weight.dtype).removeprefix("torch."), "the model's own")
-        thread_choice = _apply_threads(torch, threads, weight.device.type)
+        thread_choice = apply_threads(torch, threads, weight.device.type)
         guard = cls.__new__(cls)
         device = (str(weight.device), weight.device)
         runtime = (dtype_choice, thread_choice)
@@ -254,7 +200,7 @@ class LocalQwen3Guard:
         net: Any,
         device: tuple[str, Any],
         runtime: tuple[DtypeChoice, ThreadChoice],
-        settings: _Settings,
+        settings: LocalSettings,
     ) -> None:
         """Everything past loading, shared by both constructors; ``device``: (name, torch's)."""
         self._device, torch_device = device
@@ -275,22 +221,15 @@ class LocalQwen3Guard:
             top_logprobs=settings.top_logprobs,
         )
 
-        window = getattr(net.config, "max_position_embeddings", None) or _MAX_CONTEXT
-        self.max_input_tokens: int = settings.max_input_tokens or (
-            min(window, _MAX_CONTEXT) - settings.max_new_tokens
-        )
-        """Longest guard input in tokens; longer inputs are truncated (see the class doc)."""
         try:
             overhead = self._encoder.template_overhead()
         except Exception as exc:  # a template error of any kind: not a guard template
             raise ModelLoadError(
                 f"{name!r}: its chat template is not a Qwen3Guard-Gen template: {one_line(exc)}"
             ) from exc
-        if self.max_input_tokens <= overhead:
-            raise ConfigurationError(
-                f"max_input_tokens={self.max_input_tokens} leaves no room for content: "
-                f"the guard template alone takes {overhead} tokens"
-            )
+        window = getattr(net.config, "max_position_embeddings", None)
+        self.max_input_tokens: int = settings.input_limit(window, overhead)
+        """Longest guard input in tokens; longer inputs are truncated (see the class doc)."""
         self._fast: FastDecoder | None = None
         if settings.decoding == "fast":
             from guardrail.classifiers.fastpath import build_fast_decoder
@@ -487,13 +426,3 @@ class LocalQwen3Guard:
             f"LocalQwen3Guard({self._model_name!r}, device={self._device!r}, "
             f"dtype={self.dtype!r}, threads={self.threads}, decoding={self.decoding!r})"
         )
-
-
-def _apply_threads(torch: Any, threads: int | None, device_type: str) -> ThreadChoice:
-    """Choose torch's thread count (see :func:`~.runtime.choose_threads`) and set it."""
-    choice = choose_threads(
-        threads, device_type, torch.get_num_threads(), os.environ, available_cores()
-    )
-    if choice.apply and torch.get_num_threads() != choice.count:
-        torch.set_num_threads(choice.count)
-    return choice

@@ -26,6 +26,7 @@ __all__ = [
     "Capabilities",
     "DtypeChoice",
     "ThreadChoice",
+    "apply_threads",
     "available_cores",
     "choose_dtype",
     "choose_threads",
@@ -146,3 +147,13 @@ def choose_threads(
     if env.get("OMP_NUM_THREADS", "").strip():
         return ThreadChoice(current, "OMP_NUM_THREADS", apply=False)
     return ThreadChoice(cores, "cores available", apply=True)
+
+
+def apply_threads(torch: Any, threads: int | None, device_type: str) -> ThreadChoice:
+    """Choose torch's thread count (see :func:`choose_threads`) and set it."""
+    choice = choose_threads(
+        threads, device_type, torch.get_num_threads(), os.environ, available_cores()
+    )
+    if choice.apply and torch.get_num_threads() != choice.count:
+        torch.set_num_threads(choice.count)
+    return choice
