@@ -1,0 +1,202 @@
+"""Before and after on one harness: ``python -m benchmarks.against REF [--rounds N] [--full]``.
+
+Runs this checkout's benchmarks (b) overhead over HTTP, (c) latency hiding and
+(d) streaming against two builds of the library: the ``guardrail`` package of
+the git commit ``REF`` (extracted with ``git archive``) and this checkout's
+(uncommitted changes included). Only the library differs: the harness, the fake
+upstream and the interpreter are this checkout's, so a difference in a row is
+the library's, not the benchmark's. Each build runs in its own subprocess, the
+two alternating round by round (the first in each round alternating too), and
+each row's value is reported per round and as the median over the rounds.
+
+The build a worker measures is put first on ``PYTHONPATH`` and checked: the
+worker refuses to run when ``import guardrail`` resolves anywhere else (a
+script's ``sys.path`` does not hold the working directory, so an editable install
+of this checkout would otherwise answer for both).
+
+``REF``'s library must accept what the harness uses: ``Guard(policy,
+classifier=..., sink=...)``, ``wrap``, ``JsonlSink``/``NullSink``,
+``load_policy_text`` and ``guardrail.testing.ScriptedClassifier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHES = ("b", "c", "d")
+"""The benchmarks that run on any build with the harness's API (see the module notes)."""
+
+
+class AgainstError(Exception):
+    """A comparison that cannot run: an unknown commit, a worker that failed."""
+
+
+def extract(ref: str, dest: Path, repo: Path = ROOT) -> str:
+    """Write the ``guardrail`` package of commit ``ref`` under ``dest``; its full hash."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise AgainstError(f"{ref!r} is not a commit of {repo}") from exc
+    archive = dest / "guardrail.tar"
+    try:
+        subprocess.run(
+            ["git", "-C", str(repo), "archive", "--output", str(archive), commit, "guardrail"],
+            check=True,
+            capture_output=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise AgainstError(f"{commit} has no guardrail package: {exc.stderr.decode()}") from exc
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(dest, filter="data")
+        except TypeError:  # Python before 3.10.12 / 3.11.4: no extraction filters
+            tar.extractall(dest)  # our own repository's archive
+    archive.unlink()
+    return commit
+
+
+def measure(root: Path, benches: Sequence[str], quick: bool) -> list[dict[str, Any]]:
+    """Run the benchmarks in a subprocess that imports the library under ``root``; its rows."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root)]
+    command += ["--only", ",".join(benches)] + ([] if quick else ["--full"])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AgainstError(f"the worker for {root} failed:\n{done.stderr.strip()}")
+    rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def _worker(root: Path, benches: Sequence[str], quick: bool) -> int:
+    """Measure in this process, which must import the library under ``root``."""
+    import guardrail
+
+    found = Path(guardrail.__file__).resolve().parent.parent
+    if found != root.resolve():
+        print(f"guardrail was imported from {found}, not {root}", file=sys.stderr)
+        return 3
+    import bench_middleware as bm
+
+    runs: dict[str, Callable[[bool], list[Any]]] = {
+        "b": bm.overhead,
+        "c": bm.latency_hiding,
+        "d": bm.streaming,
+    }
+    rows = [r for b in benches for r in runs[b](quick)]
+    print(json.dumps(rows))
+    return 0
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
+    """Markdown table lines: each row's median over the rounds, before and after.
+
+    ``before`` and ``after`` hold one list of rows per round. A row measured on
+    one side only is left out; ``after / before`` is empty where before is zero.
+    """
+
+    def by_key(rounds: Sequence[Sequence[Any]]) -> dict[tuple[str, str, str], list[Any]]:
+        out: dict[tuple[str, str, str], list[Any]] = {}
+        for rows in rounds:
+            for r in rows:
+                out.setdefault((r["bench"], r["case"], r["metric"]), []).append(r)
+        return out
+
+    old, new = by_key(before), by_key(after)
+    lines = [
+        "| bench | case | metric | before | after | after / before | rounds before | "
+        "rounds after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, olds in old.items():
+        news = new.get(key)
+        if not news:
+            continue
+        unit = olds[0]["unit"]
+        a = _median([r["value"] for r in olds])
+        b = _median([r["value"] for r in news])
+        ratio = f"{b / a:.3f}" if a else ""
+        each_a = " ".join(f"{r['value']:.3g}" for r in olds)
+        each_b = " ".join(f"{r['value']:.3g}" for r in news)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {a:.3g} {unit} | {b:.3g} {unit} | {ratio} | "
+            f"{each_a} | {each_b} |"
+        )
+    return lines
+
+
+def run(ref: str, benches: Sequence[str], rounds: int, quick: bool) -> list[str]:
+    """The comparison's report lines: ``ref``'s library before, this checkout's after."""
+    with tempfile.TemporaryDirectory(prefix="guardrail-against-") as tmp:
+        commit = extract(ref, Path(tmp))
+        sides = {"before": Path(tmp), "after": ROOT}
+        results: dict[str, list[list[Any]]] = {"before": [], "after": []}
+        for i in range(rounds):
+            order = ("before", "after") if i % 2 == 0 else ("after", "before")
+            for side in order:
+                results[side].append(measure(sides[side], benches, quick))
+                print(f"round {i + 1}/{rounds}: {side} done", file=sys.stderr)
+    head = [
+        f"Before: guardrail at {commit[:12]} ({ref}); after: this checkout ({ROOT}). "
+        f"Benchmarks {','.join(benches)}, {'quick' if quick else 'full'} mode, "
+        f"{rounds} alternating rounds; values are medians over the rounds.",
+        "",
+    ]
+    return head + compare(results["before"], results["after"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module notes)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.against", description=__doc__)
+    parser.add_argument("ref", nargs="?", help="the git commit whose library is 'before'")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--only", default=",".join(BENCHES), help="benchmarks among b,c,d")
+    parser.add_argument("--full", action="store_true", help="the benchmarks' full mode")
+    parser.add_argument("--output", default="-", help="also write the report here")
+    parser.add_argument("--worker", metavar="ROOT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    benches = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in benches if b not in BENCHES]
+    if unknown or not benches:
+        parser.error(f"--only: choose among {','.join(BENCHES)}, got {args.only!r}")
+    if args.worker is not None:
+        return _worker(Path(args.worker), benches, not args.full)
+    if args.ref is None:
+        parser.error("give the commit to compare against, e.g. HEAD~1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    try:
+        lines = run(args.ref, benches, args.rounds, not args.full)
+    except AgainstError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    if args.output != "-":
+        Path(args.output).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""``python -m benchmarks.against``: this checkout's harness over two builds of the library."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_against", ROOT / "benchmarks" / "against.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+against = _load()
+
+
+def _head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the comparison reads commits")
+
+
+def _row(bench: str, case: str, metric: str, value: float, unit: str = "us") -> dict[str, Any]:
+    return {
+        "bench": bench,
+        "case": case,
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "spread": "",
+        "note": "",
+    }
+
+
+def test_extract_writes_the_commits_package(tmp_path: Path) -> None:
+    head = _head()
+    assert against.extract("HEAD", tmp_path) == head
+    shown = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{head}:guardrail/__init__.py"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert (tmp_path / "guardrail" / "__init__.py").read_bytes() == shown
+    assert not (tmp_path / "guardrail.tar").exists()
+    assert not (tmp_path / "tests").exists()  # the library only
+
+
+def test_extract_refuses_an_unknown_commit(tmp_path: Path) -> None:
+    _head()
+    with pytest.raises(against.AgainstError, match="'no-such-ref' is not a commit"):
+        against.extract("no-such-ref", tmp_path)
+
+
+def test_a_worker_refuses_a_library_imported_from_elsewhere(tmp_path: Path) -> None:
+    # tmp_path holds no guardrail package: the worker's import finds another one
+    # (this checkout's), which is exactly the mix-up it must refuse.
+    with pytest.raises(against.AgainstError, match="failed") as caught:
+        against.measure(tmp_path, ["c"], quick=True)
+    assert f"not {tmp_path}" in str(caught.value)
+
+
+def test_compare_reports_medians_ratios_and_each_round() -> None:
+    before = [
+        [_row("b", "sync", "added", 100.0), _row("c", "sync", "ratio", 0.0, "x")],
+        [_row("b", "sync", "added", 300.0), _row("c", "sync", "ratio", 0.0, "x")],
+        [_row("b", "sync", "added", 200.0), _row("c", "sync", "ratio", 0.0, "x")],
+    ]
+    after = [
+        [_row("b", "sync", "added", 150.0), _row("c", "sync", "ratio", 1.0, "x")],
+        [_row("b", "sync", "added", 250.0), _row("c", "sync", "ratio", 1.0, "x")],
+        [_row("b", "sync", "added", 350.0), _row("c", "sync", "ratio", 1.0, "x")],
+        [_row("b", "only after", "added", 1.0)],
+    ]
+    lines = against.compare(before, after)
+    assert lines[0].startswith("| bench | case | metric | before | after | after / before")
+    body = lines[2:]
+    assert body == [
+        "| b | sync | added | 200 us | 250 us | 1.250 | 100 300 200 | 150 250 350 |",
+        "| c | sync | ratio | 0 x | 1 x |  | 0 0 0 | 1 1 1 |",
+    ]
+
+
+def test_compare_takes_the_middle_pair_for_an_even_count() -> None:
+    lines = against.compare(
+        [[_row("b", "s", "m", 1.0)], [_row("b", "s", "m", 3.0)]],
+        [[_row("b", "s", "m", 2.0)], [_row("b", "s", "m", 6.0)]],
+    )
+    assert lines[2] == "| b | s | m | 2 us | 4 us | 2.000 | 1 3 | 2 6 |"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["HEAD", "--only", "a"], "--only: choose among b,c,d"),
+        (["HEAD", "--only", ","], "--only: choose among b,c,d"),
+        ([], "give the commit to compare against"),
+        (["HEAD", "--rounds", "0"], "--rounds must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        against.main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_commit_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    _head()
+    assert against.main(["no-such-ref", "--rounds", "1"]) == 2
+    assert capsys.readouterr().err == f"error: 'no-such-ref' is not a commit of {ROOT}\n"
+
+
+@pytest.mark.slow
+def test_both_builds_run_and_are_compared(tmp_path: Path) -> None:
+    head = _head()
+    out = tmp_path / "against.md"
+    command = ["benchmarks.against", "HEAD", "--rounds", "1", "--only", "c", "--output", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Before: guardrail at {head[:12]} (HEAD)" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| c |")]
+    # Benchmark (c): sync and async, each a guarded / ideal ratio measured on both sides.
+    assert [line.split(" | ")[1:3] for line in rows] == [
+        ["sync", "guarded / ideal"],
+        ["async", "guarded / ideal"],
+    ]
+    assert "round 1/1: before done" in done.stderr
+    assert "round 1/1: after done" in done.stderr
+    assert out.read_text() == done.stdout
+
+
+def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    _head()
+    calls: list[Path] = []
+
+    def fake_measure(root: Path, benches: list[str], quick: bool) -> list[dict[str, Any]]:
+        calls.append(root)
+        assert (benches, quick) == (["b"], True)
+        assert (root / "guardrail" / "__init__.py").is_file()
+        value = 2.0 if root == against.ROOT else 1.0  # the extracted commit is elsewhere
+        return [_row("b", "sync", "added", value * len(calls))]
+
+    monkeypatch.setattr(against, "measure", fake_measure)
+    lines = against.run("HEAD", ["b"], 3, quick=True)
+    after = [root == against.ROOT for root in calls]
+    assert after == [False, True, True, False, False, True]
+    assert len({root for root in calls if root != against.ROOT}) == 1
+    # Each side's rounds in round order: before measured 1st, 4th and 5th, after 2nd, 3rd, 6th.
+    assert lines[-1] == "| b | sync | added | 4 us | 6 us | 1.500 | 1 4 5 | 4 6 12 |"
+    assert "3 alternating rounds" in lines[0]
