@@ -177,6 +177,12 @@ def make_guard(server: LoopbackServer, tmp_path: Path, *, sink: str, behavior: s
     return Guard(load_policy_text(text), classifier=remote)
 
 
+def close_guard(guard: Guard) -> None:
+    """Close the guard and the remote guard the test gave it (a Guard closes only what it built)."""
+    guard.close()
+    guard.classifier.close()  # type: ignore[attr-defined]
+
+
 def call(client: Any, *, stream: bool, is_async: bool) -> Any:
     """Run one guarded call to the end (reading a stream whole); returns what it returned."""
     messages = [{"role": "user", "content": "Plan a picnic"}]
@@ -239,7 +245,7 @@ def test_upstream_error_echoing_the_bearer_token(
     )
     with capture_logs() as events, pytest.raises(openai.APIStatusError) as info:
         call(client, stream=stream, is_async=is_async)
-    guard.close()
+    close_guard(guard)
     assert info.value.status_code == status
     assert MASK in str(info.value)  # the echo was there, masked
     assert_nowhere(tmp_path, sink, events, info.value)
@@ -258,7 +264,7 @@ def test_upstream_error_mid_stream_echoing_the_bearer_token(
     )
     with capture_logs() as events, pytest.raises(openai.APIError) as info:
         call(client, stream=True, is_async=is_async)
-    guard.close()
+    close_guard(guard)
     assert MASK in str(info.value)
     assert_nowhere(tmp_path, sink, events, info.value)
 
@@ -278,7 +284,7 @@ def test_guard_server_echoing_its_key(
     )
     with capture_logs() as events, pytest.raises(guardrail.BlockedError) as info:
         call(client, stream=stream, is_async=is_async)  # fails closed
-    guard.close()
+    close_guard(guard)
     decision = info.value.decision
     assert decision.rule_id == "failure"
     expected = VerdictParseError if status == 200 else GuardHTTPError
@@ -298,7 +304,7 @@ def test_direct_checks_mask_the_guard_key(
         decision = asyncio.run(guard.acheck_prompt(messages))
     else:
         decision = guard.check_prompt(messages)
-    guard.close()
+    close_guard(guard)
     assert decision.blocked
     assert GUARD_KEY not in decision.reason
     assert GUARD_KEY not in (decision.error or "")
@@ -333,7 +339,7 @@ def test_a_guard_shared_by_two_clients_masks_each_clients_key(
         with pytest.raises(openai.AuthenticationError) as info:
             call(copy, stream=False, is_async=False)
         assert key not in str(info.value)
-    guard.close()
+    close_guard(guard)
     data = (tmp_path / "audit.jsonl").read_bytes()
     assert data.count(b"\n") == 4
     assert UPSTREAM_KEY.encode() not in data
@@ -367,6 +373,7 @@ rules: []
     else:
         decision = guard.check_response(messages, "an answer")
     guard.close()
+    scorer.close()  # passed in: the test's to close
     assert decision.action.value == "allow"  # a reward failure leaves the answer unscored
     data = (tmp_path / "audit.jsonl").read_bytes()
     assert b"reward model: " in data  # the failure is recorded...
