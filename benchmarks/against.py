@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -104,12 +105,6 @@ def _worker(root: Path, benches: Sequence[str], quick: bool) -> int:
     return 0
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
     """Markdown table lines: each row's median over the rounds, before and after.
 
@@ -135,8 +130,8 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
         if not news:
             continue
         unit = olds[0]["unit"]
-        a = _median([r["value"] for r in olds])
-        b = _median([r["value"] for r in news])
+        a = statistics.median(r["value"] for r in olds)
+        b = statistics.median(r["value"] for r in news)
         ratio = f"{b / a:.3f}" if a else ""
         each_a = " ".join(f"{r['value']:.3g}" for r in olds)
         each_b = " ".join(f"{r['value']:.3g}" for r in news)
