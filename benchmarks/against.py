@@ -14,6 +14,11 @@ worker refuses to run when ``import guardrail`` resolves anywhere else (a
 script's ``sys.path`` does not hold the working directory, so an editable install
 of this checkout would otherwise answer for both).
 
+``--without index,breaker`` compares like for like with a build from before
+those features existed: each side turns them off where it has them (the JSONL
+sink's log index, the guard backend's circuit breaker), and the report says,
+for each side, which it turned off and which its build lacks.
+
 ``REF``'s library must accept what the harness uses: ``Guard(policy,
 classifier=..., sink=...)``, ``wrap``, ``JsonlSink``/``NullSink``,
 ``load_policy_text`` and ``guardrail.testing.ScriptedClassifier``.
@@ -37,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHES = ("b", "c", "d")
 """The benchmarks that run on any build with the harness's API (see the module notes)."""
+FEATURES = ("index", "breaker")
+"""What ``--without`` may turn off (``bench_middleware.FEATURES``, which says how)."""
 
 
 class AgainstError(Exception):
@@ -72,20 +79,37 @@ def extract(ref: str, dest: Path, repo: Path = ROOT) -> str:
     return commit
 
 
-def measure(root: Path, benches: Sequence[str], quick: bool) -> list[dict[str, Any]]:
-    """Run the benchmarks in a subprocess that imports the library under ``root``; its rows."""
+def _run_worker(root: Path, args: Sequence[str]) -> Any:
+    """Run a worker that imports the library under ``root``; the JSON it prints last."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root)]
-    command += ["--only", ",".join(benches)] + ([] if quick else ["--full"])
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise AgainstError(f"the worker for {root} failed:\n{done.stderr.strip()}")
-    rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    root: Path, benches: Sequence[str], quick: bool, without: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Run the benchmarks in a subprocess that imports the library under ``root``; its rows.
+
+    ``without`` names features (``bench_middleware.FEATURES``) to turn off where
+    the library has them.
+    """
+    args = ["--only", ",".join(benches), "--without", ",".join(without)]
+    rows: list[dict[str, Any]] = _run_worker(root, args + ([] if quick else ["--full"]))
     return rows
 
 
-def _worker(root: Path, benches: Sequence[str], quick: bool) -> int:
+def features(root: Path) -> list[str]:
+    """Which of ``bench_middleware.FEATURES`` the library under ``root`` has."""
+    found: list[str] = _run_worker(root, ["--features"])
+    return found
+
+
+def _worker(root: Path, benches: Sequence[str], quick: bool, without: Sequence[str]) -> int:
     """Measure in this process, which must import the library under ``root``."""
     import guardrail
 
@@ -95,14 +119,34 @@ def _worker(root: Path, benches: Sequence[str], quick: bool) -> int:
         return 3
     import bench_middleware as bm
 
+    bm.features_off = frozenset(without)
+    if not benches:  # --features: what this build has
+        print(json.dumps(bm.present_features()))
+        return 0
     runs: dict[str, Callable[[bool], list[Any]]] = {
         "b": bm.overhead,
         "c": bm.latency_hiding,
         "d": bm.streaming,
     }
     rows = [r for b in benches for r in runs[b](quick)]
+    strays = _strays(found)
+    if strays:  # an editable install answered an import this build could not
+        print(f"modules not from {found}: {', '.join(strays)}", file=sys.stderr)
+        return 3
     print(json.dumps(rows))
     return 0
+
+
+def _strays(root: Path) -> list[str]:
+    """The ``guardrail`` modules loaded in this process from anywhere but ``root``."""
+    home = root / "guardrail"
+    return sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if (name == "guardrail" or name.startswith("guardrail."))
+        and getattr(module, "__file__", None) is not None
+        and home not in Path(module.__file__).resolve().parents
+    )
 
 
 def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
@@ -142,16 +186,22 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
     return lines
 
 
-def run(ref: str, benches: Sequence[str], rounds: int, quick: bool) -> list[str]:
-    """The comparison's report lines: ``ref``'s library before, this checkout's after."""
+def run(
+    ref: str, benches: Sequence[str], rounds: int, quick: bool, without: Sequence[str] = ()
+) -> list[str]:
+    """The comparison's report lines: ``ref``'s library before, this checkout's after.
+
+    ``without`` names features to turn off on each side that has them.
+    """
     with tempfile.TemporaryDirectory(prefix="guardrail-against-") as tmp:
         commit = extract(ref, Path(tmp))
         sides = {"before": Path(tmp), "after": ROOT}
         results: dict[str, list[list[Any]]] = {"before": [], "after": []}
+        off = {side: _turned_off(root, without) for side, root in sides.items()}
         for i in range(rounds):
             order = ("before", "after") if i % 2 == 0 else ("after", "before")
             for side in order:
-                results[side].append(measure(sides[side], benches, quick))
+                results[side].append(measure(sides[side], benches, quick, without))
                 print(f"round {i + 1}/{rounds}: {side} done", file=sys.stderr)
     head = [
         f"Before: guardrail at {commit[:12]} ({ref}); after: this checkout ({ROOT}). "
@@ -159,7 +209,24 @@ def run(ref: str, benches: Sequence[str], rounds: int, quick: bool) -> list[str]
         f"{rounds} alternating rounds; values are medians over the rounds.",
         "",
     ]
+    if without:
+        head[-1:-1] = [
+            f"Turned off: {', '.join(without)}. Before: {off['before']}; after: {off['after']}."
+        ]
     return head + compare(results["before"], results["after"])
+
+
+def _turned_off(root: Path, without: Sequence[str]) -> str:
+    """What ``--without`` does to the library under ``root``, in words."""
+    if not without:
+        return ""
+    has = features(root)
+    off = [f for f in without if f in has]
+    absent = [f for f in without if f not in has]
+    parts = ([f"{', '.join(off)} turned off"] if off else []) + (
+        [f"{', '.join(absent)} absent from this build"] if absent else []
+    )
+    return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,21 +236,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--only", default=",".join(BENCHES), help="benchmarks among b,c,d")
     parser.add_argument("--full", action="store_true", help="the benchmarks' full mode")
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="FEATURES",
+        help="turn these features off in each build that has them, to compare like for "
+        f"like with a build from before they existed (among {','.join(FEATURES)})",
+    )
     parser.add_argument("--output", default="-", help="also write the report here")
     parser.add_argument("--worker", metavar="ROOT", help=argparse.SUPPRESS)
+    parser.add_argument("--features", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     benches = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in benches if b not in BENCHES]
     if unknown or not benches:
         parser.error(f"--only: choose among {','.join(BENCHES)}, got {args.only!r}")
+    without = [f.strip() for f in args.without.split(",") if f.strip()]
+    if any(f not in FEATURES for f in without):
+        parser.error(f"--without: choose among {','.join(FEATURES)}, got {args.without!r}")
     if args.worker is not None:
-        return _worker(Path(args.worker), benches, not args.full)
+        work = [] if args.features else benches
+        return _worker(Path(args.worker), work, not args.full, without)
     if args.ref is None:
         parser.error("give the commit to compare against, e.g. HEAD~1")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     try:
-        lines = run(args.ref, benches, args.rounds, not args.full)
+        lines = run(args.ref, benches, args.rounds, not args.full, without)
     except AgainstError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ work (or its scheduling of the guard's delay) is measured.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,40 @@ ANSWER = "Paris is the capital of France. " * 2
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+FEATURES = ("index", "breaker")
+"""Features a comparison with an older build may turn off (``benchmarks.against --without``):
+``index``, the JSONL sink's log index; ``breaker``, the guard backend's circuit breaker."""
+
+features_off: frozenset[str] = frozenset()
+"""The :data:`FEATURES` these benchmarks turn off, in a library that has them."""
+
+
+def present_features() -> list[str]:
+    """The :data:`FEATURES` the imported library has (an older build may lack some)."""
+    # Looked for in the imported package's own folder: an editable install of another
+    # checkout may answer an import of a module this build lacks.
+    home = Path(guardrail.__file__).resolve().parent
+    has = {
+        "index": "index" in inspect.signature(JsonlSink).parameters,
+        "breaker": (home / "breaker").is_dir(),
+    }
+    return [f for f in FEATURES if has[f]]
+
+
+def _off(feature: str) -> bool:
+    return feature in features_off and feature in present_features()
+
+
+def _jsonl(path: Path) -> JsonlSink:
+    """The JSONL sink the benchmarks write to (without its index when that is turned off)."""
+    if _off("index"):
+        return JsonlSink(path, index=False)
+    return JsonlSink(path)  # an older build's JsonlSink may take no ``index``
+
+
 def _policy(extra: str = "") -> Any:
+    if _off("breaker"):
+        extra += "guard: {breaker: {enabled: false}}\n"
     return load_policy_text(
         "version: 1\nname: bench\naudit: {sink: none}\n"
         + extra
@@ -48,7 +82,7 @@ def overhead(quick: bool) -> list[Row]:
     with upstream_process(ANSWER) as url, tempfile.TemporaryDirectory() as tmp:
         for flavour in ("sync", "async"):
             for label, sink in (
-                ("audit to JSONL", JsonlSink(Path(tmp) / f"{flavour}.jsonl")),
+                ("audit to JSONL", _jsonl(Path(tmp) / f"{flavour}.jsonl")),
                 ("no audit sink", NullSink()),
             ):
                 guard = guardrail.Guard(_policy(), classifier=ScriptedClassifier(), sink=sink)

@@ -23,6 +23,7 @@ from guardrail.audit.chain import HashChain, record_hash, record_line
 from guardrail.audit.chainscan import find_committed, scan_chain
 from guardrail.audit.index import index_path
 from guardrail.audit.linefmt import PREV_END, PREV_START, V2_PREFIX, v2_index
+from guardrail.errors import AuditError
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +211,36 @@ def test_positions_head_and_index_digest_are_noted(log: Path, lines: list[bytes]
     assert not verify_file(tail).ok
     assert verify_file(tail, genesis=None).ok
     assert verify_file(tail, genesis=None).count == len(lines) - 4
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"time": "t", "a": [1, 2.5, None], "z": {"y": "é\udc80", "b": True}},
+        {"kind": "event", "type": "breaker.open", "details": {}},
+        {"kind": "event"},
+        {},
+        {"chain": 1, "prev_hash": "x", "index": "y", "hash": "z", "only": 1},
+    ],
+)
+@pytest.mark.parametrize("index", [None, "ab" * 32])
+def test_seal_payload_is_the_line_every_reader_recomputes(
+    record: dict[str, object], index: str | None
+) -> None:
+    # seal_payload (a sink's hot path) joins the line in place: the bytes must be
+    # exactly the layout that record_line / record_hash rebuild from the parsed line.
+    chain = HashChain("cd" * 32)
+    payload, digest = chain.seal_payload(record, index=index)
+    sealed = chain.seal(record, index=index)
+    assert (sealed.payload, sealed.hash, sealed.prev_hash) == (payload, digest, "cd" * 32)
+    assert sealed.line.encode() + b"\n" == payload
+    parsed = json.loads(payload)
+    assert record_line(parsed).encode() + b"\n" == payload
+    assert record_hash(parsed) == digest == parsed["hash"]
+    assert parsed["prev_hash"] == "cd" * 32
+    assert parsed.get("index") == index
+    assert verify_chain([sealed.line], genesis="cd" * 32).ok
+    chain.advance_from("cd" * 32, digest)
+    assert chain.head == digest
+    with pytest.raises(AuditError, match="out of order"):
+        chain.advance_from("cd" * 32, digest)

@@ -115,6 +115,7 @@ def test_compare_takes_the_middle_pair_for_an_even_count() -> None:
         (["HEAD", "--only", ","], "--only: choose among b,c,d"),
         ([], "give the commit to compare against"),
         (["HEAD", "--rounds", "0"], "--rounds must be at least 1"),
+        (["HEAD", "--without", "index,speed"], "--without: choose among index,breaker"),
     ],
 )
 def test_bad_arguments_are_refused(
@@ -162,8 +163,11 @@ def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch
     _head()
     calls: list[Path] = []
 
-    def fake_measure(root: Path, benches: list[str], quick: bool) -> list[dict[str, Any]]:
+    def fake_measure(
+        root: Path, benches: list[str], quick: bool, without: list[str]
+    ) -> list[dict[str, Any]]:
         calls.append(root)
+        assert list(without) == []
         assert (benches, quick) == (["b"], True)
         assert (root / "guardrail" / "__init__.py").is_file()
         value = 2.0 if root == against.ROOT else 1.0  # the extracted commit is elsewhere
@@ -177,3 +181,95 @@ def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch
     # Each side's rounds in round order: before measured 1st, 4th and 5th, after 2nd, 3rd, 6th.
     assert lines[-1] == "| b | sync | added | 4 us | 6 us | 1.500 | 1 4 5 | 4 6 12 |"
     assert "3 alternating rounds" in lines[0]
+
+
+def _bench_middleware() -> ModuleType:
+    # Its sibling modules import as top-level names, which other tests' folders
+    # (examples/common.py) may hold already: those are set aside meanwhile.
+    siblings = ("common", "upstream", "bench_middleware")
+    held = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_middleware
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(held)
+    return bench_middleware
+
+
+def test_the_two_feature_lists_agree() -> None:
+    assert against.FEATURES == _bench_middleware().FEATURES
+
+
+def test_without_turns_the_features_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bm = _bench_middleware()
+    assert bm.present_features() == ["index", "breaker"]
+    assert bm._policy().guard.breaker.enabled
+    with bm._jsonl(tmp_path / "on.jsonl") as sink:
+        assert sink._index is not None
+    monkeypatch.setattr(bm, "features_off", frozenset({"index"}))
+    assert bm._policy().guard.breaker.enabled
+    with bm._jsonl(tmp_path / "no-index.jsonl") as sink:
+        assert sink._index is None
+    monkeypatch.setattr(bm, "features_off", frozenset({"breaker"}))
+    assert not bm._policy().guard.breaker.enabled
+    assert not bm._policy("streaming: {chunk_chars: 120}\n").guard.breaker.enabled
+
+
+def test_features_are_looked_for_in_the_build_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older build: its package has no breaker folder (though an import of
+    # guardrail.breaker would still succeed here, from this checkout), and its
+    # JsonlSink takes no index.
+    bm = _bench_middleware()
+    (tmp_path / "guardrail").mkdir()
+    old = ModuleType("guardrail")
+    old.__file__ = str(tmp_path / "guardrail" / "__init__.py")
+
+    class OldJsonlSink:
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+    monkeypatch.setattr(bm, "guardrail", old)
+    monkeypatch.setattr(bm, "JsonlSink", OldJsonlSink)
+    assert bm.present_features() == []
+    monkeypatch.setattr(bm, "features_off", frozenset({"index", "breaker"}))
+    assert isinstance(bm._jsonl(tmp_path / "a.jsonl"), OldJsonlSink)  # no index= passed
+    assert bm._policy().guard.breaker.enabled  # not asked of a build without one
+
+
+def test_strays_are_the_modules_loaded_from_another_build(tmp_path: Path) -> None:
+    import guardrail.audit  # noqa: F401  (loaded: the test reads sys.modules)
+
+    assert against._strays(ROOT) == []
+    strays = against._strays(tmp_path)
+    assert "guardrail" in strays
+    assert "guardrail.audit" in strays
+
+
+def test_the_report_says_what_was_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    _head()
+    seen: list[list[str]] = []
+
+    def fake_measure(
+        root: Path, benches: list[str], quick: bool, without: list[str]
+    ) -> list[dict[str, Any]]:
+        seen.append(list(without))
+        return [_row("b", "sync", "added", 1.0)]
+
+    def fake_features(root: Path) -> list[str]:
+        return ["index", "breaker"] if root == against.ROOT else []
+
+    monkeypatch.setattr(against, "measure", fake_measure)
+    monkeypatch.setattr(against, "features", fake_features)
+    lines = against.run("HEAD", ["b"], 1, quick=True, without=["index", "breaker"])
+    assert seen == [["index", "breaker"]] * 2
+    assert lines[1] == (
+        "Turned off: index, breaker. Before: index, breaker absent from this build; "
+        "after: index, breaker turned off."
+    )
+    plain = against.run("HEAD", ["b"], 1, quick=True)
+    assert not any(line.startswith("Turned off") for line in plain)

@@ -158,6 +158,18 @@ class HashChain:
         through this record's row (:mod:`~guardrail.audit.index`), version 2 only.
         """
         head = self.head
+        payload, digest = self.seal_payload(data, index=index)
+        return SealedRecord(payload[:-1].decode("utf-8"), head, digest, payload)
+
+    def seal_payload(
+        self, data: Mapping[str, Any], *, index: str | None = None
+    ) -> tuple[bytes, str]:
+        """:meth:`seal`'s line as the bytes a file sink writes (newline included), and its hash.
+
+        The record is sealed after :attr:`head`, as by :meth:`seal`; make it the
+        head with :meth:`advance_from` once it is written.
+        """
+        head = self.head
         if self.version == 1:
             if index is not None:
                 raise ValueError("chain version 1 has no index field")
@@ -165,18 +177,32 @@ class HashChain:
             body["prev_hash"] = head
             encoded, raw = encode_canonical(body)
             digest = hashlib.sha256(raw).hexdigest()
-            line = _with_hash(encoded, digest)
-            return SealedRecord(line, head, digest, (line + "\n").encode("utf-8"))
-        line_head = _v2_head(data, head, index)
-        digest = v2_digest(line_head)
-        raw_line = v2_close(line_head, digest)
-        return SealedRecord(raw_line.decode("utf-8"), head, digest, raw_line + b"\n")
+            return (_with_hash(encoded, digest) + "\n").encode("utf-8"), digest
+        # The v2_head / v2_digest / v2_close layout, with the members' bytes hashed
+        # and joined in place rather than copied into each intermediate.
+        members = {k: v for k, v in data.items() if k not in CHAIN_FIELDS and k != "kind"}
+        kind = encode_canonical(data["kind"])[1] if "kind" in data else None
+        prefix = v2_head(head, index, kind, b"")
+        members_json = encode_canonical(members)[1]  # b"{...}"
+        hasher = hashlib.sha256(prefix)
+        if len(members_json) > 2:
+            hasher.update(b",")
+        hasher.update(memoryview(members_json)[1:])  # the members and the closing brace
+        digest = hasher.hexdigest()
+        inner = memoryview(members_json)[1:-1]
+        comma = b"," if inner else b""
+        tail = b"".join((HASH_MEMBER, digest.encode("ascii"), b'"}\n'))
+        return b"".join((prefix, comma, inner, tail)), digest
 
     def advance(self, sealed: SealedRecord) -> None:
         """Make a written record the new head."""
-        if sealed.prev_hash != self.head:
+        self.advance_from(sealed.prev_hash, sealed.hash)
+
+    def advance_from(self, prev_hash: str, digest: str) -> None:
+        """Make the written record with hash ``digest``, sealed after ``prev_hash``, the head."""
+        if prev_hash != self.head:
             raise AuditError("audit chain advanced out of order (a sink wrote without its lock)")
-        self.head = sealed.hash
+        self.head = digest
 
 
 ProblemKind = Literal["bad_json", "hash_mismatch", "prev_hash_mismatch"]

@@ -105,10 +105,6 @@ def decode_key(text: str | bytes) -> RecordKey:
     return (value[0], kind, type_)
 
 
-def _us(value: int | None) -> str:
-    return "" if value is None else str(value)
-
-
 class RowBuilder:
     """Turns records into index rows, defining each key id the first time it is used.
 
@@ -155,7 +151,8 @@ class RowBuilder:
                     response = str(us)
         guard, upstream, total = times
         row = (
-            f"{seq}\t{ms}\t{kid}\t{_us(guard)}\t{_us(upstream)}\t{_us(total)}\t"
+            f"{seq}\t{ms}\t{kid}\t{'' if guard is None else guard}\t"
+            f"{'' if upstream is None else upstream}\t{'' if total is None else total}\t"
             f"{prompt}\t{response}\t{' '.join(more)}\n"
         ).encode()
         if kid in self.defined:

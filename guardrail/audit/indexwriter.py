@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +47,22 @@ REPAIR_BYTES = 64 << 20
 """How far back from the log's end a sink looks for the record its index stopped at."""
 
 
-@dataclass(frozen=True)
 class Prepared:
-    """The rows for one record and the index's state once they are appended."""
+    """The rows for one record and the index's state once they are appended.
 
-    rows: bytes
-    digest: Any
-    """The SHA-256 object of the index with the rows."""
-    defines: str | None
-    seq: int
+    A plain slotted class: one is made for every record written.
+    """
 
-    @property
-    def hex(self) -> str:
+    __slots__ = ("defines", "digest", "hex", "rows", "seq")
+
+    def __init__(self, rows: bytes, digest: Any, defines: str | None, seq: int) -> None:
+        self.rows = rows
+        self.digest = digest
+        """The SHA-256 object of the index with the rows."""
+        self.defines = defines
+        self.seq = seq
+        self.hex: str = digest.hexdigest()
         """The digest the record's line commits."""
-        return str(self.digest.hexdigest())
 
 
 class IndexWriter:

@@ -184,8 +184,9 @@ class JsonlSink(SinkBase):
         """Seal and write one record at ``end`` (the file's size), under both locks."""
         ix = self._index
         prepared = ix.prepare(data) if ix is not None and ix.active else None
-        sealed = self._chain.seal(data, index=None if prepared is None else prepared.hex)
-        payload = sealed.payload
+        chain = self._chain
+        head = chain.head
+        payload, digest = chain.seal_payload(data, index=None if prepared is None else prepared.hex)
         try:
             write_all(self._fd, payload)
             if self.fsync:
@@ -193,7 +194,7 @@ class JsonlSink(SinkBase):
         except OSError as exc:
             self._rollback(end)
             raise AuditError(f"{self.path}: audit record not written: {exc}") from exc
-        self._chain.advance(sealed)
+        chain.advance_from(head, digest)
         self._end = end + len(payload)
         self._count += 1
         if prepared is not None:

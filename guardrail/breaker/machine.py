@@ -30,6 +30,8 @@ _BUCKETS = 10
 
 _OVERDUE = "no answer within its deadline"
 
+_CLOSED = BreakerState.CLOSED
+
 
 class Permit:
     """One admitted call, handed back to its breaker once it has ended."""
@@ -46,23 +48,37 @@ class Permit:
 class _Window:
     """Calls and failures over about the last ``window_s`` seconds, in tenths."""
 
+    __slots__ = ("_bucket_s", "_buckets", "_current", "_until")
+
     def __init__(self, window_s: float) -> None:
         self._bucket_s = window_s / _BUCKETS
         self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures]
+        self._current: list[int] = []  # the newest bucket (empty before the first call)
+        self._until = -math.inf  # when the newest bucket's tenth ends
 
     def _prune(self, index: int) -> None:
         while self._buckets and self._buckets[0][0] <= index - _BUCKETS:
             self._buckets.popleft()
 
     def add(self, now: float, failed: bool) -> None:
-        index = math.floor(now / self._bucket_s)
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] != index:  # a new tenth: older ones may expire
-            self._prune(index)
-            buckets.append([index, 0, 0])
-        bucket = buckets[-1]
+        bucket = self._current if now < self._until else self._bucket(now)
         bucket[1] += 1
         bucket[2] += failed
+
+    def success(self, now: float) -> None:
+        """:meth:`add` of a success (the hot path: a call and no failure count)."""
+        (self._current if now < self._until else self._bucket(now))[1] += 1
+
+    def _bucket(self, now: float) -> list[int]:
+        """The bucket of ``now``'s tenth, started if new (older ones may expire)."""
+        index = math.floor(now / self._bucket_s)
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != index:
+            self._prune(index)
+            buckets.append([index, 0, 0])
+        self._current = buckets[-1]
+        self._until = (index + 1) * self._bucket_s
+        return self._current
 
     def totals(self, now: float) -> tuple[int, int]:
         self._prune(math.floor(now / self._bucket_s))
@@ -70,6 +86,8 @@ class _Window:
 
     def clear(self) -> None:
         self._buckets.clear()
+        self._current = []
+        self._until = -math.inf
 
 
 class CircuitBreaker:
@@ -123,18 +141,24 @@ class CircuitBreaker:
         ``deadline`` (``clock`` seconds): past it, the call counts as failed even
         while it is still running.
         """
-        notes: list[BreakerTransition] = []
-        permit: Permit | None = None
         with self._lock:
             now = self._clock()
             deadlines = self._deadlines
-            if self._state is BreakerState.CLOSED and not (deadlines and deadlines[0][0] <= now):
+            if self._state is _CLOSED and not (deadlines and deadlines[0][0] <= now):
                 # The common case, kept short: closed, and no admitted call overdue.
                 permit = Permit(deadline, self._epoch, False)
                 if deadline is not None:
                     heapq.heappush(deadlines, (deadline, next(self._seq), permit))
                     self._tracked += 1
                 return permit
+        return self._acquire(deadline)
+
+    def _acquire(self, deadline: float | None) -> Permit:
+        """:meth:`acquire` when the breaker is not closed or a call is overdue."""
+        notes: list[BreakerTransition] = []
+        permit: Permit | None = None
+        with self._lock:
+            now = self._clock()
             self._expire(now, notes)
             settings = self.settings
             if self._state is BreakerState.OPEN and now - self._opened_at >= settings.cooldown_s:
@@ -183,7 +207,7 @@ class CircuitBreaker:
                 if not (deadlines and deadlines[0][0] <= now):
                     # The common case, kept short: a success counts and moves nothing.
                     if self._take(permit):
-                        self._window.add(now, False)
+                        self._window.success(now)
                         self._consecutive = 0
                     return
         self._settle(permit, failed=False, cause="")
