@@ -242,5 +242,17 @@ def test_seal_payload_is_the_line_every_reader_recomputes(
     assert verify_chain([sealed.line], genesis="cd" * 32).ok
     chain.advance_from("cd" * 32, digest)
     assert chain.head == digest
-    with pytest.raises(AuditError, match="out of order"):
+    with pytest.raises(
+        AuditError, match=r"^audit chain advanced out of order \(a sink wrote without its lock\)$"
+    ):
         chain.advance_from("cd" * 32, digest)
+    assert chain.head == digest
+
+
+def test_a_version_1_chain_has_no_index() -> None:
+    chain = HashChain(version=1)
+    with pytest.raises(ValueError, match=r"^chain version 1 has no index field$"):
+        chain.seal_payload({"a": 1}, index="ab" * 32)
+    payload, digest = chain.seal_payload({"a": 1})
+    assert json.loads(payload) == {"a": 1, "prev_hash": "0" * 64, "hash": digest}
+    assert record_hash(json.loads(payload)) == digest

@@ -70,13 +70,11 @@ class _Window:
         (self._current if now < self._until else self._bucket(now))[1] += 1
 
     def _bucket(self, now: float) -> list[int]:
-        """The bucket of ``now``'s tenth, started if new (older ones may expire)."""
+        """A new bucket for ``now``'s tenth (called once the newest one's has ended)."""
         index = math.floor(now / self._bucket_s)
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] != index:
-            self._prune(index)
-            buckets.append([index, 0, 0])
-        self._current = buckets[-1]
+        self._prune(index)  # older tenths may have left the window
+        self._current = [index, 0, 0]
+        self._buckets.append(self._current)
         self._until = (index + 1) * self._bucket_s
         return self._current
 
