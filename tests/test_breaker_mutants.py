@@ -57,6 +57,20 @@ def test_a_tenth_leaves_the_window_exactly_ten_tenths_later() -> None:
     assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (4, 2)
 
 
+def test_a_success_at_a_tenths_start_counts_in_that_tenth() -> None:
+    h = rate_harness(min_calls=3)
+    h.clock.now = 200.0
+    h.ok()  # tenth 100
+    h.clock.now = 202.0
+    h.ok()  # tenth 101, exactly at its start
+    h.clock.now = 220.0  # tenth 110: the first success has left the window
+    h.fail()
+    assert h.breaker.state is CLOSED  # 2 calls in the window
+    h.fail()
+    assert h.breaker.state is OPEN
+    assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (3, 2)
+
+
 def test_calls_late_in_a_tenth_stay_in_it() -> None:
     h = rate_harness(min_calls=4)
     h.clock.now = 200.0
