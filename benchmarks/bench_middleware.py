@@ -44,7 +44,7 @@ def present_features() -> list[str]:
     home = Path(guardrail.__file__).resolve().parent
     has = {
         "index": "index" in inspect.signature(JsonlSink).parameters,
-        "breaker": (home / "breaker").is_dir(),
+        "breaker": (home / "breaker").is_dir() or (home / "breaker.py").is_file(),
     }
     return [f for f in FEATURES if has[f]]
 

@@ -239,6 +239,9 @@ def test_features_are_looked_for_in_the_build_itself(
     monkeypatch.setattr(bm, "features_off", frozenset({"index", "breaker"}))
     assert isinstance(bm._jsonl(tmp_path / "a.jsonl"), OldJsonlSink)  # no index= passed
     assert bm._policy().guard.breaker.enabled  # not asked of a build without one
+    # Builds between the breaker's arrival and its split into a package had it as a module.
+    (tmp_path / "guardrail" / "breaker.py").write_text("")
+    assert bm.present_features() == ["breaker"]
 
 
 def test_strays_are_the_modules_loaded_from_another_build(tmp_path: Path) -> None:

@@ -43,49 +43,58 @@ def test_failures_anywhere_in_the_window_count_toward_the_rate() -> None:
     assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (3, 2)
 
 
+def play(h: Harness, now: float, *calls: str) -> None:
+    """At clock time ``now``, make each call: ``"ok"`` succeeds, ``"fail"`` fails."""
+    h.clock.now = now
+    for call in calls:
+        h.ok() if call == "ok" else h.fail()
+
+
+def window(h: Harness) -> tuple[int, int]:
+    """The window's calls and failures as the last transition reported them."""
+    return h.transitions[-1].window_calls, h.transitions[-1].window_failures
+
+
 def test_a_tenth_leaves_the_window_exactly_ten_tenths_later() -> None:
     h = rate_harness(min_calls=3)
-    h.clock.now = 200.0  # the start of a tenth (2 s each): tenth 100
-    h.fail()
-    h.clock.now = 202.0  # exactly the next tenth's start: tenth 101
-    h.fail()
-    h.clock.now = 220.0  # tenth 110: tenth 100 has left the window, 101 has not
-    h.ok(2)
+    play(h, 200.0, "fail")  # the start of tenth 100 (2 s each)
+    play(h, 202.0, "fail")  # exactly the start of tenth 101
+    play(h, 220.0, "ok", "ok")  # tenth 110: tenth 100 has left the window, 101 has not
     assert h.breaker.state is CLOSED  # 3 calls in the window, 1 failed
-    h.fail()
-    assert h.breaker.state is OPEN
-    assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (4, 2)
+    play(h, 220.0, "fail")
+    assert (h.breaker.state, window(h)) == (OPEN, (4, 2))
 
 
 def test_a_success_at_a_tenths_start_counts_in_that_tenth() -> None:
     h = rate_harness(min_calls=3)
-    h.clock.now = 200.0
-    h.ok()  # tenth 100
-    h.clock.now = 202.0
-    h.ok()  # tenth 101, exactly at its start
-    h.clock.now = 220.0  # tenth 110: the first success has left the window
-    h.fail()
+    play(h, 200.0, "ok")  # tenth 100
+    play(h, 202.0, "ok")  # tenth 101, exactly at its start
+    play(h, 220.0, "fail")  # tenth 110: the first success has left the window
     assert h.breaker.state is CLOSED  # 2 calls in the window
-    h.fail()
-    assert h.breaker.state is OPEN
-    assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (3, 2)
+    play(h, 220.0, "fail")
+    assert (h.breaker.state, window(h)) == (OPEN, (3, 2))
+
+
+def test_tenths_whose_width_is_no_exact_float_keep_their_boundaries() -> None:
+    # 0.1 s tenths: 17 * 0.1 is just above 1.7, yet 1.7 is in tenth 17. A call at
+    # 1.7 belongs there, not with the success of tenth 16 that leaves the window
+    # at 2.6.
+    h = rate_harness(window_s=1.0, failure_rate=0.6)
+    play(h, 1.65, "ok")
+    play(h, 1.7, "fail")
+    play(h, 2.6, "fail")
+    assert (h.breaker.state, window(h)) == (OPEN, (2, 2))
 
 
 def test_calls_late_in_a_tenth_stay_in_it() -> None:
     h = rate_harness(min_calls=4)
-    h.clock.now = 200.0
-    h.fail()
-    h.clock.now = 201.5
-    h.fail()  # same tenth as the first
-    h.clock.now = 203.0
-    h.ok()
-    h.clock.now = 220.5  # the first two have left the window
-    h.ok()
-    h.fail()
+    play(h, 200.0, "fail")
+    play(h, 201.5, "fail")  # same tenth as the first
+    play(h, 203.0, "ok")
+    play(h, 220.5, "ok", "fail")  # the first two have left the window
     assert h.breaker.state is CLOSED  # 3 calls in the window, 1 failed
-    h.fail()
-    assert h.breaker.state is OPEN
-    assert (h.transitions[-1].window_calls, h.transitions[-1].window_failures) == (4, 2)
+    play(h, 220.5, "fail")
+    assert (h.breaker.state, window(h)) == (OPEN, (4, 2))
 
 
 def test_closing_again_starts_an_empty_window() -> None:

@@ -70,12 +70,14 @@ class _Window:
         (self._current if now < self._until else self._bucket(now))[1] += 1
 
     def _bucket(self, now: float) -> list[int]:
-        """A new bucket for ``now``'s tenth (called once the newest one's has ended)."""
+        """The bucket of ``now``'s tenth (called once the newest one's has ended)."""
         index = math.floor(now / self._bucket_s)
-        self._prune(index)  # older tenths may have left the window
-        self._current = [index, 0, 0]
-        self._buckets.append(self._current)
-        self._until = (index + 1) * self._bucket_s
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != index:
+            self._prune(index)  # older tenths may have left the window
+            buckets.append([index, 0, 0])
+        self._current = buckets[-1]
+        self._until = _tenth_end(index, self._bucket_s)
         return self._current
 
     def totals(self, now: float) -> tuple[int, int]:
@@ -86,6 +88,21 @@ class _Window:
         self._buckets.clear()
         self._current = []
         self._until = -math.inf
+
+
+def _tenth_end(index: int, width: float) -> float:
+    """The first time whose tenth (``floor(t / width)``) comes after tenth ``index``.
+
+    ``(index + 1) * width`` rounded can miss it by an ulp either way (a tenth of
+    0.1 s: 17 * 0.1 is above 1.7, whose tenth is 17), so it is nudged until
+    ``t < end`` holds exactly for the times of tenth ``index`` and before.
+    """
+    end = (index + 1) * width
+    while math.floor(end / width) <= index:
+        end = math.nextafter(end, math.inf)
+    while math.floor(math.nextafter(end, -math.inf) / width) > index:
+        end = math.nextafter(end, -math.inf)
+    return end
 
 
 class CircuitBreaker:
