@@ -70,11 +70,17 @@ def _v1_body(data: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _v2_head(data: Mapping[str, Any], prev_hash: str, index: str | None) -> bytes:
-    """The bytes a version-2 hash covers for a record's JSON dict (see linefmt)."""
+def _v2_parts(data: Mapping[str, Any], prev_hash: str, index: str | None) -> tuple[bytes, bytes]:
+    """A record's version-2 line up to its members, and the members' canonical JSON (braced)."""
     members = {k: v for k, v in data.items() if k not in CHAIN_FIELDS and k != "kind"}
     kind = encode_canonical(data["kind"])[1] if "kind" in data else None
-    return v2_head(prev_hash, index, kind, encode_canonical(members)[1][1:-1])
+    return v2_head(prev_hash, index, kind, b""), encode_canonical(members)[1]
+
+
+def _v2_head(data: Mapping[str, Any], prev_hash: str, index: str | None) -> bytes:
+    """The bytes a version-2 hash covers for a record's JSON dict (see linefmt)."""
+    prefix, members = _v2_parts(data, prev_hash, index)
+    return prefix + b"," + members[1:-1] if len(members) > 2 else prefix
 
 
 def _v2_fields(data: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -178,12 +184,9 @@ class HashChain:
             encoded, raw = encode_canonical(body)
             digest = hashlib.sha256(raw).hexdigest()
             return (_with_hash(encoded, digest) + "\n").encode("utf-8"), digest
-        # The v2_head / v2_digest / v2_close layout, with the members' bytes hashed
-        # and joined in place rather than copied into each intermediate.
-        members = {k: v for k, v in data.items() if k not in CHAIN_FIELDS and k != "kind"}
-        kind = encode_canonical(data["kind"])[1] if "kind" in data else None
-        prefix = v2_head(head, index, kind, b"")
-        members_json = encode_canonical(members)[1]  # b"{...}"
+        # _v2_head / v2_digest / v2_close, with the members' bytes hashed and joined
+        # in place rather than copied into each intermediate.
+        prefix, members_json = _v2_parts(data, head, index)
         hasher = hashlib.sha256(prefix)
         if len(members_json) > 2:
             hasher.update(b",")
