@@ -7,7 +7,10 @@ the git commit ``REF`` (extracted with ``git archive``) and this checkout's
 upstream and the interpreter are this checkout's, so a difference in a row is
 the library's, not the benchmark's. Each build runs in its own subprocess, the
 two alternating round by round (the first in each round alternating too), and
-each row's value is reported per round and as the median over the rounds.
+each row's value is reported per round and as the median over the rounds,
+with the median of the rounds' paired after / before ratios and an interval
+for it (:func:`compare`); the report ends with the rows measurably slower or
+faster after.
 
 The build a worker measures is put first on ``PYTHONPATH`` and checked: the
 worker refuses to run when ``import guardrail`` resolves anywhere else (a
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -79,9 +84,14 @@ def extract(ref: str, dest: Path, repo: Path = ROOT) -> str:
     return commit
 
 
-def _run_worker(root: Path, args: Sequence[str]) -> Any:
-    """Run a worker that imports the library under ``root``; the JSON it prints last."""
+def _run_worker(root: Path, args: Sequence[str], seed: int | None = None) -> Any:
+    """Run a worker that imports the library under ``root``; the JSON it prints last.
+
+    ``seed`` is the worker's ``PYTHONHASHSEED`` (random when ``None``).
+    """
     env = dict(os.environ)
+    if seed is not None:
+        env["PYTHONHASHSEED"] = str(seed)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -91,15 +101,19 @@ def _run_worker(root: Path, args: Sequence[str]) -> Any:
 
 
 def measure(
-    root: Path, benches: Sequence[str], quick: bool, without: Sequence[str] = ()
+    root: Path,
+    benches: Sequence[str],
+    quick: bool,
+    without: Sequence[str] = (),
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run the benchmarks in a subprocess that imports the library under ``root``; its rows.
 
     ``without`` names features (``bench_middleware.FEATURES``) to turn off where
-    the library has them.
+    the library has them; ``seed`` is the subprocess's ``PYTHONHASHSEED``.
     """
     args = ["--only", ",".join(benches), "--without", ",".join(without)]
-    rows: list[dict[str, Any]] = _run_worker(root, args + ([] if quick else ["--full"]))
+    rows: list[dict[str, Any]] = _run_worker(root, args + ([] if quick else ["--full"]), seed)
     return rows
 
 
@@ -149,40 +163,107 @@ def _strays(root: Path) -> list[str]:
     )
 
 
+LEVEL = 0.95
+"""The confidence wanted of each row's interval for its paired after / before ratio."""
+
+
+def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of ``values``: ``(low, high, coverage)``.
+
+    The narrowest pair of order statistics ``x(k+1)``, ``x(n-k)`` that covers the
+    median with probability at least ``level`` (the sign test's interval: the
+    chance that ``k`` or fewer values fall below the median is binomial); with
+    too few values for ``level``, the whole range and the coverage it has.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+
+    def outside(k: int) -> float:  # P(at most k of n values below the median), twice
+        return 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+    k = 0
+    while k + 1 < n / 2 and 1 - outside(k + 1) >= level:
+        k += 1
+    return xs[k], xs[n - 1 - k], max(0.0, 1 - outside(k))
+
+
+def paired_ratios(before: Sequence[float | None], after: Sequence[float | None]) -> list[float]:
+    """``after / before`` round by round, for the rounds that measured both (before nonzero).
+
+    ``before`` and ``after`` hold one value (or ``None``) per round.
+    """
+    return [a / b for b, a in zip(before, after, strict=True) if a is not None and b]
+
+
 def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
     """Markdown table lines: each row's median over the rounds, before and after.
 
-    ``before`` and ``after`` hold one list of rows per round. A row measured on
-    one side only is left out; ``after / before`` is empty where before is zero.
+    ``before`` and ``after`` hold one list of rows per round, round ``i`` of the
+    two sides measured one after the other. Besides the ratio of the two
+    medians, each row has the median of the ratios of its rounds (round ``i``
+    after over round ``i`` before, so a drift of the machine during the run
+    cancels out) and that median's interval (:func:`median_interval`). Every
+    row is a cost (lower is better); the lines after the table name the rows
+    whose interval lies wholly above or below 1. A row measured on one side
+    only is left out; ratios are empty where before is zero.
     """
 
     def by_key(rounds: Sequence[Sequence[Any]]) -> dict[tuple[str, str, str], list[Any]]:
         out: dict[tuple[str, str, str], list[Any]] = {}
-        for rows in rounds:
+        for i, rows in enumerate(rounds):
             for r in rows:
-                out.setdefault((r["bench"], r["case"], r["metric"]), []).append(r)
+                out.setdefault((r["bench"], r["case"], r["metric"]), []).append((i, r))
         return out
 
     old, new = by_key(before), by_key(after)
     lines = [
-        "| bench | case | metric | before | after | after / before | rounds before | "
-        "rounds after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bench | case | metric | before | after | after / before | paired: median "
+        "[interval] (coverage) | rounds before | rounds after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    slower: list[str] = []
+    faster: list[str] = []
     for key, olds in old.items():
         news = new.get(key)
         if not news:
             continue
-        unit = olds[0]["unit"]
-        a = statistics.median(r["value"] for r in olds)
-        b = statistics.median(r["value"] for r in news)
+        unit = olds[0][1]["unit"]
+        a = statistics.median(r["value"] for _, r in olds)
+        b = statistics.median(r["value"] for _, r in news)
         ratio = f"{b / a:.3f}" if a else ""
-        each_a = " ".join(f"{r['value']:.3g}" for r in olds)
-        each_b = " ".join(f"{r['value']:.3g}" for r in news)
+        rounds = max(i for i, _ in olds + news) + 1
+        per_old: list[float | None] = [None] * rounds
+        per_new: list[float | None] = [None] * rounds
+        for i, r in olds:
+            per_old[i] = r["value"]
+        for i, r in news:
+            per_new[i] = r["value"]
+        paired = ""
+        ratios = paired_ratios(per_old, per_new)
+        if ratios:
+            mid = statistics.median(ratios)
+            paired = f"{mid:.3f}"
+            if len(ratios) > 1:
+                low, high, coverage = median_interval(ratios)
+                paired += f" [{low:.3f}, {high:.3f}] ({coverage:.0%})"
+                name = f"{key[0]} {key[1]}: {key[2]} ({mid:.3f})"
+                if low > 1:
+                    slower.append(name)
+                elif high < 1:
+                    faster.append(name)
+        each_a = " ".join(f"{r['value']:.3g}" for _, r in olds)
+        each_b = " ".join(f"{r['value']:.3g}" for _, r in news)
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {a:.3g} {unit} | {b:.3g} {unit} | {ratio} | "
-            f"{each_a} | {each_b} |"
+            f"{paired} | {each_a} | {each_b} |"
         )
+    lines += [
+        "",
+        "Slower after (paired interval above 1): " + ("; ".join(slower) or "none") + ".",
+        "Faster after (paired interval below 1): " + ("; ".join(faster) or "none") + ".",
+    ]
     return lines
 
 
@@ -198,10 +279,14 @@ def run(
         sides = {"before": Path(tmp), "after": ROOT}
         results: dict[str, list[list[Any]]] = {"before": [], "after": []}
         off = {side: _turned_off(root, without) for side, root in sides.items()}
+        # Both sides of a round share a hash seed, a new one each round: how a
+        # process's strings hash (dict probes, set order) moves timings by a few
+        # percent, and then moves both halves of a pair alike.
+        base = random.randrange(1, 2**31)
         for i in range(rounds):
             order = ("before", "after") if i % 2 == 0 else ("after", "before")
             for side in order:
-                results[side].append(measure(sides[side], benches, quick, without))
+                results[side].append(measure(sides[side], benches, quick, without, base + i))
                 print(f"round {i + 1}/{rounds}: {side} done", file=sys.stderr)
     head = [
         f"Before: guardrail at {commit[:12]} ({ref}); after: this checkout ({ROOT}). "

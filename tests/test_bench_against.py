@@ -79,6 +79,23 @@ def test_a_worker_refuses_a_library_imported_from_elsewhere(tmp_path: Path) -> N
     assert f"not {tmp_path}" in str(caught.value)
 
 
+@pytest.mark.parametrize("seed", [None, 12345])
+def test_a_workers_hash_seed_is_the_one_given(
+    seed: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    envs: list[dict[str, str]] = []
+
+    def fake_run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        envs.append(kwargs["env"])
+        return subprocess.CompletedProcess(command, 0, stdout='noise\n[{"x": 1}]\n', stderr="")
+
+    monkeypatch.setattr(against.subprocess, "run", fake_run)
+    assert against._run_worker(ROOT, ["--features"], seed) == [{"x": 1}]
+    assert envs[0]["PYTHONHASHSEED"] == ("random" if seed is None else "12345")
+    assert envs[0]["PYTHONPATH"].split(":")[0] == str(ROOT)
+
+
 def test_compare_reports_medians_ratios_and_each_round() -> None:
     before = [
         [_row("b", "sync", "added", 100.0), _row("c", "sync", "ratio", 0.0, "x")],
@@ -94,9 +111,14 @@ def test_compare_reports_medians_ratios_and_each_round() -> None:
     lines = against.compare(before, after)
     assert lines[0].startswith("| bench | case | metric | before | after | after / before")
     body = lines[2:]
+    # Paired: 150/100, 250/300, 350/200 -> 1.5, 0.833, 1.75; three rounds cover 75 %.
     assert body == [
-        "| b | sync | added | 200 us | 250 us | 1.250 | 100 300 200 | 150 250 350 |",
-        "| c | sync | ratio | 0 x | 1 x |  | 0 0 0 | 1 1 1 |",
+        "| b | sync | added | 200 us | 250 us | 1.250 | 1.500 [0.833, 1.750] (75%) | "
+        "100 300 200 | 150 250 350 |",
+        "| c | sync | ratio | 0 x | 1 x |  |  | 0 0 0 | 1 1 1 |",
+        "",
+        "Slower after (paired interval above 1): none.",
+        "Faster after (paired interval below 1): none.",
     ]
 
 
@@ -105,7 +127,58 @@ def test_compare_takes_the_middle_pair_for_an_even_count() -> None:
         [[_row("b", "s", "m", 1.0)], [_row("b", "s", "m", 3.0)]],
         [[_row("b", "s", "m", 2.0)], [_row("b", "s", "m", 6.0)]],
     )
-    assert lines[2] == "| b | s | m | 2 us | 4 us | 2.000 | 1 3 | 2 6 |"
+    assert (
+        lines[2] == "| b | s | m | 2 us | 4 us | 2.000 | 2.000 [2.000, 2.000] (50%) | 1 3 | 2 6 |"
+    )
+
+
+def test_compare_pairs_each_round_with_its_own_round() -> None:
+    # The machine slows down round by round; each round's after is 10 % above its before.
+    before = [[_row("b", "s", "m", v)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
+    after = [[_row("b", "s", "m", v * 1.1)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
+    after[2] = []  # a round that did not measure the row is left out of the pairs
+    lines = against.compare(before, after)
+    assert lines[2].startswith(
+        "| b | s | m | 350 us | 440 us | 1.257 | 1.100 [1.100, 1.100] (94%) |"
+    )
+    assert lines[-2] == "Slower after (paired interval above 1): b s: m (1.100)."
+    assert lines[-1] == "Faster after (paired interval below 1): none."
+
+
+def test_compare_names_rows_measurably_faster() -> None:
+    before = [[_row("b", "s", "m", 10.0), _row("b", "t", "m", 10.0)] for _ in range(6)]
+    after = [
+        [_row("b", "s", "m", 9.0 + i / 100), _row("b", "t", "m", (9.0, 11.0)[i % 2])]
+        for i in range(6)
+    ]
+    lines = against.compare(before, after)
+    assert lines[-2] == "Slower after (paired interval above 1): none."
+    assert lines[-1] == "Faster after (paired interval below 1): b s: m (0.902)."
+
+
+@pytest.mark.parametrize(
+    ("n", "low", "high", "coverage"),
+    [
+        (1, 0, 0, 0.0),
+        (2, 0, 1, 0.5),
+        (5, 0, 4, 0.9375),
+        (6, 0, 5, 0.96875),
+        (8, 0, 7, 0.9921875),
+        (9, 1, 7, 0.9609375),
+        (12, 2, 9, 0.96142578125),
+        (15, 3, 11, 0.96484375),
+    ],
+)
+def test_median_interval_takes_the_sign_tests_order_statistics(
+    n: int, low: int, high: int, coverage: float
+) -> None:
+    values = [float(v) for v in reversed(range(n))]  # given in any order
+    assert against.median_interval(values) == (low, high, pytest.approx(coverage))
+
+
+def test_median_interval_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        against.median_interval([])
 
 
 @pytest.mark.parametrize(
@@ -162,11 +235,13 @@ def test_both_builds_run_and_are_compared(tmp_path: Path) -> None:
 def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
     _head()
     calls: list[Path] = []
+    seeds: list[int | None] = []
 
     def fake_measure(
-        root: Path, benches: list[str], quick: bool, without: list[str]
+        root: Path, benches: list[str], quick: bool, without: list[str], seed: int | None
     ) -> list[dict[str, Any]]:
         calls.append(root)
+        seeds.append(seed)
         assert list(without) == []
         assert (benches, quick) == (["b"], True)
         assert (root / "guardrail" / "__init__.py").is_file()
@@ -178,8 +253,15 @@ def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch
     after = [root == against.ROOT for root in calls]
     assert after == [False, True, True, False, False, True]
     assert len({root for root in calls if root != against.ROOT}) == 1
+    # The two halves of a round share a hash seed; each round has its own.
+    assert seeds[0::2] == seeds[1::2]
+    assert len({seeds[0], seeds[2], seeds[4]}) == 3
+    assert all(isinstance(seed, int) and 0 < seed < 2**32 for seed in seeds)
     # Each side's rounds in round order: before measured 1st, 4th and 5th, after 2nd, 3rd, 6th.
-    assert lines[-1] == "| b | sync | added | 4 us | 6 us | 1.500 | 1 4 5 | 4 6 12 |"
+    # Paired by round: 4/1, 6/4, 12/5.
+    assert lines[-4] == (
+        "| b | sync | added | 4 us | 6 us | 1.500 | 2.400 [1.500, 4.000] (75%) | 1 4 5 | 4 6 12 |"
+    )
     assert "3 alternating rounds" in lines[0]
 
 
@@ -258,7 +340,7 @@ def test_the_report_says_what_was_turned_off(monkeypatch: pytest.MonkeyPatch) ->
     seen: list[list[str]] = []
 
     def fake_measure(
-        root: Path, benches: list[str], quick: bool, without: list[str]
+        root: Path, benches: list[str], quick: bool, without: list[str], seed: int | None
     ) -> list[dict[str, Any]]:
         seen.append(list(without))
         return [_row("b", "sync", "added", 1.0)]
