@@ -186,7 +186,7 @@ def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[floa
     k = 0
     while k + 1 < n / 2 and 1 - outside(k + 1) >= level:
         k += 1
-    return xs[k], xs[n - 1 - k], max(0.0, 1 - outside(k))
+    return xs[k], xs[n - 1 - k], 1 - outside(k)
 
 
 def paired_ratios(before: Sequence[float | None], after: Sequence[float | None]) -> list[float]:

@@ -79,7 +79,7 @@ def test_a_worker_refuses_a_library_imported_from_elsewhere(tmp_path: Path) -> N
     assert f"not {tmp_path}" in str(caught.value)
 
 
-@pytest.mark.parametrize("seed", [None, 12345])
+@pytest.mark.parametrize("seed", [None, 0, 12345])
 def test_a_workers_hash_seed_is_the_one_given(
     seed: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,7 +92,7 @@ def test_a_workers_hash_seed_is_the_one_given(
 
     monkeypatch.setattr(against.subprocess, "run", fake_run)
     assert against._run_worker(ROOT, ["--features"], seed) == [{"x": 1}]
-    assert envs[0]["PYTHONHASHSEED"] == ("random" if seed is None else "12345")
+    assert envs[0]["PYTHONHASHSEED"] == ("random" if seed is None else str(seed))
     assert envs[0]["PYTHONPATH"].split(":")[0] == str(ROOT)
 
 
@@ -137,21 +137,36 @@ def test_compare_pairs_each_round_with_its_own_round() -> None:
     before = [[_row("b", "s", "m", v)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
     after = [[_row("b", "s", "m", v * 1.1)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
     after[2] = []  # a round that did not measure the row is left out of the pairs
+    before[5] = []  # on either side
     lines = against.compare(before, after)
     assert lines[2].startswith(
-        "| b | s | m | 350 us | 440 us | 1.257 | 1.100 [1.100, 1.100] (94%) |"
+        "| b | s | m | 300 us | 440 us | 1.467 | 1.100 [1.100, 1.100] (88%) |"
     )
     assert lines[-2] == "Slower after (paired interval above 1): b s: m (1.100)."
     assert lines[-1] == "Faster after (paired interval below 1): none."
 
 
+def test_one_round_has_a_paired_ratio_but_no_interval() -> None:
+    lines = against.compare([[_row("b", "s", "m", 2.0)]], [[_row("b", "s", "m", 3.0)]])
+    assert lines[2] == "| b | s | m | 2 us | 3 us | 1.500 | 1.500 | 2 | 3 |"
+    assert lines[-2] == "Slower after (paired interval above 1): none."
+
+
 def test_compare_names_rows_measurably_faster() -> None:
-    before = [[_row("b", "s", "m", 10.0), _row("b", "t", "m", 10.0)] for _ in range(6)]
+    # s: every round faster; t: as often faster as slower; u: unchanged (an interval of
+    # exactly 1 is neither above nor below it).
+    rows = ("s", "t", "u")
+    before = [[_row("b", r, "m", 10.0) for r in rows] for _ in range(6)]
     after = [
-        [_row("b", "s", "m", 9.0 + i / 100), _row("b", "t", "m", (9.0, 11.0)[i % 2])]
+        [
+            _row("b", "s", "m", 9.0 + i / 100),
+            _row("b", "t", "m", (9.0, 11.0)[i % 2]),
+            _row("b", "u", "m", 10.0),
+        ]
         for i in range(6)
     ]
     lines = against.compare(before, after)
+    assert "| 1.000 [1.000, 1.000] (97%) |" in lines[4]
     assert lines[-2] == "Slower after (paired interval above 1): none."
     assert lines[-1] == "Faster after (paired interval below 1): b s: m (0.902)."
 
