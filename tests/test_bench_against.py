@@ -27,6 +27,11 @@ def _load() -> ModuleType:
 
 against = _load()
 
+NOT_JUDGED = (
+    "Slower or faster after: not judged (no row's interval covers 95%; "
+    "that takes 6 rounds or more)."
+)
+
 
 def _head() -> str:
     try:
@@ -117,8 +122,7 @@ def test_compare_reports_medians_ratios_and_each_round() -> None:
         "100 300 200 | 150 250 350 |",
         "| c | sync | ratio | 0 x | 1 x |  |  | 0 0 0 | 1 1 1 |",
         "",
-        "Slower after (paired interval above 1): none.",
-        "Faster after (paired interval below 1): none.",
+        NOT_JUDGED,
     ]
 
 
@@ -134,22 +138,30 @@ def test_compare_takes_the_middle_pair_for_an_even_count() -> None:
 
 def test_compare_pairs_each_round_with_its_own_round() -> None:
     # The machine slows down round by round; each round's after is 10 % above its before.
-    before = [[_row("b", "s", "m", v)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
-    after = [[_row("b", "s", "m", v * 1.1)] for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)]
+    values = [100.0 * (i + 1) for i in range(8)]
+    before = [[_row("b", "s", "m", v)] for v in values]
+    after = [[_row("b", "s", "m", v * 1.1)] for v in values]
     after[2] = []  # a round that did not measure the row is left out of the pairs
-    before[5] = []  # on either side
+    before[7] = []  # on either side
+    # t: twice as slow, but in 4 rounds only: its interval covers too little to judge.
+    for i in range(4):
+        before[i].append(_row("b", "t", "m", 10.0))
+        after[i].append(_row("b", "t", "m", 20.0))
     lines = against.compare(before, after)
     assert lines[2].startswith(
-        "| b | s | m | 300 us | 440 us | 1.467 | 1.100 [1.100, 1.100] (88%) |"
+        "| b | s | m | 400 us | 550 us | 1.375 | 1.100 [1.100, 1.100] (97%) |"
     )
-    assert lines[-2] == "Slower after (paired interval above 1): b s: m (1.100)."
-    assert lines[-1] == "Faster after (paired interval below 1): none."
+    assert lines[3].startswith("| b | t | m | 10 us | 20 us | 2.000 | 2.000 [2.000, 2.000] (88%) |")
+    assert lines[-2] == (
+        "Slower after (paired interval above 1, covering 95% or more): b s: m (1.100)."
+    )
+    assert lines[-1] == "Faster after (paired interval below 1, covering 95% or more): none."
 
 
 def test_one_round_has_a_paired_ratio_but_no_interval() -> None:
     lines = against.compare([[_row("b", "s", "m", 2.0)]], [[_row("b", "s", "m", 3.0)]])
     assert lines[2] == "| b | s | m | 2 us | 3 us | 1.500 | 1.500 | 2 | 3 |"
-    assert lines[-2] == "Slower after (paired interval above 1): none."
+    assert lines[-1] == NOT_JUDGED
 
 
 def test_compare_names_rows_measurably_faster() -> None:
@@ -167,8 +179,10 @@ def test_compare_names_rows_measurably_faster() -> None:
     ]
     lines = against.compare(before, after)
     assert "| 1.000 [1.000, 1.000] (97%) |" in lines[4]
-    assert lines[-2] == "Slower after (paired interval above 1): none."
-    assert lines[-1] == "Faster after (paired interval below 1): b s: m (0.902)."
+    assert lines[-2] == "Slower after (paired interval above 1, covering 95% or more): none."
+    assert (
+        lines[-1] == "Faster after (paired interval below 1, covering 95% or more): b s: m (0.902)."
+    )
 
 
 @pytest.mark.parametrize(
@@ -274,7 +288,7 @@ def test_rounds_alternate_which_build_goes_first(monkeypatch: pytest.MonkeyPatch
     assert all(isinstance(seed, int) and 0 < seed < 2**32 for seed in seeds)
     # Each side's rounds in round order: before measured 1st, 4th and 5th, after 2nd, 3rd, 6th.
     # Paired by round: 4/1, 6/4, 12/5.
-    assert lines[-4] == (
+    assert lines[-3] == (
         "| b | sync | added | 4 us | 6 us | 1.500 | 2.400 [1.500, 4.000] (75%) | 1 4 5 | 4 6 12 |"
     )
     assert "3 alternating rounds" in lines[0]
