@@ -10,7 +10,9 @@ two alternating round by round (the first in each round alternating too), and
 each row's value is reported per round and as the median over the rounds,
 with the median of the rounds' paired after / before ratios and an interval
 for it (:func:`compare`); the report ends with the rows measurably slower or
-faster after (judged from 6 rounds on, where the interval covers 95 %).
+faster after (judged where a row has 6 or more paired rounds, so that its
+interval covers at least 95 %; each row on its own, so about one row in twenty
+may be named by chance).
 
 The build a worker measures is put first on ``PYTHONPATH`` and checked: the
 worker refuses to run when ``import guardrail`` resolves anywhere else (a
@@ -190,11 +192,17 @@ def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[floa
 
 
 def paired_ratios(before: Sequence[float | None], after: Sequence[float | None]) -> list[float]:
-    """``after / before`` round by round, for the rounds that measured both (before nonzero).
+    """``after / before`` round by round, for the rounds that measured both as costs.
 
-    ``before`` and ``after`` hold one value (or ``None``) per round.
+    ``before`` and ``after`` hold one value (or ``None``) per round. A pair counts
+    only when before is positive and after not negative: a ratio of a negative
+    cost (an "added" time that came out below zero) would read backwards.
     """
-    return [a / b for b, a in zip(before, after, strict=True) if a is not None and b]
+    return [
+        new / old
+        for old, new in zip(before, after, strict=True)
+        if old is not None and new is not None and old > 0 and new >= 0
+    ]
 
 
 def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
@@ -207,9 +215,11 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
     cancels out) and that median's interval (:func:`median_interval`). Every
     row is a cost (lower is better); the lines after the table name the rows
     whose interval lies wholly above or below 1, among those whose interval
-    covers :data:`LEVEL` or more (6 rounds and up); with none such, they say so.
-    A row measured on one side only is left out; ratios are empty where before
-    is zero.
+    covers at least :data:`LEVEL` (6 or more pairs), and list the rows with too
+    few pairs to judge. Each row is judged on its own: with some twenty rows,
+    about one per run may be named by chance, so a row named once is worth a
+    second run. A row measured on one side only is left out; a ratio is empty
+    where before is not positive.
     """
 
     def by_key(rounds: Sequence[Sequence[Any]]) -> dict[tuple[str, str, str], list[Any]]:
@@ -227,15 +237,16 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
     ]
     slower: list[str] = []
     faster: list[str] = []
+    unjudged: list[str] = []
     judged = 0
     for key, olds in old.items():
         news = new.get(key)
         if not news:
             continue
         unit = olds[0][1]["unit"]
-        a = statistics.median(r["value"] for _, r in olds)
-        b = statistics.median(r["value"] for _, r in news)
-        ratio = f"{b / a:.3f}" if a else ""
+        med_before = statistics.median(r["value"] for _, r in olds)
+        med_after = statistics.median(r["value"] for _, r in news)
+        ratio = f"{med_after / med_before:.3f}" if med_before > 0 and med_after >= 0 else ""
         rounds = max(i for i, _ in olds + news) + 1
         per_old: list[float | None] = [None] * rounds
         per_new: list[float | None] = [None] * rounds
@@ -245,34 +256,36 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
             per_new[i] = r["value"]
         paired = ""
         ratios = paired_ratios(per_old, per_new)
+        name = f"{key[0]} {key[1]}: {key[2]}"
         if ratios:
             mid = statistics.median(ratios)
             paired = f"{mid:.3f}"
             if len(ratios) > 1:
                 low, high, coverage = median_interval(ratios)
                 paired += f" [{low:.3f}, {high:.3f}] ({coverage:.0%})"
-                name = f"{key[0]} {key[1]}: {key[2]} ({mid:.3f})"
                 if coverage >= LEVEL:
                     judged += 1
                     if low > 1:
-                        slower.append(name)
+                        slower.append(f"{name} ({mid:.3f})")
                     elif high < 1:
-                        faster.append(name)
+                        faster.append(f"{name} ({mid:.3f})")
+                    name = ""
+        if name:
+            unjudged.append(name)
         each_a = " ".join(f"{r['value']:.3g}" for _, r in olds)
         each_b = " ".join(f"{r['value']:.3g}" for _, r in news)
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {a:.3g} {unit} | {b:.3g} {unit} | {ratio} | "
-            f"{paired} | {each_a} | {each_b} |"
+            f"| {key[0]} | {key[1]} | {key[2]} | {med_before:.3g} {unit} | "
+            f"{med_after:.3g} {unit} | {ratio} | {paired} | {each_a} | {each_b} |"
         )
     if not judged:
         return [
             *lines,
             "",
             f"Slower or faster after: not judged (no row's interval covers {LEVEL:.0%}; "
-            "that takes 6 rounds or more).",
+            "that takes 6 or more paired rounds).",
         ]
-    return [
-        *lines,
+    lines += [
         "",
         f"Slower after (paired interval above 1, covering {LEVEL:.0%} or more): "
         + ("; ".join(slower) or "none")
@@ -281,6 +294,9 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
         + ("; ".join(faster) or "none")
         + ".",
     ]
+    if unjudged:
+        lines.append("Not judged (fewer than 6 paired rounds): " + "; ".join(unjudged) + ".")
+    return lines
 
 
 def run(

@@ -29,7 +29,7 @@ against = _load()
 
 NOT_JUDGED = (
     "Slower or faster after: not judged (no row's interval covers 95%; "
-    "that takes 6 rounds or more)."
+    "that takes 6 or more paired rounds)."
 )
 
 
@@ -152,10 +152,44 @@ def test_compare_pairs_each_round_with_its_own_round() -> None:
         "| b | s | m | 400 us | 550 us | 1.375 | 1.100 [1.100, 1.100] (97%) |"
     )
     assert lines[3].startswith("| b | t | m | 10 us | 20 us | 2.000 | 2.000 [2.000, 2.000] (88%) |")
-    assert lines[-2] == (
-        "Slower after (paired interval above 1, covering 95% or more): b s: m (1.100)."
+    assert lines[-3:] == [
+        "Slower after (paired interval above 1, covering 95% or more): b s: m (1.100).",
+        "Faster after (paired interval below 1, covering 95% or more): none.",
+        "Not judged (fewer than 6 paired rounds): b t: m.",
+    ]
+
+
+def test_a_cost_below_zero_gives_no_ratio() -> None:
+    # "added" rows are differences and can come out negative: -10 -> -20 is cheaper,
+    # and its ratio (2.0) would read as twice as slow. Such pairs count for nothing.
+    # u: from below zero to above it, no ratio either.
+    before = [
+        [_row("b", "s", "m", -10.0), _row("b", "t", "m", 10.0), _row("b", "u", "m", -5.0)]
+        for _ in range(6)
+    ]
+    after = [
+        [_row("b", "s", "m", -20.0), _row("b", "t", "m", v), _row("b", "u", "m", 5.0)]
+        for v in (-1, 9, 9, 9, 9, 9)
+    ]
+    lines = against.compare(before, after)
+    assert lines[4] == "| b | u | m | -5 us | 5 us |  |  | -5 -5 -5 -5 -5 -5 | 5 5 5 5 5 5 |"
+    assert lines[2] == (
+        "| b | s | m | -10 us | -20 us |  |  | -10 -10 -10 -10 -10 -10 | -20 -20 -20 -20 -20 -20 |"
     )
-    assert lines[-1] == "Faster after (paired interval below 1, covering 95% or more): none."
+    assert "| 0.900 [0.900, 0.900] (94%) |" in lines[3]  # 5 pairs: round 1's after is < 0
+    assert lines[-1] == NOT_JUDGED
+
+
+def test_measure_hands_its_seed_to_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[Path, list[str], int | None]] = []
+
+    def fake_worker(root: Path, args: list[str], seed: int | None = None) -> list[Any]:
+        seen.append((root, list(args), seed))
+        return []
+
+    monkeypatch.setattr(against, "_run_worker", fake_worker)
+    assert against.measure(ROOT, ["b", "c"], False, ["index"], 77) == []
+    assert seen == [(ROOT, ["--only", "b,c", "--without", "index", "--full"], 77)]
 
 
 def test_one_round_has_a_paired_ratio_but_no_interval() -> None:
