@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,18 +191,41 @@ def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[floa
     return xs[k], xs[n - 1 - k], 1 - outside(k)
 
 
-def paired_ratios(before: Sequence[float | None], after: Sequence[float | None]) -> list[float]:
-    """``after / before`` round by round, for the rounds that measured both as costs.
+def pairs_needed(level: float = LEVEL) -> int:
+    """The fewest values whose whole range covers their median with ``level`` (6 at 95 %)."""
+    n = 1
+    while 1 - 2 / 2**n < level:
+        n += 1
+    return n
 
-    ``before`` and ``after`` hold one value (or ``None``) per round. A pair counts
-    only when before is positive and after not negative: a ratio of a negative
-    cost (an "added" time that came out below zero) would read backwards.
+
+def paired_ratios(before: Mapping[int, float], after: Mapping[int, float]) -> list[float]:
+    """``after / before`` round by round (keys: round numbers), for the rounds both measured.
+
+    A pair counts only when before is positive and after not negative: a ratio
+    of a negative cost (an "added" time that came out below zero) would read
+    backwards.
     """
     return [
-        new / old
-        for old, new in zip(before, after, strict=True)
-        if old is not None and new is not None and old > 0 and new >= 0
+        after[i] / old
+        for i, old in sorted(before.items())
+        if i in after and old > 0 and after[i] >= 0
     ]
+
+
+def _paired_column(ratios: Sequence[float]) -> tuple[str, str | None]:
+    """A row's paired column and its verdict: ``slower``, ``faster``, ``same``, or
+    ``None`` when its interval covers less than :data:`LEVEL`."""
+    if not ratios:
+        return "", None
+    mid = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{mid:.3f}", None
+    low, high, coverage = median_interval(ratios)
+    text = f"{mid:.3f} [{low:.3f}, {high:.3f}] ({coverage:.0%})"
+    if coverage < LEVEL:
+        return text, None
+    return text, "slower" if low > 1 else "faster" if high < 1 else "same"
 
 
 def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[str]:
@@ -215,18 +238,18 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
     cancels out) and that median's interval (:func:`median_interval`). Every
     row is a cost (lower is better); the lines after the table name the rows
     whose interval lies wholly above or below 1, among those whose interval
-    covers at least :data:`LEVEL` (6 or more pairs), and list the rows with too
-    few pairs to judge. Each row is judged on its own: with some twenty rows,
-    about one per run may be named by chance, so a row named once is worth a
-    second run. A row measured on one side only is left out; a ratio is empty
-    where before is not positive.
+    covers at least :data:`LEVEL` (:func:`pairs_needed` pairs or more), and
+    list the rows with too few pairs to judge. Each row is judged on its own:
+    with some twenty rows, about one per run may be named by chance, so a row
+    named once is worth a second run. A row measured on one side only is left
+    out; a ratio is empty where before is not positive.
     """
 
-    def by_key(rounds: Sequence[Sequence[Any]]) -> dict[tuple[str, str, str], list[Any]]:
-        out: dict[tuple[str, str, str], list[Any]] = {}
+    def by_key(rounds: Sequence[Sequence[Any]]) -> dict[tuple[str, str, str], dict[int, Any]]:
+        out: dict[tuple[str, str, str], dict[int, Any]] = {}
         for i, rows in enumerate(rounds):
             for r in rows:
-                out.setdefault((r["bench"], r["case"], r["metric"]), []).append((i, r))
+                out.setdefault((r["bench"], r["case"], r["metric"]), {})[i] = r
         return out
 
     old, new = by_key(before), by_key(after)
@@ -235,67 +258,48 @@ def compare(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> 
         "[interval] (coverage) | rounds before | rounds after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    slower: list[str] = []
-    faster: list[str] = []
-    unjudged: list[str] = []
-    judged = 0
+    named: dict[str | None, list[str]] = {"slower": [], "faster": [], "same": [], None: []}
     for key, olds in old.items():
         news = new.get(key)
         if not news:
             continue
-        unit = olds[0][1]["unit"]
-        med_before = statistics.median(r["value"] for _, r in olds)
-        med_after = statistics.median(r["value"] for _, r in news)
+        unit = next(iter(olds.values()))["unit"]
+        med_before = statistics.median(r["value"] for r in olds.values())
+        med_after = statistics.median(r["value"] for r in news.values())
         ratio = f"{med_after / med_before:.3f}" if med_before > 0 and med_after >= 0 else ""
-        rounds = max(i for i, _ in olds + news) + 1
-        per_old: list[float | None] = [None] * rounds
-        per_new: list[float | None] = [None] * rounds
-        for i, r in olds:
-            per_old[i] = r["value"]
-        for i, r in news:
-            per_new[i] = r["value"]
-        paired = ""
-        ratios = paired_ratios(per_old, per_new)
+        ratios = paired_ratios(
+            {i: r["value"] for i, r in olds.items()}, {i: r["value"] for i, r in news.items()}
+        )
+        paired, verdict = _paired_column(ratios)
         name = f"{key[0]} {key[1]}: {key[2]}"
-        if ratios:
-            mid = statistics.median(ratios)
-            paired = f"{mid:.3f}"
-            if len(ratios) > 1:
-                low, high, coverage = median_interval(ratios)
-                paired += f" [{low:.3f}, {high:.3f}] ({coverage:.0%})"
-                if coverage >= LEVEL:
-                    judged += 1
-                    if low > 1:
-                        slower.append(f"{name} ({mid:.3f})")
-                    elif high < 1:
-                        faster.append(f"{name} ({mid:.3f})")
-                    name = ""
-        if name:
-            unjudged.append(name)
-        each_a = " ".join(f"{r['value']:.3g}" for _, r in olds)
-        each_b = " ".join(f"{r['value']:.3g}" for _, r in news)
+        named[verdict].append(f"{name} ({statistics.median(ratios):.3f})" if verdict else name)
+        each_a = " ".join(f"{r['value']:.3g}" for r in olds.values())
+        each_b = " ".join(f"{r['value']:.3g}" for r in news.values())
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {med_before:.3g} {unit} | "
             f"{med_after:.3g} {unit} | {ratio} | {paired} | {each_a} | {each_b} |"
         )
-    if not judged:
+    need = pairs_needed()
+    if not (named["slower"] or named["faster"] or named["same"]):
         return [
             *lines,
             "",
             f"Slower or faster after: not judged (no row's interval covers {LEVEL:.0%}; "
-            "that takes 6 or more paired rounds).",
+            f"that takes {need} or more paired rounds).",
         ]
     lines += [
         "",
         f"Slower after (paired interval above 1, covering {LEVEL:.0%} or more): "
-        + ("; ".join(slower) or "none")
+        + ("; ".join(named["slower"]) or "none")
         + ".",
         f"Faster after (paired interval below 1, covering {LEVEL:.0%} or more): "
-        + ("; ".join(faster) or "none")
+        + ("; ".join(named["faster"]) or "none")
         + ".",
     ]
-    if unjudged:
-        lines.append("Not judged (fewer than 6 paired rounds): " + "; ".join(unjudged) + ".")
+    if named[None]:
+        lines.append(
+            f"Not judged (fewer than {need} paired rounds): " + "; ".join(named[None]) + "."
+        )
     return lines
 
 

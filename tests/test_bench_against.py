@@ -198,6 +198,16 @@ def test_one_round_has_a_paired_ratio_but_no_interval() -> None:
     assert lines[-1] == NOT_JUDGED
 
 
+def test_rows_judged_unchanged_give_a_verdict_of_none() -> None:
+    before = [[_row("b", "s", "m", 10.0)] for _ in range(6)]
+    after = [[_row("b", "s", "m", (9.0, 11.0)[i % 2])] for i in range(6)]
+    lines = against.compare(before, after)
+    assert lines[-2:] == [
+        "Slower after (paired interval above 1, covering 95% or more): none.",
+        "Faster after (paired interval below 1, covering 95% or more): none.",
+    ]
+
+
 def test_compare_names_rows_measurably_faster() -> None:
     # s: every round faster; t: as often faster as slower; u: unchanged (an interval of
     # exactly 1 is neither above nor below it).
@@ -237,6 +247,15 @@ def test_median_interval_takes_the_sign_tests_order_statistics(
 ) -> None:
     values = [float(v) for v in reversed(range(n))]  # given in any order
     assert against.median_interval(values) == (low, high, pytest.approx(coverage))
+
+
+@pytest.mark.parametrize(("level", "pairs"), [(0.0, 1), (0.5, 2), (0.95, 6), (0.99, 8)])
+def test_pairs_needed_is_the_fewest_whose_range_covers_the_level(level: float, pairs: int) -> None:
+    assert against.pairs_needed(level) == pairs
+    if pairs == 1:
+        return
+    assert against.median_interval(range(pairs), level)[2] >= level
+    assert against.median_interval(range(pairs - 1), level)[2] < level
 
 
 def test_median_interval_of_nothing_is_an_error() -> None:
